@@ -1,0 +1,72 @@
+//! Gate(a, t): may this user continue? (SPEC §3, R3)
+
+use crate::model::{AccountHistory, EventKey, Preference};
+use crate::policy::Policy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateDecision {
+    Allow,
+    Prompt,
+    Block,
+}
+
+impl GateDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateDecision::Allow => "allow",
+            GateDecision::Prompt => "prompt",
+            GateDecision::Block => "block",
+        }
+    }
+}
+
+/// The rule of Gate that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateReason {
+    /// Rule 1: the plan is not a consumer plan.
+    NotApplicable,
+    /// Rule 2: the user has chosen (either answer).
+    Decided,
+    /// Rule 3: undecided, before the deadline.
+    ChoicePending,
+    /// Rule 4: undecided, at or after the deadline.
+    ChoiceRequired,
+}
+
+impl GateReason {
+    pub const ALL: [GateReason; 4] = [
+        GateReason::NotApplicable,
+        GateReason::Decided,
+        GateReason::ChoicePending,
+        GateReason::ChoiceRequired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateReason::NotApplicable => "not_applicable",
+            GateReason::Decided => "decided",
+            GateReason::ChoicePending => "choice_pending",
+            GateReason::ChoiceRequired => "choice_required",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gate {
+    pub decision: GateDecision,
+    pub reason: GateReason,
+}
+
+/// Gate(a, t), as of the event key of the request: the first rule that matches.
+pub fn gate(policy: &Policy, account: &AccountHistory, as_of: EventKey) -> Gate {
+    let (decision, reason) = if !policy.is_consumer(account.plan_at(as_of)) {
+        (GateDecision::Allow, GateReason::NotApplicable)
+    } else if account.preference_at(as_of) != Preference::Unset {
+        (GateDecision::Allow, GateReason::Decided)
+    } else if as_of.at < policy.choose_by {
+        (GateDecision::Prompt, GateReason::ChoicePending)
+    } else {
+        (GateDecision::Block, GateReason::ChoiceRequired)
+    };
+    Gate { decision, reason }
+}

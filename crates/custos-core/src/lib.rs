@@ -1,0 +1,34 @@
+//! custos-core: the rules of custos, written once.
+//!
+//! It owns the policy file's meaning, the domain types, and the four decisions of SPEC §3 —
+//! Gate, Expiry, Eligible and training content — plus the admission rules that refuse invalid
+//! events. Every other part of custos (store, HTTP, sweeps, exports, pages, the scenario runner)
+//! calls these functions instead of restating a rule.
+//!
+//! This crate must never do I/O, spawn threads or tasks, or read the clock: every time is a
+//! parameter. CI fails if it ever depends on tokio, rusqlite, postgres or axum.
+
+pub mod admission;
+pub mod content;
+pub mod eligibility;
+pub mod gate;
+pub mod id;
+pub mod model;
+pub mod policy;
+pub mod retention;
+pub mod time;
+pub mod timeline;
+
+pub use admission::Refusal;
+pub use content::{TrainingContent, training_content};
+pub use eligibility::{EligibilityReason, eligibility};
+pub use gate::{Gate, GateDecision, GateReason, gate};
+pub use id::{AccountId, ConversationId, HoldId, IdError};
+pub use model::{
+    AccountHistory, Channel, Choice, Conversation, EventKey, Feedback, Hold, HoldTarget, Message,
+    Preference, Rating, Role, Surface,
+};
+pub use policy::{ContentRule, Plan, PlanClass, Policy, PolicyError};
+pub use retention::{Expiry, ExpiryBound, RetentionClass, SweepAction, expiry, sweep_action};
+pub use time::{Duration, Timestamp, TimestampError};
+pub use timeline::{Command, ConversationStatus, Snapshot, SweepReport, Timeline};

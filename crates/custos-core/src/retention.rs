@@ -1,0 +1,154 @@
+//! Expiry(c) and the sweep's rule (SPEC §3, R6–R8, R12–R13).
+
+use crate::model::{AccountHistory, Conversation, EventKey, Hold};
+use crate::policy::Policy;
+use crate::time::Timestamp;
+
+/// Which retention period step 1 of Expiry used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetentionClass {
+    /// The latest activity was covered: kept `retention.extended` (5 years by default).
+    Extended,
+    /// Kept `retention.standard` (30 days by default).
+    Standard,
+}
+
+impl RetentionClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionClass::Extended => "extended",
+            RetentionClass::Standard => "standard",
+        }
+    }
+}
+
+/// The step of Expiry that set the final time. On a tie the earlier step keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpiryBound {
+    /// Step 1: the retention period after the latest activity.
+    Retention,
+    /// Step 2: the withdrawal cap after a withdrawal later than the latest activity.
+    WithdrawalCap,
+    /// Step 3: the deletion grace after deletion.
+    DeletionGrace,
+    /// Step 4: the account was erased.
+    AccountErased,
+}
+
+impl ExpiryBound {
+    pub const ALL: [ExpiryBound; 4] = [
+        ExpiryBound::Retention,
+        ExpiryBound::WithdrawalCap,
+        ExpiryBound::DeletionGrace,
+        ExpiryBound::AccountErased,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryBound::Retention => "retention",
+            ExpiryBound::WithdrawalCap => "withdrawal_cap",
+            ExpiryBound::DeletionGrace => "deletion_grace",
+            ExpiryBound::AccountErased => "account_erased",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Expiry {
+    pub at: Timestamp,
+    pub class: RetentionClass,
+    pub bound: ExpiryBound,
+}
+
+/// Expiry(c) as of `as_of`, or `None` when the conversation has no activity before it (it did
+/// not exist yet, or its content was purged).
+pub fn expiry(
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+    as_of: EventKey,
+) -> Option<Expiry> {
+    let latest = conversation.activity_before(as_of).max()?;
+    let last_activity = latest.at;
+
+    // Step 1: any activity at the latest activity's time that was covered earns the long period.
+    let covered_at_last = conversation
+        .activity_before(as_of)
+        .filter(|key| key.at == last_activity)
+        .any(|key| conversation.is_covered(policy, owner, key));
+    let (class, period) = if covered_at_last {
+        (RetentionClass::Extended, policy.retention.extended)
+    } else {
+        (RetentionClass::Standard, policy.retention.standard)
+    };
+    let mut result = Expiry {
+        at: last_activity.add(period),
+        class,
+        bound: ExpiryBound::Retention,
+    };
+    let mut cap = |candidate: Timestamp, bound: ExpiryBound| {
+        if candidate < result.at {
+            result.at = candidate;
+            result.bound = bound;
+        }
+    };
+
+    // Step 2: withdrawals after the latest activity, in event order.
+    for withdrawal in owner.withdrawals_before(policy, as_of) {
+        if withdrawal > latest {
+            cap(
+                withdrawal.at.add(policy.retention.withdrawal_cap),
+                ExpiryBound::WithdrawalCap,
+            );
+        }
+    }
+    // Step 3.
+    if let Some(deleted) = conversation.deleted_before(as_of) {
+        cap(
+            deleted.at.add(policy.retention.deletion_grace),
+            ExpiryBound::DeletionGrace,
+        );
+    }
+    // Step 4.
+    if let Some(erased) = owner.erased_before(as_of) {
+        cap(erased.at, ExpiryBound::AccountErased);
+    }
+    Some(result)
+}
+
+/// Whether any active hold covers the conversation as of `as_of` (R13).
+pub fn is_held<'a>(
+    holds: impl IntoIterator<Item = &'a Hold>,
+    conversation: &Conversation,
+    as_of: EventKey,
+) -> bool {
+    holds
+        .into_iter()
+        .any(|hold| hold.covers(conversation, as_of))
+}
+
+/// What a sweep at `now` does with one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SweepAction {
+    /// Expired and not held: remove its content, leave a tombstone.
+    Purge(ExpiryBound),
+    /// Expired but under a hold: keep it (hold > retain > delete).
+    HeldBack,
+    /// Not expired yet, or already purged.
+    Keep,
+}
+
+/// Purge (SPEC §3): a sweep at `now` removes every conversation with expiry ≤ now that is not
+/// under an active hold.
+pub fn sweep_action(expiry: Option<Expiry>, held: bool, now: Timestamp) -> SweepAction {
+    match expiry {
+        Some(expiry) if expiry.at <= now => {
+            if held {
+                SweepAction::HeldBack
+            } else {
+                SweepAction::Purge(expiry.bound)
+            }
+        }
+        _ => SweepAction::Keep,
+    }
+}
