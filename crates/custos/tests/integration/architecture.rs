@@ -33,7 +33,20 @@ fn the_core_crate_depends_on_no_runtime_database_or_web_crate() {
         }
     }
     assert!(reached.len() > 1, "custos-core was not found in Cargo.lock");
-    let forbidden = ["tokio", "rusqlite", "libsqlite3-sys", "postgres", "tokio-postgres", "axum", "hyper", "mio", "reqwest"];
+    let forbidden = [
+        "tokio",
+        "rusqlite",
+        "libsqlite3-sys",
+        "postgres",
+        "tokio-postgres",
+        "axum",
+        "hyper",
+        "mio",
+        "reqwest",
+    ];
     let found: Vec<_> = forbidden.iter().filter(|f| reached.contains(**f)).collect();
-    assert!(found.is_empty(), "custos-core depends on {found:?}; the core must stay pure");
+    assert!(
+        found.is_empty(),
+        "custos-core depends on {found:?}; the core must stay pure"
+    );
 }

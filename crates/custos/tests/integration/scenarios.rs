@@ -22,9 +22,15 @@ fn every_fixture_matches_its_expected_output_and_status() {
     let mut failures = Vec::new();
     for fixture in &fixtures {
         let stem = fixture.file_stem().unwrap().to_str().unwrap();
-        let expected = std::fs::read_to_string(folder.join(format!("{stem}.expected.jsonl"))).unwrap();
-        let expected_error = std::fs::read_to_string(folder.join(format!("{stem}.expected.err"))).ok();
-        let output = custos().args(["scenario", "run"]).arg(fixture).output().unwrap();
+        let expected =
+            std::fs::read_to_string(folder.join(format!("{stem}.expected.jsonl"))).unwrap();
+        let expected_error =
+            std::fs::read_to_string(folder.join(format!("{stem}.expected.err"))).ok();
+        let output = custos()
+            .args(["scenario", "run"])
+            .arg(fixture)
+            .output()
+            .unwrap();
         let (code, out, err) = (output.status.code(), stdout(&output), stderr(&output));
         let status_ok = match &expected_error {
             Some(text) => code == Some(2) && err.contains(text.trim()),
@@ -46,8 +52,15 @@ fn the_shared_scenarios_are_copied_unchanged() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/scenarios");
     let Ok(entries) = std::fs::read_dir(&shared) else {
         // CI always lays shared/ beside the clone, so there its absence is a failure.
-        assert!(std::env::var_os("CI").is_none(), "{} is absent in CI", shared.display());
-        eprintln!("NOTE: {} is absent; the copied fixtures were not compared with it", shared.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is absent in CI",
+            shared.display()
+        );
+        eprintln!(
+            "NOTE: {} is absent; the copied fixtures were not compared with it",
+            shared.display()
+        );
         return;
     };
     let copies = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");

@@ -31,13 +31,21 @@ pub fn run_scenario(document: &Value, files: &[(&str, &str)]) -> Output {
     }
     let path = folder.path().join("scenario.json");
     std::fs::write(&path, serde_json::to_vec_pretty(document).unwrap()).unwrap();
-    custos().args(["scenario", "run"]).arg(&path).output().unwrap()
+    custos()
+        .args(["scenario", "run"])
+        .arg(&path)
+        .output()
+        .unwrap()
 }
 
 pub fn run_scenario_text(text: &str) -> (Output, PathBuf, tempfile::TempDir) {
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("scenario.json");
     std::fs::write(&path, text).unwrap();
-    let output = custos().args(["scenario", "run"]).arg(&path).output().unwrap();
+    let output = custos()
+        .args(["scenario", "run"])
+        .arg(&path)
+        .output()
+        .unwrap();
     (output, path, folder)
 }
