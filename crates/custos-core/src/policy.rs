@@ -456,7 +456,7 @@ fn validate_retention(
         deletion_grace: duration(&raw.deletion_grace, "deletion_grace", true)?,
         withdrawal_cap: duration(&raw.withdrawal_cap, "withdrawal_cap", true)?,
     };
-    if effective.add(retention.extended) < effective.add(retention.standard) {
+    if effective.saturating_add(retention.extended) < effective.saturating_add(retention.standard) {
         return Err(at(
             raw.extended.span(),
             format!(

@@ -82,7 +82,7 @@ pub fn expiry(
         (RetentionClass::Standard, policy.retention.standard)
     };
     let mut result = Expiry {
-        at: last_activity.add(period),
+        at: last_activity.saturating_add(period),
         class,
         bound: ExpiryBound::Retention,
     };
@@ -97,7 +97,9 @@ pub fn expiry(
     for withdrawal in owner.withdrawals_before(policy, as_of) {
         if withdrawal > latest {
             cap(
-                withdrawal.at.add(policy.retention.withdrawal_cap),
+                withdrawal
+                    .at
+                    .saturating_add(policy.retention.withdrawal_cap),
                 ExpiryBound::WithdrawalCap,
             );
         }
@@ -105,7 +107,7 @@ pub fn expiry(
     // Step 3.
     if let Some(deleted) = conversation.deleted_before(as_of) {
         cap(
-            deleted.at.add(policy.retention.deletion_grace),
+            deleted.at.saturating_add(policy.retention.deletion_grace),
             ExpiryBound::DeletionGrace,
         );
     }

@@ -67,7 +67,7 @@ impl Timestamp {
     }
 
     /// Adds a policy duration, saturating at the end of year 9999.
-    pub fn add(self, duration: Duration) -> Timestamp {
+    pub fn saturating_add(self, duration: Duration) -> Timestamp {
         match duration {
             Duration::Days(days) => {
                 Self::saturating_from_millis(self.0.saturating_add(i64::from(days) * MS_PER_DAY))
@@ -225,7 +225,10 @@ mod tests {
             ("9998-06-01T00:00:00Z", 5, "9999-12-31T23:59:59.999Z"),
         ];
         for (start, years, expected) in cases {
-            assert_eq!(ts(start).add(Duration::Years(years)).to_string(), expected);
+            assert_eq!(
+                ts(start).saturating_add(Duration::Years(years)).to_string(),
+                expected
+            );
         }
     }
 
@@ -233,7 +236,7 @@ mod tests {
     fn days_are_exact_multiples_of_86400_seconds() {
         assert_eq!(
             ts("2025-08-02T10:00:00Z")
-                .add(Duration::Days(30))
+                .saturating_add(Duration::Days(30))
                 .to_string(),
             "2025-09-01T10:00:00.000Z"
         );

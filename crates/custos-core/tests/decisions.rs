@@ -1,5 +1,13 @@
 //! One test per rule of SPEC §3 and per reason code, each on the smallest timeline that shows it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on a broken fixture; that is its job"
+)]
+
 use custos_core::{
     AccountId, Channel, Command, ConversationId, EligibilityReason, ExpiryBound, GateDecision,
     GateReason, HoldId, HoldTarget, Policy, Rating, RetentionClass, Role, Surface, SweepAction,

@@ -5,6 +5,14 @@
 //! construction from the core's event-keyed histories. Every admission, gate, expiry and
 //! eligibility answer of the core must match it, after every step.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on a broken fixture; that is its job"
+)]
+
 mod support;
 
 use custos_core::{
@@ -102,15 +110,17 @@ mod oracle {
             let c = self.conversations.get(&conversation)?;
             let last = c.activities.last()?;
             let extended = c.activities.iter().any(|a| a.at == last.at && a.covered);
-            let mut at = last.at.add(if extended { FIVE_YEARS } else { THIRTY_DAYS });
+            let mut at = last
+                .at
+                .saturating_add(if extended { FIVE_YEARS } else { THIRTY_DAYS });
             let owner = &self.accounts[&c.owner];
             for (order, w) in &owner.withdrawals {
                 if *order > last.order {
-                    at = at.min(w.add(THIRTY_DAYS));
+                    at = at.min(w.saturating_add(THIRTY_DAYS));
                 }
             }
             if let Some(deleted) = c.deleted_at {
-                at = at.min(deleted.add(THIRTY_DAYS));
+                at = at.min(deleted.saturating_add(THIRTY_DAYS));
             }
             if let Some(erased) = owner.erased_at {
                 at = at.min(erased);
@@ -253,23 +263,21 @@ mod oracle {
                     };
                     let allowed_now = a.consumer && a.pref == Some(true);
                     let on_consumer_plan = a.consumer;
-                    if self.conversations.contains_key(&conversation) {
-                        if !self.open_for_activity(account, conversation, now) {
-                            return false;
-                        }
-                    } else {
-                        let c = Conversation {
-                            owner: account,
-                            incognito,
-                            activities: vec![],
-                            deleted_at: None,
-                            purged: false,
-                        };
-                        self.conversations.insert(conversation, c);
-                    }
-                    let Some(c) = self.conversations.get_mut(&conversation) else {
+                    if self.conversations.contains_key(&conversation)
+                        && !self.open_for_activity(account, conversation, now)
+                    {
                         return false;
-                    };
+                    }
+                    let c =
+                        self.conversations
+                            .entry(conversation)
+                            .or_insert_with(|| Conversation {
+                                owner: account,
+                                incognito,
+                                activities: vec![],
+                                deleted_at: None,
+                                purged: false,
+                            });
                     let covered = allowed_now && !c.incognito;
                     c.activities.push(Activity {
                         order,
@@ -647,6 +655,6 @@ proptest! {
         let target = year + i32::try_from(years).unwrap();
         let expected_day = if is_leap(target) { 29 } else { 28 };
         let expected = format!("{target:04}-02-{expected_day}{}", &text[10..]);
-        prop_assert_eq!(start.add(Duration::Years(years)).to_string(), expected);
+        prop_assert_eq!(start.saturating_add(Duration::Years(years)).to_string(), expected);
     }
 }

@@ -1,5 +1,13 @@
 //! End-to-end tests of the `custos` binary: each runs the real executable in a temporary folder.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on a broken fixture; that is its job"
+)]
+
 mod architecture;
 mod invalid_steps;
 mod policy_check;

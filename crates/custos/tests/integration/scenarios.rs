@@ -1,4 +1,5 @@
-//! Every fixture under `tests/scenarios/` produces exactly its expected output and exit status.
+//! Every fixture under `tests/scenarios/`, and every bundled example under the repository's
+//! `examples/`, produces exactly its expected output and exit status.
 //!
 //! `NAME.json` is run; stdout must equal `NAME.expected.jsonl` byte for byte. If
 //! `NAME.expected.err` exists the run must exit 2 with stderr containing its text; otherwise it
@@ -10,14 +11,27 @@ use crate::support::{custos, stderr, stdout};
 
 #[test]
 fn every_fixture_matches_its_expected_output_and_status() {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut fixtures: Vec<_> = std::fs::read_dir(&folder)
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    assert_scenarios_match(&fixtures, 11);
+}
+
+#[test]
+fn every_bundled_example_matches_its_expected_output() {
+    assert_scenarios_match(&crate::support::repo_root().join("examples"), 3);
+}
+
+fn assert_scenarios_match(folder: &Path, at_least: usize) {
+    let mut fixtures: Vec<_> = std::fs::read_dir(folder)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "json"))
         .collect();
     fixtures.sort();
-    assert!(fixtures.len() >= 11, "fixtures went missing: {fixtures:?}");
+    assert!(
+        fixtures.len() >= at_least,
+        "scenarios went missing from {}: {fixtures:?}",
+        folder.display()
+    );
 
     let mut failures = Vec::new();
     for fixture in &fixtures {
