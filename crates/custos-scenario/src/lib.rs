@@ -48,11 +48,16 @@ impl Scenario {
             path: path.to_owned(),
             source,
         })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Parses a scenario's text; `path` names it in errors and anchors a relative `policy`.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let not_a_scenario = |message: String| ScenarioError::NotAScenario {
             path: path.to_owned(),
             message,
         };
-        let document: Value = serde_json::from_str(&text)
+        let document: Value = serde_json::from_str(text)
             .map_err(|e| not_a_scenario(format!("not a scenario: not valid JSON ({e})")))?;
         let Value::Object(mut document) = document else {
             return Err(not_a_scenario(
