@@ -4,53 +4,24 @@ use crate::model::{AccountHistory, Conversation, EventKey, Preference};
 use crate::policy::Policy;
 use crate::retention::expiry;
 
-/// The rule of Eligible that decided, in the order the rules are tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum EligibilityReason {
-    Purged,
-    AccountErased,
-    Deleted,
-    Expired,
-    Incognito,
-    NotConsumerPlan,
-    TrainingDeclined,
-    TrainingUndecided,
-    NotCovered,
-    Withdrawn,
-    Eligible,
+closed_set! {
+    /// The rule of Eligible that decided, in the order the rules are tried.
+    pub enum EligibilityReason {
+        Purged => "purged",
+        AccountErased => "account_erased",
+        Deleted => "deleted",
+        Expired => "expired",
+        Incognito => "incognito",
+        NotConsumerPlan => "not_consumer_plan",
+        TrainingDeclined => "training_declined",
+        TrainingUndecided => "training_undecided",
+        NotCovered => "not_covered",
+        Withdrawn => "withdrawn",
+        Eligible => "eligible",
+    }
 }
 
 impl EligibilityReason {
-    pub const ALL: [EligibilityReason; 11] = [
-        EligibilityReason::Purged,
-        EligibilityReason::AccountErased,
-        EligibilityReason::Deleted,
-        EligibilityReason::Expired,
-        EligibilityReason::Incognito,
-        EligibilityReason::NotConsumerPlan,
-        EligibilityReason::TrainingDeclined,
-        EligibilityReason::TrainingUndecided,
-        EligibilityReason::NotCovered,
-        EligibilityReason::Withdrawn,
-        EligibilityReason::Eligible,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EligibilityReason::Purged => "purged",
-            EligibilityReason::AccountErased => "account_erased",
-            EligibilityReason::Deleted => "deleted",
-            EligibilityReason::Expired => "expired",
-            EligibilityReason::Incognito => "incognito",
-            EligibilityReason::NotConsumerPlan => "not_consumer_plan",
-            EligibilityReason::TrainingDeclined => "training_declined",
-            EligibilityReason::TrainingUndecided => "training_undecided",
-            EligibilityReason::NotCovered => "not_covered",
-            EligibilityReason::Withdrawn => "withdrawn",
-            EligibilityReason::Eligible => "eligible",
-        }
-    }
-
     pub fn is_eligible(self) -> bool {
         self == EligibilityReason::Eligible
     }

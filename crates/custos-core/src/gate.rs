@@ -3,51 +3,26 @@
 use crate::model::{AccountHistory, EventKey, Preference};
 use crate::policy::Policy;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GateDecision {
-    Allow,
-    Prompt,
-    Block,
-}
-
-impl GateDecision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateDecision::Allow => "allow",
-            GateDecision::Prompt => "prompt",
-            GateDecision::Block => "block",
-        }
+closed_set! {
+    /// What the product should do with the user's request.
+    pub enum GateDecision {
+        Allow => "allow",
+        Prompt => "prompt",
+        Block => "block",
     }
 }
 
-/// The rule of Gate that decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GateReason {
-    /// Rule 1: the plan is not a consumer plan.
-    NotApplicable,
-    /// Rule 2: the user has chosen (either answer).
-    Decided,
-    /// Rule 3: undecided, before the deadline.
-    ChoicePending,
-    /// Rule 4: undecided, at or after the deadline.
-    ChoiceRequired,
-}
-
-impl GateReason {
-    pub const ALL: [GateReason; 4] = [
-        GateReason::NotApplicable,
-        GateReason::Decided,
-        GateReason::ChoicePending,
-        GateReason::ChoiceRequired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateReason::NotApplicable => "not_applicable",
-            GateReason::Decided => "decided",
-            GateReason::ChoicePending => "choice_pending",
-            GateReason::ChoiceRequired => "choice_required",
-        }
+closed_set! {
+    /// The rule of Gate that decided.
+    pub enum GateReason {
+        /// Rule 1: the plan is not a consumer plan.
+        NotApplicable => "not_applicable",
+        /// Rule 2: the user has chosen (either answer).
+        Decided => "decided",
+        /// Rule 3: undecided, before the deadline.
+        ChoicePending => "choice_pending",
+        /// Rule 4: undecided, at or after the deadline.
+        ChoiceRequired => "choice_required",
     }
 }
 

@@ -8,6 +8,38 @@
 //! This crate must never do I/O, spawn threads or tasks, or read the clock: every time is a
 //! parameter. CI fails if it ever depends on tokio, rusqlite, postgres or axum.
 
+/// A closed set of values that travel as fixed strings (reason codes, channels, roles): one
+/// place for each value's spelling, with `as_str`, `parse` and `ALL` in declaration order.
+macro_rules! closed_set {
+    (
+        $(#[$doc:meta])*
+        pub enum $name:ident {
+            $( $(#[$variant_doc:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $( $(#[$variant_doc])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|value| value.as_str() == text)
+            }
+        }
+    };
+}
+
 pub mod admission;
 pub mod content;
 pub mod eligibility;

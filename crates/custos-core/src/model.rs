@@ -23,12 +23,13 @@ impl EventKey {
     }
 }
 
-/// A user's training choice (R1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Preference {
-    Unset,
-    Allowed,
-    Declined,
+closed_set! {
+    /// A user's training choice (R1).
+    pub enum Preference {
+        Unset => "unset",
+        Allowed => "allowed",
+        Declined => "declined",
+    }
 }
 
 impl Preference {
@@ -39,37 +40,14 @@ impl Preference {
             Preference::Declined
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preference::Unset => "unset",
-            Preference::Allowed => "allowed",
-            Preference::Declined => "declined",
-        }
-    }
 }
 
-/// Where a choice was made (R11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    Signup,
-    Notice,
-    Settings,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Signup, Channel::Notice, Channel::Settings];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Signup => "signup",
-            Channel::Notice => "notice",
-            Channel::Settings => "settings",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == text)
+closed_set! {
+    /// Where a choice was made (R11).
+    pub enum Channel {
+        Signup => "signup",
+        Notice => "notice",
+        Settings => "settings",
     }
 }
 
@@ -229,67 +207,27 @@ impl AccountHistory {
     }
 }
 
-/// Where a conversation happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Surface {
-    Chat,
-    Code,
-}
-
-impl Surface {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Surface::Chat => "chat",
-            Surface::Code => "code",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Surface> {
-        [Surface::Chat, Surface::Code]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+closed_set! {
+    /// Where a conversation happened.
+    pub enum Surface {
+        Chat => "chat",
+        Code => "code",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Role> {
-        [Role::User, Role::Assistant]
-            .into_iter()
-            .find(|r| r.as_str() == text)
+closed_set! {
+    /// Who wrote a message.
+    pub enum Role {
+        User => "user",
+        Assistant => "assistant",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rating {
-    Up,
-    Down,
-}
-
-impl Rating {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rating::Up => "up",
-            Rating::Down => "down",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Rating> {
-        [Rating::Up, Rating::Down]
-            .into_iter()
-            .find(|r| r.as_str() == text)
+closed_set! {
+    /// A user's rating of a reply.
+    pub enum Rating {
+        Up => "up",
+        Down => "down",
     }
 }
 

@@ -55,21 +55,13 @@ pub struct Training {
     pub content: ContentRule,
 }
 
-/// Which parts of an eligible conversation a training export carries (SPEC §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContentRule {
-    /// Every message and feedback made on a consumer plan: a resumed conversation counts whole.
-    Whole,
-    /// Only messages and feedback that were themselves covered.
-    CoveredOnly,
-}
-
-impl ContentRule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContentRule::Whole => "whole",
-            ContentRule::CoveredOnly => "covered_only",
-        }
+closed_set! {
+    /// Which parts of an eligible conversation a training export carries (SPEC §3).
+    pub enum ContentRule {
+        /// Every message and feedback made on a consumer plan: a resumed conversation counts whole.
+        Whole => "whole",
+        /// Only messages and feedback that were themselves covered.
+        CoveredOnly => "covered_only",
     }
 }
 
@@ -155,18 +147,13 @@ impl Policy {
         let notice = validate_notice(raw.notice, &at)?;
         let (consumer_plans, business_plans) = validate_plans(&raw.plans, &at)?;
         let retention = validate_retention(&raw.retention, effective, &at)?;
-        let content = match raw.training.content.get_ref().as_str() {
-            "whole" => ContentRule::Whole,
-            "covered_only" => ContentRule::CoveredOnly,
-            other => {
-                return Err(at(
-                    raw.training.content.span(),
-                    format!(
-                        "training.content `{other}` is unknown: use \"whole\" or \"covered_only\""
-                    ),
-                ));
-            }
-        };
+        let content = ContentRule::parse(raw.training.content.get_ref()).ok_or_else(|| {
+            let other = raw.training.content.get_ref();
+            at(
+                raw.training.content.span(),
+                format!("training.content `{other}` is unknown: use \"whole\" or \"covered_only\""),
+            )
+        })?;
 
         Ok(Policy {
             id,

@@ -4,52 +4,27 @@ use crate::model::{AccountHistory, Conversation, EventKey, Hold};
 use crate::policy::Policy;
 use crate::time::Timestamp;
 
-/// Which retention period step 1 of Expiry used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetentionClass {
-    /// The latest activity was covered: kept `retention.extended` (5 years by default).
-    Extended,
-    /// Kept `retention.standard` (30 days by default).
-    Standard,
-}
-
-impl RetentionClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetentionClass::Extended => "extended",
-            RetentionClass::Standard => "standard",
-        }
+closed_set! {
+    /// Which retention period step 1 of Expiry used.
+    pub enum RetentionClass {
+        /// The latest activity was covered: kept `retention.extended` (5 years by default).
+        Extended => "extended",
+        /// Kept `retention.standard` (30 days by default).
+        Standard => "standard",
     }
 }
 
-/// The step of Expiry that set the final time. On a tie the earlier step keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExpiryBound {
-    /// Step 1: the retention period after the latest activity.
-    Retention,
-    /// Step 2: the withdrawal cap after a withdrawal later than the latest activity.
-    WithdrawalCap,
-    /// Step 3: the deletion grace after deletion.
-    DeletionGrace,
-    /// Step 4: the account was erased.
-    AccountErased,
-}
-
-impl ExpiryBound {
-    pub const ALL: [ExpiryBound; 4] = [
-        ExpiryBound::Retention,
-        ExpiryBound::WithdrawalCap,
-        ExpiryBound::DeletionGrace,
-        ExpiryBound::AccountErased,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExpiryBound::Retention => "retention",
-            ExpiryBound::WithdrawalCap => "withdrawal_cap",
-            ExpiryBound::DeletionGrace => "deletion_grace",
-            ExpiryBound::AccountErased => "account_erased",
-        }
+closed_set! {
+    /// The step of Expiry that set the final time. On a tie the earlier step keeps it.
+    pub enum ExpiryBound {
+        /// Step 1: the retention period after the latest activity.
+        Retention => "retention",
+        /// Step 2: the withdrawal cap after a withdrawal later than the latest activity.
+        WithdrawalCap => "withdrawal_cap",
+        /// Step 3: the deletion grace after deletion.
+        DeletionGrace => "deletion_grace",
+        /// Step 4: the account was erased.
+        AccountErased => "account_erased",
     }
 }
 

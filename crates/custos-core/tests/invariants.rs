@@ -197,6 +197,50 @@ mod oracle {
                 && self.expiry(conversation).is_some_and(|(at, _)| at > now)
         }
 
+        /// A message (which may start a conversation, with its incognito flag) or feedback
+        /// (which may not); returns whether it was admitted.
+        fn record_activity(
+            &mut self,
+            order: usize,
+            now: Timestamp,
+            account: usize,
+            conversation: usize,
+            starts_with_incognito: Option<bool>,
+        ) -> bool {
+            let Some(a) = self.live(account) else {
+                return false;
+            };
+            let allowed_now = a.consumer && a.pref == Some(true);
+            let on_consumer_plan = a.consumer;
+            let exists = self.conversations.contains_key(&conversation);
+            if exists && !self.open_for_activity(account, conversation, now) {
+                return false;
+            }
+            let Some(incognito) = starts_with_incognito.or(exists.then_some(false)) else {
+                return false; // feedback needs an existing conversation
+            };
+            let c = self
+                .conversations
+                .entry(conversation)
+                .or_insert(Conversation {
+                    owner: account,
+                    incognito,
+                    activities: vec![],
+                    deleted_at: None,
+                    purged: false,
+                });
+            let covered = allowed_now && !c.incognito;
+            let is_message = starts_with_incognito.is_some();
+            c.activities.push(Activity {
+                order,
+                at: now,
+                covered,
+                on_consumer_plan,
+                is_message,
+            });
+            true
+        }
+
         /// Applies an event if the rules admit it; returns whether they did.
         pub fn apply(&mut self, now: Timestamp, event: &Event) -> bool {
             self.order += 1;
@@ -258,62 +302,13 @@ mod oracle {
                     incognito,
                     ..
                 } => {
-                    let Some(a) = self.live(account) else {
-                        return false;
-                    };
-                    let allowed_now = a.consumer && a.pref == Some(true);
-                    let on_consumer_plan = a.consumer;
-                    if self.conversations.contains_key(&conversation)
-                        && !self.open_for_activity(account, conversation, now)
-                    {
-                        return false;
-                    }
-                    let c =
-                        self.conversations
-                            .entry(conversation)
-                            .or_insert_with(|| Conversation {
-                                owner: account,
-                                incognito,
-                                activities: vec![],
-                                deleted_at: None,
-                                purged: false,
-                            });
-                    let covered = allowed_now && !c.incognito;
-                    c.activities.push(Activity {
-                        order,
-                        at: now,
-                        covered,
-                        on_consumer_plan,
-                        is_message: true,
-                    });
+                    return self.record_activity(order, now, account, conversation, Some(incognito));
                 }
                 Event::Feedback {
                     account,
                     conversation,
                     ..
-                } => {
-                    let Some(a) = self.live(account) else {
-                        return false;
-                    };
-                    let allowed_now = a.consumer && a.pref == Some(true);
-                    let on_consumer_plan = a.consumer;
-                    if !self.conversations.contains_key(&conversation)
-                        || !self.open_for_activity(account, conversation, now)
-                    {
-                        return false;
-                    }
-                    let Some(c) = self.conversations.get_mut(&conversation) else {
-                        return false;
-                    };
-                    let covered = allowed_now && !c.incognito;
-                    c.activities.push(Activity {
-                        order,
-                        at: now,
-                        covered,
-                        on_consumer_plan,
-                        is_message: false,
-                    });
-                }
+                } => return self.record_activity(order, now, account, conversation, None),
                 Event::Delete { conversation } => {
                     let Some(c) = self.conversations.get_mut(&conversation) else {
                         return false;

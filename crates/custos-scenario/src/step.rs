@@ -100,28 +100,24 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| format!("field `{name}` is missing"))
     }
 
-    fn account(&self, name: &str) -> Result<AccountId, String> {
-        AccountId::parse(self.str(name)?).map_err(|e| format!("field `{name}`: {e}"))
-    }
-
-    fn optional_account(&self, name: &str) -> Result<Option<AccountId>, String> {
+    /// An optional string field turned into a typed value by `parse`.
+    fn optional_parsed<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, String> {
         self.optional_str(name)?
-            .map(|text| AccountId::parse(text).map_err(|e| format!("field `{name}`: {e}")))
+            .map(|text| parse(text).map_err(|e| format!("field `{name}`: {e}")))
             .transpose()
     }
 
-    fn conversation(&self, name: &str) -> Result<ConversationId, String> {
-        ConversationId::parse(self.str(name)?).map_err(|e| format!("field `{name}`: {e}"))
-    }
-
-    fn optional_conversation(&self, name: &str) -> Result<Option<ConversationId>, String> {
-        self.optional_str(name)?
-            .map(|text| ConversationId::parse(text).map_err(|e| format!("field `{name}`: {e}")))
-            .transpose()
-    }
-
-    fn hold(&self, name: &str) -> Result<HoldId, String> {
-        HoldId::parse(self.str(name)?).map_err(|e| format!("field `{name}`: {e}"))
+    fn parsed<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<T, String> {
+        self.optional_parsed(name, parse)?
+            .ok_or_else(|| format!("field `{name}` is missing"))
     }
 
     /// An optional field with a closed set of values, parsed by `parse`.
@@ -188,7 +184,7 @@ fn parse_command(verb: &str, f: &Fields<'_>) -> Result<Command, String> {
     };
     Ok(match verb {
         "create_account" => Command::CreateAccount {
-            account: f.account("account")?,
+            account: f.parsed("account", AccountId::parse)?,
             plan: f.str("plan")?.to_owned(),
             choice: match f.optional_bool("allowed")? {
                 Some(allowed) => Some((allowed, channel(Channel::Signup)?)),
@@ -199,20 +195,20 @@ fn parse_command(verb: &str, f: &Fields<'_>) -> Result<Command, String> {
             },
         },
         "choose" => Command::Choose {
-            account: f.account("account")?,
+            account: f.parsed("account", AccountId::parse)?,
             allowed: f.bool("allowed")?,
             channel: channel(Channel::Settings)?,
         },
         "notice_shown" => Command::NoticeShown {
-            account: f.account("account")?,
+            account: f.parsed("account", AccountId::parse)?,
         },
         "change_plan" => Command::ChangePlan {
-            account: f.account("account")?,
+            account: f.parsed("account", AccountId::parse)?,
             plan: f.str("plan")?.to_owned(),
         },
         "message" => Command::Message {
-            account: f.account("account")?,
-            conversation: f.conversation("conversation")?,
+            account: f.parsed("account", AccountId::parse)?,
+            conversation: f.parsed("conversation", ConversationId::parse)?,
             surface: f
                 .optional_choice("surface", "chat, code", Surface::parse)?
                 .unwrap_or(Surface::Chat),
@@ -223,18 +219,18 @@ fn parse_command(verb: &str, f: &Fields<'_>) -> Result<Command, String> {
             incognito: f.optional_bool("incognito")?.unwrap_or(false),
         },
         "feedback" => Command::Feedback {
-            account: f.account("account")?,
-            conversation: f.conversation("conversation")?,
+            account: f.parsed("account", AccountId::parse)?,
+            conversation: f.parsed("conversation", ConversationId::parse)?,
             rating: f.choice("rating", "up, down", Rating::parse)?,
             comment: f.optional_str("comment")?.map(str::to_owned),
         },
         "delete_conversation" => Command::DeleteConversation {
-            conversation: f.conversation("conversation")?,
+            conversation: f.parsed("conversation", ConversationId::parse)?,
         },
         "legal_hold" => {
             let target = match (
-                f.optional_account("account")?,
-                f.optional_conversation("conversation")?,
+                f.optional_parsed("account", AccountId::parse)?,
+                f.optional_parsed("conversation", ConversationId::parse)?,
             ) {
                 (Some(account), None) => HoldTarget::Account(account),
                 (None, Some(conversation)) => HoldTarget::Conversation(conversation),
@@ -248,15 +244,15 @@ fn parse_command(verb: &str, f: &Fields<'_>) -> Result<Command, String> {
                 }
             };
             Command::PlaceHold {
-                hold: f.hold("hold")?,
+                hold: f.parsed("hold", HoldId::parse)?,
                 target,
             }
         }
         "release_hold" => Command::ReleaseHold {
-            hold: f.hold("hold")?,
+            hold: f.parsed("hold", HoldId::parse)?,
         },
         "erase_account" => Command::EraseAccount {
-            account: f.account("account")?,
+            account: f.parsed("account", AccountId::parse)?,
         },
         "sweep" => Command::Sweep,
         other => {
@@ -270,8 +266,8 @@ fn parse_command(verb: &str, f: &Fields<'_>) -> Result<Command, String> {
 
 fn parse_query(query: &str, f: &Fields<'_>) -> Result<Query, String> {
     Ok(match query {
-        "gate" => Query::Gate(f.account("account")?),
-        "conversation" => Query::Conversation(f.conversation("conversation")?),
+        "gate" => Query::Gate(f.parsed("account", AccountId::parse)?),
+        "conversation" => Query::Conversation(f.parsed("conversation", ConversationId::parse)?),
         "export" => Query::Export,
         other => {
             return Err(format!(
