@@ -302,7 +302,13 @@ mod oracle {
                     incognito,
                     ..
                 } => {
-                    return self.record_activity(order, now, account, conversation, Some(incognito));
+                    return self.record_activity(
+                        order,
+                        now,
+                        account,
+                        conversation,
+                        Some(incognito),
+                    );
                 }
                 Event::Feedback {
                     account,
