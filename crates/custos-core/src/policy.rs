@@ -70,6 +70,12 @@ closed_set! {
 pub struct Plan(String);
 
 impl Plan {
+    /// A plan name as recorded in stored history. The policy in force classifies it; one in
+    /// neither of its lists counts as out of scope, never as consumer.
+    pub fn recorded(name: &str) -> Plan {
+        Plan(name.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,16 +1,17 @@
 //! custos-scenario: the policy as a runnable timeline (API.md §1).
 //!
-//! It reads a scenario file, replays its steps one by one through the decision core, and writes
-//! one JSON line per query. It stops at the first invalid step; lines already written stay
-//! written. It owns the file format and the output format, and no rule of SPEC.md: every answer
-//! comes from `custos-core`.
+//! It reads a scenario file, replays its steps one by one through the store — a temporary SQLite
+//! database, the same path the server takes — and writes one JSON line per query. It stops at
+//! the first invalid step; lines already written stay written. It owns the file format and the
+//! output format, and no rule of SPEC.md: every answer comes from `custos-core`.
 
 mod step;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use custos_core::{Policy, PolicyError, Timeline, Timestamp};
+use custos_core::{Policy, PolicyError, Timestamp};
+use custos_store::{Location, Store, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -39,6 +40,8 @@ pub enum ScenarioError {
     Step(#[from] StepError),
     #[error("writing results: {0}")]
     Output(#[source] std::io::Error),
+    #[error("the scenario's temporary store: {0}")]
+    Store(#[source] StoreError),
 }
 
 impl Scenario {
@@ -90,9 +93,19 @@ impl Scenario {
         Ok(Scenario { policy, steps })
     }
 
-    /// Replays every step through a fresh timeline, writing one line per query to `out`.
+    /// Replays every step through a fresh store in a temporary folder, writing one line per
+    /// query to `out`.
     pub fn run(self, out: &mut impl Write) -> Result<(), ScenarioError> {
-        let mut timeline = Timeline::new(self.policy);
+        let folder = tempfile::tempdir().map_err(|e| {
+            ScenarioError::Store(StoreError::Io {
+                path: std::env::temp_dir(),
+                source: e,
+            })
+        })?;
+        let location = Location::Sqlite {
+            data: folder.path().to_owned(),
+        };
+        let store = Store::open(&location, self.policy).map_err(ScenarioError::Store)?;
         let mut previous: Option<Timestamp> = None;
         for (index, raw) in self.steps.iter().enumerate() {
             let step = parse_step(index, raw)?;
@@ -114,13 +127,21 @@ impl Scenario {
             }
             previous = Some(step.at);
             match step.action {
-                Action::Do(command) => {
-                    timeline
-                        .apply(step.at, command)
-                        .map_err(|refusal| invalid(refusal.to_string()))?;
-                }
+                Action::Do(command) => match store.apply(step.at, &command, "scenario") {
+                    Ok(_) => {}
+                    Err(StoreError::Refused(refusal)) => {
+                        return Err(invalid(refusal.to_string()).into());
+                    }
+                    Err(error) => return Err(ScenarioError::Store(error)),
+                },
                 Action::Query(query) => {
-                    let result = answer(&timeline, step.at, &query).map_err(invalid)?;
+                    let result = match answer(&store, step.at, &query) {
+                        Ok(result) => result,
+                        Err(StoreError::Refused(refusal)) => {
+                            return Err(invalid(refusal.to_string()).into());
+                        }
+                        Err(error) => return Err(ScenarioError::Store(error)),
+                    };
                     let line = serde_json::to_string(&ResultLine {
                         step: index,
                         result,
@@ -164,19 +185,17 @@ enum QueryResult {
     },
 }
 
-fn answer(timeline: &Timeline, at: Timestamp, query: &Query) -> Result<QueryResult, String> {
+fn answer(store: &Store, at: Timestamp, query: &Query) -> Result<QueryResult, StoreError> {
     Ok(match query {
         Query::Gate(account) => {
-            let gate = timeline.gate(account, at).map_err(|r| r.to_string())?;
+            let gate = store.gate(account, at)?;
             QueryResult::Gate {
                 decision: gate.decision.as_str(),
                 reason: gate.reason.as_str(),
             }
         }
         Query::Conversation(id) => {
-            let status = timeline
-                .conversation_status(id, at)
-                .map_err(|r| r.to_string())?;
+            let status = store.conversation_status(id, at)?;
             QueryResult::Conversation {
                 exists: status.exists,
                 visible: status.visible,
@@ -188,22 +207,14 @@ fn answer(timeline: &Timeline, at: Timestamp, query: &Query) -> Result<QueryResu
             }
         }
         Query::Export => {
-            let snapshot = timeline.snapshot(at);
+            let snapshot = store.snapshot(at)?;
             QueryResult::Export {
-                messages: snapshot
-                    .included
-                    .iter()
-                    .map(|(_, c)| c.messages.len())
-                    .sum(),
-                feedback: snapshot
-                    .included
-                    .iter()
-                    .map(|(_, c)| c.feedback.len())
-                    .sum(),
+                messages: snapshot.included.iter().map(|c| c.messages.len()).sum(),
+                feedback: snapshot.included.iter().map(|c| c.feedback.len()).sum(),
                 conversations: snapshot
                     .included
                     .into_iter()
-                    .map(|(id, _)| id.to_string())
+                    .map(|c| c.id.to_string())
                     .collect(),
             }
         }

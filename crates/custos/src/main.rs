@@ -109,7 +109,9 @@ fn run(command: Command) -> Result<(), Failure> {
             Scenario::load(&file)
                 .and_then(|s| s.run(&mut out))
                 .map_err(|error| match error {
-                    ScenarioError::Output(_) => Failure::operational(error),
+                    ScenarioError::Output(_) | ScenarioError::Store(_) => {
+                        Failure::operational(error)
+                    }
                     _ => Failure::invalid_input(error),
                 })
         }

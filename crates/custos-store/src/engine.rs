@@ -1,0 +1,1055 @@
+//! The transaction scripts: load the records an event names, ask the core, write the result.
+//!
+//! Written once against [`Tx`], so SQLite and PostgreSQL run the same statements. No rule of
+//! SPEC.md is restated here: admission, expiry, eligibility, content and the sweep's decision
+//! all come from `custos-core`.
+
+use std::collections::BTreeMap;
+
+use custos_core::admission::{self, Refusal};
+use custos_core::{
+    AccountHistory, AccountId, Channel, Choice, Command, Conversation, ConversationId,
+    ConversationStatus, EligibilityReason, EventKey, Feedback, Gate, Hold, HoldId, HoldTarget,
+    Message, Policy, Preference, Rating, Role, Surface, SweepAction, SweepReport, Timestamp,
+    eligibility, expiry, gate, sweep_action, training_content,
+};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+use crate::ledger::{Entry, EntryKind, GENESIS, LedgerKey, checkpoint_message, heads_root};
+use crate::sql::{Row, Tx};
+
+/// A key that sees every recorded event: the stored expiry reflects all of them.
+const END: EventKey = EventKey {
+    at: Timestamp::MAX,
+    seq: u64::MAX,
+};
+
+/// The mutable head of an account: its event counter and its ledger chain.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: AccountId,
+    /// The next event's place in this account's order (SPEC §2 "order of arrival").
+    pub next_seq: i64,
+    pub ledger_len: i64,
+    pub ledger_head: [u8; 32],
+    pub erased_at: Option<i64>,
+}
+
+fn seq(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(format!("negative sequence {value}")))
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn time(millis: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_millis(millis)
+        .ok_or_else(|| StoreError::corrupt(format!("time {millis} is out of range")))
+}
+
+fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::corrupt("a hash is not 32 bytes"))
+}
+
+fn account_id(text: String) -> Result<AccountId, StoreError> {
+    AccountId::parse(&text).map_err(|e| StoreError::corrupt(e.to_string()))
+}
+
+fn conversation_id(text: String) -> Result<ConversationId, StoreError> {
+    ConversationId::parse(&text).map_err(|e| StoreError::corrupt(e.to_string()))
+}
+
+// ---- reading records ----
+
+const LEDGER_COLUMNS: &str = "account_id, idx, at, seq, kind, plan, preference, channel, \
+                              notice_id, policy_id, actor, prev_hash, hash";
+
+pub fn entry_from_row(row: &Row) -> Result<Entry, StoreError> {
+    let kind_text = row.text(4)?;
+    Ok(Entry {
+        account: account_id(row.text(0)?)?,
+        idx: row.int(1)?,
+        key: EventKey::new(time(row.int(2)?)?, seq(row.int(3)?)?),
+        kind: EntryKind::parse(&kind_text)
+            .ok_or_else(|| StoreError::corrupt(format!("unknown ledger kind `{kind_text}`")))?,
+        plan: row.optional_text(5)?,
+        preference: row
+            .optional_text(6)?
+            .map(|t| parse_or_corrupt(&t, Preference::parse))
+            .transpose()?,
+        channel: row
+            .optional_text(7)?
+            .map(|t| parse_or_corrupt(&t, Channel::parse))
+            .transpose()?,
+        notice_id: row.text(8)?,
+        policy_id: row.text(9)?,
+        actor: row.text(10)?,
+        prev_hash: hash32(row.bytes(11)?)?,
+        hash: hash32(row.bytes(12)?)?,
+    })
+}
+
+fn parse_or_corrupt<T>(text: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(text).ok_or_else(|| StoreError::corrupt(format!("unknown stored value `{text}`")))
+}
+
+pub fn ledger_entries(tx: &mut dyn Tx, account: &str) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx");
+    tx.query(&sql, &[account.into()])?
+        .iter()
+        .map(entry_from_row)
+        .collect()
+}
+
+/// Rebuilds the core's view of an account from its ledger.
+fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError> {
+    let mut history: Option<AccountHistory> = None;
+    for entry in entries {
+        let plan = || {
+            let name = entry.plan.as_deref().unwrap_or("");
+            // A plan dropped from a later policy is kept as recorded; it is simply not consumer.
+            Ok::<_, StoreError>(custos_core::policy::Plan::recorded(name))
+        };
+        match (entry.kind, history.as_mut()) {
+            (EntryKind::Created, None) => {
+                history = Some(AccountHistory::new(
+                    entry.account.clone(),
+                    entry.key,
+                    plan()?,
+                ));
+            }
+            (EntryKind::Choice, Some(h)) => h.record_choice(Choice {
+                key: entry.key,
+                preference: entry.preference.unwrap_or(Preference::Unset),
+                channel: entry.channel.unwrap_or(Channel::Settings),
+            }),
+            (EntryKind::NoticeShown, Some(h)) => h.record_notice_shown(entry.key),
+            (EntryKind::PlanChanged, Some(h)) => h.record_plan(entry.key, plan()?),
+            (EntryKind::Erased, Some(h)) => h.record_erasure(entry.key),
+            (kind, _) => {
+                return Err(StoreError::corrupt(format!(
+                    "ledger of `{}` has `{}` at entry {} out of place",
+                    entry.account,
+                    kind.as_str(),
+                    entry.idx
+                )));
+            }
+        }
+    }
+    Ok(history)
+}
+
+/// An account's row and history; with `lock`, the row stays locked until the transaction ends,
+/// which serializes writers of one account and no others.
+pub fn load_account(
+    tx: &mut dyn Tx,
+    id: &AccountId,
+    lock: bool,
+) -> Result<Option<(AccountRow, AccountHistory)>, StoreError> {
+    let lock = if lock { tx.dialect().lock_clause() } else { "" };
+    let sql = format!(
+        "SELECT next_seq, ledger_len, ledger_head, erased_at FROM accounts WHERE account_id = ?{lock}"
+    );
+    let Some(row) = tx.query_one(&sql, &[id.as_str().into()])? else {
+        return Ok(None);
+    };
+    let account = AccountRow {
+        id: id.clone(),
+        next_seq: row.int(0)?,
+        ledger_len: row.int(1)?,
+        ledger_head: hash32(row.bytes(2)?)?,
+        erased_at: row.optional_int(3)?,
+    };
+    let entries = ledger_entries(tx, id.as_str())?;
+    let history = history_from(&entries)?
+        .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
+    Ok(Some((account, history)))
+}
+
+/// A conversation with its activity; `with_text` also reads message texts and comments.
+pub fn load_conversation(
+    tx: &mut dyn Tx,
+    id: &ConversationId,
+    with_text: bool,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(row) = tx.query_one(
+        "SELECT account_id, surface, incognito, deleted_at, deleted_seq, purged_at \
+         FROM conversations WHERE conversation_id = ?",
+        &[id.as_str().into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let owner = account_id(row.text(0)?)?;
+    let surface = parse_or_corrupt(&row.text(1)?, Surface::parse)?;
+    let mut conversation = Conversation::new(id.clone(), owner.clone(), surface, row.bool(2)?);
+    if let (Some(at), Some(s)) = (row.optional_int(3)?, row.optional_int(4)?) {
+        conversation.deleted = Some(EventKey::new(time(at)?, seq(s)?));
+    }
+    if let Some(at) = row.optional_int(5)? {
+        // A sweep is not an account event; it is ordered by time alone.
+        conversation.purged = Some(EventKey::new(time(at)?, 0));
+        return Ok(Some(conversation));
+    }
+    let text_column = if with_text { "text" } else { "''" };
+    let params = [owner.as_str().into(), id.as_str().into()];
+    let messages = tx.query(
+        &format!("SELECT seq, at, role, {text_column} FROM messages WHERE account_id = ? AND conversation_id = ? ORDER BY seq"),
+        &params,
+    )?;
+    for row in messages {
+        conversation.messages.push(Message {
+            key: EventKey::new(time(row.int(1)?)?, seq(row.int(0)?)?),
+            role: parse_or_corrupt(&row.text(2)?, Role::parse)?,
+            text: row.text(3)?,
+        });
+    }
+    let comment_column = if with_text { "comment" } else { "NULL" };
+    let feedback = tx.query(
+        &format!("SELECT seq, at, rating, {comment_column} FROM feedback WHERE account_id = ? AND conversation_id = ? ORDER BY seq"),
+        &params,
+    )?;
+    for row in feedback {
+        conversation.feedback.push(Feedback {
+            key: EventKey::new(time(row.int(1)?)?, seq(row.int(0)?)?),
+            rating: parse_or_corrupt(&row.text(2)?, Rating::parse)?,
+            comment: row.optional_text(3)?,
+        });
+    }
+    // Out-of-order arrival can leave seq and time orders apart; the core wants key order.
+    conversation.messages.sort_by_key(|m| m.key);
+    conversation.feedback.sort_by_key(|f| f.key);
+    Ok(Some(conversation))
+}
+
+fn conversations_of(
+    tx: &mut dyn Tx,
+    account: &AccountId,
+) -> Result<Vec<ConversationId>, StoreError> {
+    tx.query(
+        "SELECT conversation_id FROM conversations WHERE account_id = ? ORDER BY conversation_id",
+        &[account.as_str().into()],
+    )?
+    .into_iter()
+    .map(|row| conversation_id(row.text(0)?))
+    .collect()
+}
+
+fn hold_from_row(row: &Row) -> Result<Hold, StoreError> {
+    let target = match (row.optional_text(1)?, row.optional_text(2)?) {
+        (Some(account), None) => HoldTarget::Account(account_id(account)?),
+        (None, Some(conversation)) => HoldTarget::Conversation(conversation_id(conversation)?),
+        _ => {
+            return Err(StoreError::corrupt(
+                "a hold must name one account or one conversation",
+            ));
+        }
+    };
+    Ok(Hold {
+        id: HoldId::parse(&row.text(0)?).map_err(|e| StoreError::corrupt(e.to_string()))?,
+        target,
+        // Holds are not account events; they are ordered by time alone.
+        placed: EventKey::new(time(row.int(3)?)?, 0),
+        released: row
+            .optional_int(4)?
+            .map(|at| time(at).map(|t| EventKey::new(t, 0)))
+            .transpose()?,
+    })
+}
+
+const HOLD_COLUMNS: &str = "hold_id, account_id, conversation_id, placed_at, released_at";
+
+fn hold(tx: &mut dyn Tx, id: &HoldId) -> Result<Option<Hold>, StoreError> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE hold_id = ?");
+    tx.query_one(&sql, &[id.as_str().into()])?
+        .as_ref()
+        .map(hold_from_row)
+        .transpose()
+}
+
+/// Holds that name the conversation or its owner.
+fn holds_on(tx: &mut dyn Tx, conversation: &Conversation) -> Result<Vec<Hold>, StoreError> {
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE released_at IS NULL AND (account_id = ? OR conversation_id = ?)"
+    );
+    let params = [
+        conversation.owner.as_str().into(),
+        conversation.id.as_str().into(),
+    ];
+    tx.query(&sql, &params)?.iter().map(hold_from_row).collect()
+}
+
+// ---- writing ----
+
+/// What the next ledger entry says; the chain fields are filled in by [`append_ledger`].
+struct NewEntry<'a> {
+    key: EventKey,
+    kind: EntryKind,
+    plan: Option<&'a str>,
+    choice: Option<(Preference, Channel)>,
+}
+
+fn append_ledger(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    account: &mut AccountRow,
+    actor: &str,
+    new: NewEntry<'_>,
+) -> Result<(), StoreError> {
+    let mut entry = Entry {
+        account: account.id.clone(),
+        idx: account.ledger_len,
+        key: new.key,
+        kind: new.kind,
+        plan: new.plan.map(str::to_owned),
+        preference: new.choice.map(|(p, _)| p),
+        channel: new.choice.map(|(_, c)| c),
+        notice_id: policy.id.clone(),
+        policy_id: policy.id.clone(),
+        actor: actor.to_owned(),
+        prev_hash: account.ledger_head,
+        hash: GENESIS,
+    };
+    entry.hash = entry.chained_hash(&entry.prev_hash);
+    let sql = format!(
+        "INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    );
+    tx.execute(
+        &sql,
+        &[
+            entry.account.as_str().into(),
+            entry.idx.into(),
+            entry.key.at.unix_millis().into(),
+            as_i64(entry.key.seq).into(),
+            entry.kind.as_str().into(),
+            entry.plan.clone().into(),
+            entry.preference.map(Preference::as_str).into(),
+            entry.channel.map(Channel::as_str).into(),
+            entry.notice_id.clone().into(),
+            entry.policy_id.clone().into(),
+            entry.actor.clone().into(),
+            entry.prev_hash.as_slice().into(),
+            entry.hash.as_slice().into(),
+        ],
+    )?;
+    account.ledger_len += 1;
+    account.ledger_head = entry.hash;
+    Ok(())
+}
+
+fn save_account(tx: &mut dyn Tx, account: &AccountRow) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE accounts SET next_seq = ?, ledger_len = ?, ledger_head = ?, erased_at = ? WHERE account_id = ?",
+        &[
+            account.next_seq.into(),
+            account.ledger_len.into(),
+            account.ledger_head.as_slice().into(),
+            account.erased_at.into(),
+            account.id.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores the conversation's expiry as the core computes it over every recorded event, so that
+/// sweeps can find due conversations with a range scan.
+fn store_expiry(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+) -> Result<(), StoreError> {
+    if conversation.purged.is_some() {
+        return Ok(());
+    }
+    let expiry = expiry(policy, owner, conversation, END);
+    tx.execute(
+        "UPDATE conversations SET expires_at = ?, retention_class = ?, expiry_bound = ? WHERE conversation_id = ?",
+        &[
+            expiry.map(|e| e.at.unix_millis()).into(),
+            expiry.map(|e| e.class.as_str()).into(),
+            expiry.map(|e| e.bound.as_str()).into(),
+            conversation.id.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// After a change to an account's plan, choices or erasure, every conversation's expiry may move.
+fn store_expiries_of(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    owner: &AccountHistory,
+) -> Result<(), StoreError> {
+    for id in conversations_of(tx, &owner.id)? {
+        if let Some(conversation) = load_conversation(tx, &id, false)? {
+            store_expiry(tx, policy, owner, &conversation)?;
+        }
+    }
+    Ok(())
+}
+
+fn live_account(
+    tx: &mut dyn Tx,
+    id: &AccountId,
+) -> Result<(AccountRow, AccountHistory), StoreError> {
+    let loaded = load_account(tx, id, true)?;
+    admission::live_account(id, loaded.as_ref().map(|(_, h)| h))?;
+    loaded.ok_or_else(|| Refusal::UnknownAccount(id.clone()).into())
+}
+
+fn next_key(account: &AccountRow, at: Timestamp) -> Result<EventKey, StoreError> {
+    Ok(EventKey::new(at, seq(account.next_seq)?))
+}
+
+/// Applies one command at `at` on behalf of `actor`, in the caller's transaction.
+pub fn apply(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    at: Timestamp,
+    command: &Command,
+    actor: &str,
+) -> Result<Option<SweepReport>, StoreError> {
+    match command {
+        Command::CreateAccount {
+            account,
+            plan,
+            choice,
+        } => {
+            let existing = load_account(tx, account, true)?;
+            let plan = admission::admit_create_account(
+                policy,
+                account,
+                existing.as_ref().map(|(_, h)| h),
+                plan,
+                choice.is_some(),
+                at,
+            )?;
+            tx.execute(
+                "INSERT INTO accounts (account_id, next_seq, ledger_len, ledger_head, checkpointed_len) VALUES (?, 1, 0, ?, 0)",
+                &[account.as_str().into(), GENESIS.as_slice().into()],
+            )?;
+            let mut row = AccountRow {
+                id: account.clone(),
+                next_seq: 1,
+                ledger_len: 0,
+                ledger_head: GENESIS,
+                erased_at: None,
+            };
+            let key = EventKey::new(at, 0);
+            let new = NewEntry {
+                key,
+                kind: EntryKind::Created,
+                plan: Some(plan.as_str()),
+                choice: None,
+            };
+            append_ledger(tx, policy, &mut row, actor, new)?;
+            if let Some((allowed, channel)) = choice {
+                let choice = Some((Preference::from_allowed(*allowed), *channel));
+                append_ledger(
+                    tx,
+                    policy,
+                    &mut row,
+                    actor,
+                    NewEntry {
+                        key,
+                        kind: EntryKind::Choice,
+                        plan: None,
+                        choice,
+                    },
+                )?;
+            }
+            save_account(tx, &row)?;
+        }
+        Command::Choose {
+            account,
+            allowed,
+            channel,
+        } => {
+            let (mut row, mut history) = live_account(tx, account)?;
+            let key = next_key(&row, at)?;
+            admission::admit_choice(policy, &history, key)?;
+            let preference = Preference::from_allowed(*allowed);
+            let choice = Some((preference, *channel));
+            append_ledger(
+                tx,
+                policy,
+                &mut row,
+                actor,
+                NewEntry {
+                    key,
+                    kind: EntryKind::Choice,
+                    plan: None,
+                    choice,
+                },
+            )?;
+            history.record_choice(Choice {
+                key,
+                preference,
+                channel: *channel,
+            });
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiries_of(tx, policy, &history)?;
+        }
+        Command::NoticeShown { account } => {
+            let (mut row, _) = live_account(tx, account)?;
+            let key = next_key(&row, at)?;
+            append_ledger(
+                tx,
+                policy,
+                &mut row,
+                actor,
+                NewEntry {
+                    key,
+                    kind: EntryKind::NoticeShown,
+                    plan: None,
+                    choice: None,
+                },
+            )?;
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+        }
+        Command::ChangePlan { account, plan } => {
+            let (mut row, mut history) = live_account(tx, account)?;
+            let (plan, _) = policy.plan(plan).map_err(Refusal::from)?;
+            let key = next_key(&row, at)?;
+            let new = NewEntry {
+                key,
+                kind: EntryKind::PlanChanged,
+                plan: Some(plan.as_str()),
+                choice: None,
+            };
+            append_ledger(tx, policy, &mut row, actor, new)?;
+            history.record_plan(key, plan);
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiries_of(tx, policy, &history)?;
+        }
+        Command::Message {
+            account,
+            conversation,
+            surface,
+            role,
+            text,
+            incognito,
+        } => {
+            let (mut row, history) = live_account(tx, account)?;
+            let key = next_key(&row, at)?;
+            let mut record = match load_conversation(tx, conversation, false)? {
+                Some(existing) => {
+                    admission::admit_activity(policy, &history, &existing, key)?;
+                    existing
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO conversations (account_id, conversation_id, surface, incognito) VALUES (?, ?, ?, ?)",
+                        &[account.as_str().into(), conversation.as_str().into(), surface.as_str().into(), (*incognito).into()],
+                    )?;
+                    Conversation::new(conversation.clone(), account.clone(), *surface, *incognito)
+                }
+            };
+            tx.execute(
+                "INSERT INTO messages (account_id, conversation_id, seq, at, role, text) VALUES (?, ?, ?, ?, ?, ?)",
+                &[
+                    account.as_str().into(),
+                    conversation.as_str().into(),
+                    as_i64(key.seq).into(),
+                    at.unix_millis().into(),
+                    role.as_str().into(),
+                    text.as_str().into(),
+                ],
+            )?;
+            record.record_message(Message {
+                key,
+                role: *role,
+                text: String::new(),
+            });
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiry(tx, policy, &history, &record)?;
+        }
+        Command::Feedback {
+            account,
+            conversation,
+            rating,
+            comment,
+        } => {
+            let (mut row, history) = live_account(tx, account)?;
+            let key = next_key(&row, at)?;
+            let mut record = load_conversation(tx, conversation, false)?
+                .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
+            admission::admit_activity(policy, &history, &record, key)?;
+            tx.execute(
+                "INSERT INTO feedback (account_id, conversation_id, seq, at, rating, comment) VALUES (?, ?, ?, ?, ?, ?)",
+                &[
+                    account.as_str().into(),
+                    conversation.as_str().into(),
+                    as_i64(key.seq).into(),
+                    at.unix_millis().into(),
+                    rating.as_str().into(),
+                    comment.clone().into(),
+                ],
+            )?;
+            record.record_feedback(Feedback {
+                key,
+                rating: *rating,
+                comment: None,
+            });
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiry(tx, policy, &history, &record)?;
+        }
+        Command::DeleteConversation { conversation } => {
+            let mut record = load_conversation(tx, conversation, false)?
+                .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
+            let (mut row, history) = load_account(tx, &record.owner, true)?.ok_or_else(|| {
+                StoreError::corrupt(format!("conversation `{conversation}` has no account"))
+            })?;
+            let key = next_key(&row, at)?;
+            admission::admit_deletion(&record, key)?;
+            tx.execute(
+                "UPDATE conversations SET deleted_at = ?, deleted_seq = ? WHERE conversation_id = ?",
+                &[at.unix_millis().into(), as_i64(key.seq).into(), conversation.as_str().into()],
+            )?;
+            record.deleted = Some(key);
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiry(tx, policy, &history, &record)?;
+        }
+        Command::PlaceHold { hold: id, target } => {
+            admission::admit_hold(id, hold(tx, id)?.as_ref())?;
+            let (account, conversation) = match target {
+                HoldTarget::Account(account) => {
+                    if load_account(tx, account, false)?.is_none() {
+                        return Err(Refusal::UnknownAccount(account.clone()).into());
+                    }
+                    (Some(account.as_str()), None)
+                }
+                HoldTarget::Conversation(conversation) => {
+                    if load_conversation(tx, conversation, false)?.is_none() {
+                        return Err(Refusal::UnknownConversation(conversation.clone()).into());
+                    }
+                    (None, Some(conversation.as_str()))
+                }
+            };
+            tx.execute(
+                "INSERT INTO holds (hold_id, account_id, conversation_id, placed_at, actor) VALUES (?, ?, ?, ?, ?)",
+                &[id.as_str().into(), account.into(), conversation.into(), at.unix_millis().into(), actor.into()],
+            )?;
+        }
+        Command::ReleaseHold { hold: id } => {
+            admission::admit_release(id, hold(tx, id)?.as_ref(), EventKey::new(at, u64::MAX))?;
+            tx.execute(
+                "UPDATE holds SET released_at = ? WHERE hold_id = ?",
+                &[at.unix_millis().into(), id.as_str().into()],
+            )?;
+        }
+        Command::EraseAccount { account } => {
+            let (mut row, mut history) = live_account(tx, account)?;
+            let key = next_key(&row, at)?;
+            append_ledger(
+                tx,
+                policy,
+                &mut row,
+                actor,
+                NewEntry {
+                    key,
+                    kind: EntryKind::Erased,
+                    plan: None,
+                    choice: None,
+                },
+            )?;
+            history.record_erasure(key);
+            row.erased_at = Some(at.unix_millis());
+            row.next_seq += 1;
+            save_account(tx, &row)?;
+            store_expiries_of(tx, policy, &history)?;
+        }
+        Command::Sweep => return sweep(tx, policy, at).map(Some),
+    }
+    Ok(None)
+}
+
+/// Purges every due conversation that no hold covers, found through the expiry index. The
+/// stored expiry only nominates candidates: the core decides each one again as of `now`.
+fn sweep(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<SweepReport, StoreError> {
+    let due = tx.query(
+        "SELECT conversation_id FROM conversations WHERE purged_at IS NULL AND expires_at <= ? ORDER BY expires_at, conversation_id",
+        &[now.unix_millis().into()],
+    )?;
+    let mut report = SweepReport::default();
+    for row in due {
+        let id = conversation_id(row.text(0)?)?;
+        let Some(conversation) = load_conversation(tx, &id, false)? else {
+            continue;
+        };
+        let Some((account, owner)) = load_account(tx, &conversation.owner, false)? else {
+            continue;
+        };
+        let as_of = next_key(&account, now)?;
+        let held =
+            custos_core::retention::is_held(&holds_on(tx, &conversation)?, &conversation, as_of);
+        match sweep_action(expiry(policy, &owner, &conversation, as_of), held, now) {
+            SweepAction::Purge(bound) => {
+                purge(tx, &conversation, now, bound.as_str())?;
+                *report.purged.entry(bound.as_str()).or_default() += 1;
+            }
+            SweepAction::HeldBack => report.held_back += 1,
+            SweepAction::Keep => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Purged = content gone; a tombstone (id hash, time, reason) remains (SPEC §3).
+fn purge(
+    tx: &mut dyn Tx,
+    conversation: &Conversation,
+    now: Timestamp,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let params = [
+        conversation.owner.as_str().into(),
+        conversation.id.as_str().into(),
+    ];
+    tx.execute(
+        "DELETE FROM messages WHERE account_id = ? AND conversation_id = ?",
+        &params,
+    )?;
+    tx.execute(
+        "DELETE FROM feedback WHERE account_id = ? AND conversation_id = ?",
+        &params,
+    )?;
+    tx.execute(
+        "UPDATE conversations SET purged_at = ?, expires_at = NULL WHERE conversation_id = ?",
+        &[now.unix_millis().into(), conversation.id.as_str().into()],
+    )?;
+    let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
+    tx.execute(
+        "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES (?, ?, ?) ON CONFLICT (conversation_hash) DO NOTHING",
+        &[hash.as_slice().into(), now.unix_millis().into(), reason.into()],
+    )?;
+    Ok(())
+}
+
+// ---- queries ----
+
+pub fn gate_of(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    id: &AccountId,
+    at: Timestamp,
+) -> Result<Gate, StoreError> {
+    let loaded = load_account(tx, id, false)?;
+    let history = admission::live_account(id, loaded.as_ref().map(|(_, h)| h))?;
+    let (row, _) = loaded
+        .as_ref()
+        .ok_or_else(|| Refusal::UnknownAccount(id.clone()))?;
+    Ok(gate(policy, history, next_key(row, at)?))
+}
+
+pub fn conversation_status(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    id: &ConversationId,
+    at: Timestamp,
+) -> Result<ConversationStatus, StoreError> {
+    let conversation = load_conversation(tx, id, false)?
+        .ok_or_else(|| Refusal::UnknownConversation(id.clone()))?;
+    let (row, owner) = load_account(tx, &conversation.owner, false)?
+        .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` has no account")))?;
+    let as_of = next_key(&row, at)?;
+    let exists = conversation.purged_before(as_of).is_none();
+    let held = exists
+        && custos_core::retention::is_held(&holds_on(tx, &conversation)?, &conversation, as_of);
+    Ok(ConversationStatus {
+        exists,
+        visible: exists
+            && conversation.deleted_before(as_of).is_none()
+            && owner.erased_before(as_of).is_none(),
+        expiry: if exists {
+            expiry(policy, &owner, &conversation, as_of)
+        } else {
+            None
+        },
+        held,
+        eligibility: eligibility(policy, &owner, &conversation, as_of),
+    })
+}
+
+/// One eligible conversation with the content selected for training.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludedConversation {
+    pub id: ConversationId,
+    pub account: AccountId,
+    pub surface: Surface,
+    pub messages: Vec<Message>,
+    pub feedback: Vec<Feedback>,
+}
+
+/// A point-in-time training selection read from the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// Sorted by conversation id.
+    pub included: Vec<IncludedConversation>,
+    pub excluded: BTreeMap<EligibilityReason, usize>,
+}
+
+pub fn snapshot(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    at: Timestamp,
+) -> Result<StoredSnapshot, StoreError> {
+    let mut result = StoredSnapshot::default();
+    let accounts = tx.query("SELECT account_id FROM accounts ORDER BY account_id", &[])?;
+    for row in accounts {
+        let id = account_id(row.text(0)?)?;
+        let Some((account, owner)) = load_account(tx, &id, false)? else {
+            continue;
+        };
+        let as_of = next_key(&account, at)?;
+        for conversation_id in conversations_of(tx, &id)? {
+            let Some(conversation) = load_conversation(tx, &conversation_id, true)? else {
+                continue;
+            };
+            match eligibility(policy, &owner, &conversation, as_of) {
+                EligibilityReason::Eligible => {
+                    let content = training_content(policy, &owner, &conversation, as_of);
+                    result.included.push(IncludedConversation {
+                        id: conversation.id.clone(),
+                        account: id.clone(),
+                        surface: conversation.surface,
+                        messages: content.messages.into_iter().cloned().collect(),
+                        feedback: content.feedback.into_iter().cloned().collect(),
+                    });
+                }
+                reason => *result.excluded.entry(reason).or_default() += 1,
+            }
+        }
+    }
+    result.included.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(result)
+}
+
+// ---- checkpoints and verification ----
+
+/// A signed checkpoint of every chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub id: i64,
+    pub at: Timestamp,
+    pub accounts: i64,
+    pub entries: i64,
+    pub root: [u8; 32],
+}
+
+/// Records a checkpoint if any chain grew since the last one; returns the newest checkpoint.
+pub fn checkpoint(
+    tx: &mut dyn Tx,
+    key: &LedgerKey,
+    at: Timestamp,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let rows = tx.query(
+        "SELECT account_id, ledger_len, ledger_head, checkpointed_len FROM accounts ORDER BY account_id",
+        &[],
+    )?;
+    let mut heads = Vec::with_capacity(rows.len());
+    let mut changed = Vec::new();
+    for row in &rows {
+        let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
+        if length != row.int(3)? {
+            changed.push((account.clone(), length, head.clone()));
+        }
+        heads.push((account, length, head));
+    }
+    let last = tx.query_one(
+        "SELECT id, at, accounts, entries, root FROM checkpoints ORDER BY id DESC LIMIT 1",
+        &[],
+    )?;
+    if changed.is_empty() {
+        return last
+            .map(|row| {
+                Ok(Checkpoint {
+                    id: row.int(0)?,
+                    at: time(row.int(1)?)?,
+                    accounts: row.int(2)?,
+                    entries: row.int(3)?,
+                    root: hash32(row.bytes(4)?)?,
+                })
+            })
+            .transpose();
+    }
+    let id = last.map(|row| row.int(0)).transpose()?.unwrap_or(0) + 1;
+    let root = heads_root(heads.iter().map(|(a, l, h)| (a.as_str(), *l, h.as_slice())));
+    let accounts = i64::try_from(heads.len()).unwrap_or(i64::MAX);
+    let entries = heads.iter().map(|(_, l, _)| *l).sum();
+    let signature = key.sign(&checkpoint_message(id, at, accounts, entries, &root));
+    tx.execute(
+        "INSERT INTO checkpoints (id, at, accounts, entries, root, signature) VALUES (?, ?, ?, ?, ?, ?)",
+        &[id.into(), at.unix_millis().into(), accounts.into(), entries.into(), root.as_slice().into(), signature.as_slice().into()],
+    )?;
+    for (account, length, head) in changed {
+        tx.execute(
+            "INSERT INTO checkpoint_heads (checkpoint_id, account_id, ledger_len, head) VALUES (?, ?, ?, ?)",
+            &[id.into(), account.as_str().into(), length.into(), head.as_slice().into()],
+        )?;
+        tx.execute(
+            "UPDATE accounts SET checkpointed_len = ? WHERE account_id = ?",
+            &[length.into(), account.into()],
+        )?;
+    }
+    Ok(Some(Checkpoint {
+        id,
+        at,
+        accounts,
+        entries,
+        root,
+    }))
+}
+
+/// What `ledger verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub accounts: usize,
+    pub entries: usize,
+    pub checkpoints: usize,
+    /// The first problem found, naming the entry or checkpoint; `None` when all is intact.
+    pub problem: Option<String>,
+}
+
+/// Recomputes every chain and every checkpoint. Stops at the first problem.
+pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut chains: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    let rows = tx.query(
+        "SELECT account_id, ledger_len, ledger_head FROM accounts ORDER BY account_id",
+        &[],
+    )?;
+    for row in &rows {
+        let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
+        let entries = tx.query(
+            &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
+            &[account.as_str().into()],
+        )?;
+        let mut hashes = Vec::with_capacity(entries.len());
+        let mut previous = GENESIS;
+        for (position, row) in entries.iter().enumerate() {
+            let problem = |what: &str| {
+                Some(format!(
+                    "account `{account}` ledger entry {position}: {what}"
+                ))
+            };
+            let entry = match entry_from_row(row) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    report.problem = problem(&format!("unreadable ({error})"));
+                    return Ok(report);
+                }
+            };
+            report.entries += 1;
+            if entry.idx != i64::try_from(position).unwrap_or(-1) {
+                report.problem = problem(&format!(
+                    "found entry {} in its place (removed or reordered)",
+                    entry.idx
+                ));
+            } else if entry.prev_hash != previous {
+                report.problem =
+                    problem("does not follow the entry before it (removed, reordered or changed)");
+            } else if entry.chained_hash(&previous) != entry.hash {
+                report.problem = problem("its content does not match its hash (changed)");
+            }
+            if report.problem.is_some() {
+                return Ok(report);
+            }
+            previous = entry.hash;
+            hashes.push(entry.hash);
+        }
+        if i64::try_from(hashes.len()).ok() != Some(length)
+            || previous.as_slice() != head.as_slice()
+        {
+            report.problem = Some(format!(
+                "account `{account}`: its ledger has {} entries but its head records {length} (an entry was removed or added)",
+                hashes.len()
+            ));
+            return Ok(report);
+        }
+        report.accounts += 1;
+        chains.insert(account, hashes);
+    }
+    let orphans = tx.query(
+        "SELECT DISTINCT account_id FROM ledger WHERE account_id NOT IN (SELECT account_id FROM accounts)",
+        &[],
+    )?;
+    if let Some(row) = orphans.first() {
+        report.problem = Some(format!(
+            "ledger entries of `{}` have no account (its account row was removed)",
+            row.text(0)?
+        ));
+        return Ok(report);
+    }
+
+    let mut heads: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
+    let checkpoints = tx.query(
+        "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id",
+        &[],
+    )?;
+    for (position, row) in checkpoints.iter().enumerate() {
+        let id = row.int(0)?;
+        let problem = |what: String| Some(format!("checkpoint {id}: {what}"));
+        if id != i64::try_from(position).unwrap_or(-1) + 1 {
+            report.problem = problem(format!(
+                "expected checkpoint {} here (removed or reordered)",
+                position + 1
+            ));
+            return Ok(report);
+        }
+        for head in tx.query(
+            "SELECT account_id, ledger_len, head FROM checkpoint_heads WHERE checkpoint_id = ?",
+            &[id.into()],
+        )? {
+            let (account, length, hash) = (head.text(0)?, head.int(1)?, head.bytes(2)?);
+            let chain_hash = usize::try_from(length - 1)
+                .ok()
+                .and_then(|i| chains.get(&account)?.get(i));
+            if chain_hash.map(|h| h.as_slice()) != Some(hash.as_slice()) {
+                report.problem = problem(format!(
+                    "records entry {} of `{account}` with a hash the ledger no longer has (the ledger was changed after it was signed)",
+                    length - 1
+                ));
+                return Ok(report);
+            }
+            heads.insert(account, (length, hash));
+        }
+        let root = heads_root(
+            heads
+                .iter()
+                .map(|(a, (l, h))| (a.as_str(), *l, h.as_slice())),
+        );
+        let (at, accounts, entries) = (time(row.int(1)?)?, row.int(2)?, row.int(3)?);
+        let entries_now: i64 = heads.values().map(|(l, _)| *l).sum();
+        let accounts_now = i64::try_from(heads.len()).unwrap_or(-1);
+        if root.as_slice() != row.bytes(4)?.as_slice()
+            || entries != entries_now
+            || accounts != accounts_now
+        {
+            report.problem =
+                problem("its root does not match the chain heads it covers".to_owned());
+            return Ok(report);
+        }
+        if !key.verify(
+            &checkpoint_message(id, at, accounts, entries, &root),
+            &row.bytes(5)?,
+        ) {
+            report.problem =
+                problem("its signature does not verify with this store's public key".to_owned());
+            return Ok(report);
+        }
+        report.checkpoints += 1;
+    }
+    Ok(report)
+}

@@ -1,0 +1,242 @@
+//! The consent ledger: every choice, notice shown, plan change and erasure, as evidence.
+//!
+//! Each account has its own chain: entry N stores `hash = SHA-256(prev_hash ‖ canonical(entry))`
+//! with `prev_hash` the hash of entry N-1 (32 zero bytes for the first). The canonical encoding
+//! is a fixed sequence of length-prefixed fields, so that no two entries encode alike. A
+//! checkpoint signs, with the store's Ed25519 key, a root over every account's chain head.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use custos_core::{AccountId, Channel, EventKey, Preference, Timestamp};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The account was created on `plan`.
+    Created,
+    /// A training choice (`preference`, `channel`).
+    Choice,
+    /// The notice was shown and the user chose "Not now".
+    NoticeShown,
+    /// The account moved to `plan`.
+    PlanChanged,
+    /// The account was erased.
+    Erased,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Created => "created",
+            EntryKind::Choice => "choice",
+            EntryKind::NoticeShown => "notice_shown",
+            EntryKind::PlanChanged => "plan_changed",
+            EntryKind::Erased => "erased",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EntryKind> {
+        [
+            EntryKind::Created,
+            EntryKind::Choice,
+            EntryKind::NoticeShown,
+            EntryKind::PlanChanged,
+            EntryKind::Erased,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One ledger entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub account: AccountId,
+    /// Position in the account's chain, from 0.
+    pub idx: i64,
+    pub key: EventKey,
+    pub kind: EntryKind,
+    pub plan: Option<String>,
+    pub preference: Option<Preference>,
+    pub channel: Option<Channel>,
+    pub notice_id: String,
+    pub policy_id: String,
+    /// Who caused it: `scenario`, `service`, `user:<account>`, `admin:<token>`…
+    pub actor: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+pub const GENESIS: [u8; 32] = [0; 32];
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl Entry {
+    /// The canonical encoding the hash covers (everything but the hashes themselves).
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        field(&mut out, b"custos.ledger.v1");
+        field(&mut out, self.account.as_str().as_bytes());
+        field(&mut out, &self.idx.to_be_bytes());
+        field(&mut out, &self.key.at.unix_millis().to_be_bytes());
+        field(&mut out, &self.key.seq.to_be_bytes());
+        field(&mut out, self.kind.as_str().as_bytes());
+        field(&mut out, self.plan.as_deref().unwrap_or("").as_bytes());
+        field(
+            &mut out,
+            self.preference.map_or("", Preference::as_str).as_bytes(),
+        );
+        field(
+            &mut out,
+            self.channel.map_or("", Channel::as_str).as_bytes(),
+        );
+        field(&mut out, self.notice_id.as_bytes());
+        field(&mut out, self.policy_id.as_bytes());
+        field(&mut out, self.actor.as_bytes());
+        out
+    }
+
+    /// The hash this entry must carry, given its predecessor's.
+    pub fn chained_hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash);
+        hasher.update(self.canonical());
+        hasher.finalize().into()
+    }
+}
+
+/// The root over all chain heads that a checkpoint signs: SHA-256 over the heads sorted by
+/// account, each as (account, length, head).
+pub fn heads_root<'a>(heads: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"custos.checkpoint.v1");
+    for (account, length, head) in heads {
+        let mut encoded = Vec::new();
+        field(&mut encoded, account.as_bytes());
+        field(&mut encoded, &length.to_be_bytes());
+        field(&mut encoded, head);
+        hasher.update(&encoded);
+    }
+    hasher.finalize().into()
+}
+
+/// The bytes a checkpoint's signature covers.
+pub fn checkpoint_message(
+    id: i64,
+    at: Timestamp,
+    accounts: i64,
+    entries: i64,
+    root: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    field(&mut out, b"custos.checkpoint.v1");
+    field(&mut out, &id.to_be_bytes());
+    field(&mut out, &at.unix_millis().to_be_bytes());
+    field(&mut out, &accounts.to_be_bytes());
+    field(&mut out, &entries.to_be_bytes());
+    field(&mut out, root);
+    out
+}
+
+/// The store's Ed25519 key pair, made on first start and kept in the data folder.
+pub struct LedgerKey {
+    signing: SigningKey,
+}
+
+impl std::fmt::Debug for LedgerKey {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LedgerKey(public {})",
+            custos_core::policy::hex(self.public().as_bytes())
+        )
+    }
+}
+
+pub const KEY_FILE: &str = "ledger-signing.key";
+pub const PUBLIC_KEY_FILE: &str = "ledger-signing.pub";
+
+impl LedgerKey {
+    /// Loads the key from `folder`, or makes one there (mode 0600) if there is none yet.
+    pub fn load_or_create(folder: &Path) -> Result<LedgerKey, StoreError> {
+        let path = folder.join(KEY_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    StoreError::Key(format!("{} is not a 32-byte Ed25519 key", path.display()))
+                })?;
+                Ok(LedgerKey {
+                    signing: SigningKey::from_bytes(&secret),
+                })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret)
+                    .map_err(|e| StoreError::Key(format!("no randomness for a new key: {e}")))?;
+                let key = LedgerKey {
+                    signing: SigningKey::from_bytes(&secret),
+                };
+                write_new_file(&path, &secret, 0o600)?;
+                write_new_file(
+                    &folder.join(PUBLIC_KEY_FILE),
+                    key.public_hex().as_bytes(),
+                    0o644,
+                )?;
+                Ok(key)
+            }
+            Err(error) => Err(StoreError::io(&path, error)),
+        }
+    }
+
+    pub fn public(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    pub fn public_hex(&self) -> String {
+        custos_core::policy::hex(self.public().as_bytes())
+    }
+
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        self.public()
+            .verify(message, &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+}
+
+/// Writes a file that must not exist yet, and syncs it and its folder, so that a key is never
+/// half-written or silently replaced.
+fn write_new_file(path: &PathBuf, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io(path, e))?;
+    if let Some(folder) = path.parent() {
+        fs::File::open(folder)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(folder, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! custos-store: durable storage for custos, on SQLite (the embedded default) or PostgreSQL.
+//!
+//! It owns the schema, the transaction scripts (`engine`), the hash-chained consent ledger and
+//! its signed checkpoints. It decides nothing itself: every admission and retention decision
+//! is the core's. A write is acknowledged only after it is committed; a refused or failed write
+//! leaves nothing behind.
+
+mod engine;
+pub mod ledger;
+mod postgres;
+mod schema;
+mod sql;
+mod sqlite;
+
+use std::path::{Path, PathBuf};
+
+use custos_core::{
+    AccountId, Command, ConversationId, ConversationStatus, Gate, Policy, Refusal, SweepReport,
+    Timestamp,
+};
+
+pub use engine::{Checkpoint, IncludedConversation, StoredSnapshot, VerifyReport};
+pub use ledger::{Entry, EntryKind, LedgerKey};
+pub use schema::SCHEMA_VERSION;
+
+use crate::postgres::PostgresBackend;
+use crate::sql::Backend;
+use crate::sqlite::SqliteBackend;
+
+/// The SQLite database's file name inside the data folder.
+pub const SQLITE_FILE: &str = "custos.sqlite3";
+
+/// Why a store operation failed. A refusal is the core's answer; every other variant is a
+/// storage problem, and in every case nothing of the failed operation was written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(
+        "the database has schema version {found}, newer than this custos supports ({supported}); use a newer custos"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database is damaged or is not a custos database: {0}")]
+    Corrupt(String),
+    #[error(
+        "the disk is full (or the file size limit was reached); nothing of this write was kept: {0}"
+    )]
+    DiskFull(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the ledger signing key: {0}")]
+    Key(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the write conflicted with concurrent writes {0} times in a row; try again")]
+    Conflict(u32),
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
+        StoreError::Corrupt(message.into())
+    }
+
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Where the data lives. The data folder always holds the ledger's signing key; with SQLite it
+/// also holds the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite { data: PathBuf },
+    Postgres { url: String, data: PathBuf },
+}
+
+impl Location {
+    /// `--database URL` if given, else SQLite in `--data DIR`.
+    pub fn new(data: PathBuf, database: Option<String>) -> Location {
+        match database {
+            Some(url) => Location::Postgres { url, data },
+            None => Location::Sqlite { data },
+        }
+    }
+
+    pub fn data(&self) -> &Path {
+        match self {
+            Location::Sqlite { data } | Location::Postgres { data, .. } => data,
+        }
+    }
+}
+
+enum AnyBackend {
+    Sqlite(SqliteBackend),
+    Postgres(PostgresBackend),
+}
+
+/// The store: a backend, the policy in force and the ledger's key.
+pub struct Store {
+    backend: AnyBackend,
+    policy: Policy,
+    key: LedgerKey,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.backend {
+            AnyBackend::Sqlite(_) => "sqlite",
+            AnyBackend::Postgres(_) => "postgres",
+        };
+        f.debug_struct("Store")
+            .field("backend", &kind)
+            .field("policy", &self.policy.id)
+            .finish()
+    }
+}
+
+macro_rules! with_backend {
+    ($store:expr, $method:ident, $work:expr) => {
+        match &$store.backend {
+            AnyBackend::Sqlite(backend) => backend.$method($work),
+            AnyBackend::Postgres(backend) => backend.$method($work),
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `location`, migrating its schema.
+    pub fn open(location: &Location, policy: Policy) -> Result<Store, StoreError> {
+        let data = location.data();
+        std::fs::create_dir_all(data).map_err(|e| StoreError::io(data, e))?;
+        let backend = match location {
+            Location::Sqlite { data } => {
+                AnyBackend::Sqlite(SqliteBackend::open(&data.join(SQLITE_FILE))?)
+            }
+            Location::Postgres { url, .. } => AnyBackend::Postgres(PostgresBackend::open(url)?),
+        };
+        let key = LedgerKey::load_or_create(data)?;
+        let store = Store {
+            backend,
+            policy,
+            key,
+        };
+        store.write(&mut |tx| schema::migrate(tx))?;
+        Ok(store)
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        self.key.public_hex()
+    }
+
+    fn write<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        with_backend!(self, write, work)
+    }
+
+    fn read<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        with_backend!(self, read, work)
+    }
+
+    /// Applies one command at `at` on behalf of `actor`; returns once it is committed.
+    pub fn apply(
+        &self,
+        at: Timestamp,
+        command: &Command,
+        actor: &str,
+    ) -> Result<Option<SweepReport>, StoreError> {
+        self.write(&mut |tx| engine::apply(tx, &self.policy, at, command, actor))
+    }
+
+    pub fn gate(&self, account: &AccountId, at: Timestamp) -> Result<Gate, StoreError> {
+        self.read(&mut |tx| engine::gate_of(tx, &self.policy, account, at))
+    }
+
+    pub fn conversation_status(
+        &self,
+        id: &ConversationId,
+        at: Timestamp,
+    ) -> Result<ConversationStatus, StoreError> {
+        self.read(&mut |tx| engine::conversation_status(tx, &self.policy, id, at))
+    }
+
+    /// The training selection at cutoff `at`, read from one consistent snapshot.
+    pub fn snapshot(&self, at: Timestamp) -> Result<StoredSnapshot, StoreError> {
+        self.read(&mut |tx| engine::snapshot(tx, &self.policy, at))
+    }
+
+    /// An account's ledger entries, in chain order.
+    pub fn ledger(&self, account: &AccountId) -> Result<Vec<Entry>, StoreError> {
+        self.read(&mut |tx| engine::ledger_entries(tx, account.as_str()))
+    }
+
+    /// Signs a checkpoint over all chain heads if any grew since the last one.
+    pub fn checkpoint(&self, at: Timestamp) -> Result<Option<Checkpoint>, StoreError> {
+        self.write(&mut |tx| engine::checkpoint(tx, &self.key, at))
+    }
+
+    /// Recomputes every ledger chain and checkpoint.
+    pub fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
+        self.read(&mut |tx| engine::verify(tx, &self.key))
+    }
+}

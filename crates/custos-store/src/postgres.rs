@@ -1,0 +1,214 @@
+//! PostgreSQL (and PostgreSQL-compatible distributed SQL): a pool of connections.
+//!
+//! Writes run in READ COMMITTED and lock the one account row they change (`FOR UPDATE`), so
+//! writers of different accounts never wait for each other. Serialization failures, deadlocks
+//! and a concurrent insert of the same key are retried. Reads run in one REPEATABLE READ,
+//! read-only snapshot.
+//!
+//! This uses the blocking `postgres` client, which drives `tokio-postgres` underneath, so that
+//! one set of transaction scripts serves both backends; an async caller runs the store on a
+//! blocking thread (see ARCHITECTURE.md).
+
+use std::error::Error;
+
+use bytes::BytesMut;
+use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{IsolationLevel, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::StoreError;
+use crate::sql::{Backend, Dialect, Row, Tx, Value};
+
+const ATTEMPTS: u32 = 8;
+
+pub struct PostgresBackend {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl PostgresBackend {
+    pub fn open(url: &str) -> Result<PostgresBackend, StoreError> {
+        let config: postgres::Config = url.parse().map_err(|e| {
+            StoreError::Database(format!("`--database` is not a PostgreSQL URL: {e}"))
+        })?;
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
+        Ok(PostgresBackend { pool })
+    }
+
+    fn run<R>(
+        &self,
+        read_only: bool,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Database(format!("no PostgreSQL connection: {e}")))?;
+        for _ in 0..ATTEMPTS {
+            let builder = if read_only {
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+            } else {
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+            };
+            let mut transaction = builder.start().map_err(|e| map_error(&e))?;
+            let outcome = work(&mut PostgresTx {
+                transaction: &mut transaction,
+            });
+            match outcome {
+                Ok(result) => match transaction.commit() {
+                    Ok(()) => return Ok(result),
+                    Err(error) if is_retryable(&error) => continue,
+                    Err(error) => return Err(map_error(&error)),
+                },
+                Err(StoreError::Conflict(_)) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(StoreError::Conflict(ATTEMPTS))
+    }
+}
+
+fn is_retryable(error: &postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(
+            &SqlState::T_R_SERIALIZATION_FAILURE
+                | &SqlState::T_R_DEADLOCK_DETECTED
+                | &SqlState::UNIQUE_VIOLATION
+        )
+    )
+}
+
+fn map_error(error: &postgres::Error) -> StoreError {
+    if is_retryable(error) {
+        return StoreError::Conflict(1);
+    }
+    match error.code() {
+        Some(&SqlState::DISK_FULL) => StoreError::DiskFull(error.to_string()),
+        Some(&SqlState::DATA_CORRUPTED | &SqlState::INDEX_CORRUPTED) => {
+            StoreError::Corrupt(error.to_string())
+        }
+        _ => StoreError::Database(error.as_db_error().map_or_else(
+            || error.to_string(),
+            |db| format!("{}: {}", db.code().code(), db.message()),
+        )),
+    }
+}
+
+/// NULL for a parameter of any type.
+#[derive(Debug)]
+struct SqlNull;
+
+impl ToSql for SqlNull {
+    fn to_sql(&self, _: &Type, _: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        Ok(IsNull::Yes)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn to_postgres(value: &Value) -> Box<dyn ToSql + Sync> {
+    match value {
+        Value::Null => Box::new(SqlNull),
+        Value::Int(v) => Box::new(*v),
+        Value::Text(v) => Box::new(v.clone()),
+        Value::Bytes(v) => Box::new(v.clone()),
+        Value::Bool(v) => Box::new(*v),
+    }
+}
+
+fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError> {
+    let column_type = row.columns().get(index).map(|c| c.type_().clone());
+    let error = |e: postgres::Error| StoreError::corrupt(format!("column {index}: {e}"));
+    Ok(match column_type {
+        Some(Type::INT8) => row
+            .try_get::<_, Option<i64>>(index)
+            .map_err(error)?
+            .map_or(Value::Null, Value::Int),
+        Some(Type::INT4) => row
+            .try_get::<_, Option<i32>>(index)
+            .map_err(error)?
+            .map_or(Value::Null, |v| Value::Int(i64::from(v))),
+        Some(Type::TEXT | Type::VARCHAR | Type::NAME) => row
+            .try_get::<_, Option<String>>(index)
+            .map_err(error)?
+            .map_or(Value::Null, Value::Text),
+        Some(Type::BYTEA) => row
+            .try_get::<_, Option<Vec<u8>>>(index)
+            .map_err(error)?
+            .map_or(Value::Null, Value::Bytes),
+        Some(Type::BOOL) => row
+            .try_get::<_, Option<bool>>(index)
+            .map_err(error)?
+            .map_or(Value::Null, Value::Bool),
+        other => {
+            return Err(StoreError::corrupt(format!(
+                "column {index} has an unexpected type {other:?}"
+            )));
+        }
+    })
+}
+
+struct PostgresTx<'a, 'b> {
+    transaction: &'a mut postgres::Transaction<'b>,
+}
+
+impl Tx for PostgresTx<'_, '_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let boxed: Vec<_> = params.iter().map(to_postgres).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
+        self.transaction
+            .execute(&Dialect::Postgres.rewrite(sql), &refs)
+            .map_err(|e| map_error(&e))
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let boxed: Vec<_> = params.iter().map(to_postgres).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
+        let rows = self
+            .transaction
+            .query(&Dialect::Postgres.rewrite(sql), &refs)
+            .map_err(|e| map_error(&e))?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| from_postgres(row, i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn write<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(false, work)
+    }
+
+    fn read<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(true, work)
+    }
+}

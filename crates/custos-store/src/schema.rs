@@ -1,0 +1,141 @@
+//! The schema, as versioned migrations embedded in the binary.
+//!
+//! Every table keys its rows by account first, so that one account's rows sit together (and, on
+//! distributed SQL, in one range). The hot path uses no global sequence: event order within an
+//! account comes from the account row's own counter.
+
+use crate::StoreError;
+use crate::sql::{Tx, Value};
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
+/// and rewritten per dialect.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE accounts (
+    account_id TEXT PRIMARY KEY,
+    next_seq INT8 NOT NULL,
+    ledger_len INT8 NOT NULL,
+    ledger_head BYTES NOT NULL,
+    checkpointed_len INT8 NOT NULL,
+    erased_at INT8
+);
+CREATE TABLE ledger (
+    account_id TEXT NOT NULL,
+    idx INT8 NOT NULL,
+    at INT8 NOT NULL,
+    seq INT8 NOT NULL,
+    kind TEXT NOT NULL,
+    plan TEXT,
+    preference TEXT,
+    channel TEXT,
+    notice_id TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    prev_hash BYTES NOT NULL,
+    hash BYTES NOT NULL,
+    PRIMARY KEY (account_id, idx)
+);
+CREATE TABLE conversations (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    surface TEXT NOT NULL,
+    incognito BOOLEAN NOT NULL,
+    deleted_at INT8,
+    deleted_seq INT8,
+    purged_at INT8,
+    expires_at INT8,
+    retention_class TEXT,
+    expiry_bound TEXT,
+    PRIMARY KEY (account_id, conversation_id)
+);
+CREATE UNIQUE INDEX conversations_by_id ON conversations (conversation_id);
+CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL;
+CREATE TABLE messages (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INT8 NOT NULL,
+    at INT8 NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (account_id, conversation_id, seq)
+);
+CREATE TABLE feedback (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INT8 NOT NULL,
+    at INT8 NOT NULL,
+    rating TEXT NOT NULL,
+    comment TEXT,
+    PRIMARY KEY (account_id, conversation_id, seq)
+);
+CREATE TABLE holds (
+    hold_id TEXT PRIMARY KEY,
+    account_id TEXT,
+    conversation_id TEXT,
+    placed_at INT8 NOT NULL,
+    released_at INT8,
+    actor TEXT NOT NULL
+);
+CREATE TABLE tombstones (
+    conversation_hash BYTES PRIMARY KEY,
+    purged_at INT8 NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE checkpoints (
+    id INT8 PRIMARY KEY,
+    at INT8 NOT NULL,
+    accounts INT8 NOT NULL,
+    entries INT8 NOT NULL,
+    root BYTES NOT NULL,
+    signature BYTES NOT NULL
+);
+CREATE TABLE checkpoint_heads (
+    checkpoint_id INT8 NOT NULL,
+    account_id TEXT NOT NULL,
+    ledger_len INT8 NOT NULL,
+    head BYTES NOT NULL,
+    PRIMARY KEY (checkpoint_id, account_id)
+);
+"];
+
+/// Brings a database to [`SCHEMA_VERSION`], or refuses one made by a newer custos.
+pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS custos_schema (version INT8 NOT NULL)",
+        &[],
+    )?;
+    let found = match tx.query_one("SELECT version FROM custos_schema", &[])? {
+        Some(row) => row.int(0)?,
+        None => {
+            tx.execute("INSERT INTO custos_schema (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let pending = MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0));
+    for (index, migration) in pending {
+        for statement in migration
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            tx.execute(statement, &[])?;
+        }
+        let version = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        tx.execute(
+            "UPDATE custos_schema SET version = ?",
+            &[Value::Int(version)],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The few things a backend must do: run a statement, run a query, in a transaction.
+//!
+//! Statements are written once, with `?` placeholders and the portable subset of SQL that both
+//! SQLite and PostgreSQL accept; [`Dialect::rewrite`] turns them into each backend's form.
+
+use crate::StoreError;
+
+/// A parameter or a column value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Bool(bool),
+}
+
+impl From<i64> for Value {
+    fn from(value: i64) -> Value {
+        Value::Int(value)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(value: &str) -> Value {
+        Value::Text(value.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(value: String) -> Value {
+        Value::Text(value)
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(value: &[u8]) -> Value {
+        Value::Bytes(value.to_vec())
+    }
+}
+
+impl From<bool> for Value {
+    fn from(value: bool) -> Value {
+        Value::Bool(value)
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Value {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+/// One result row, read by column index with the type the schema declares.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Value>);
+
+impl Row {
+    fn get(&self, index: usize) -> Result<&Value, StoreError> {
+        self.0
+            .get(index)
+            .ok_or_else(|| StoreError::corrupt(format!("a row has no column {index}")))
+    }
+
+    pub fn int(&self, index: usize) -> Result<i64, StoreError> {
+        self.optional_int(index)?
+            .ok_or_else(|| StoreError::corrupt(format!("column {index} is NULL")))
+    }
+
+    pub fn optional_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            Value::Int(value) => Ok(Some(*value)),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not an integer: {other:?}"
+            ))),
+        }
+    }
+
+    pub fn text(&self, index: usize) -> Result<String, StoreError> {
+        self.optional_text(index)?
+            .ok_or_else(|| StoreError::corrupt(format!("column {index} is NULL")))
+    }
+
+    pub fn optional_text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            Value::Text(value) => Ok(Some(value.clone())),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not text: {other:?}"
+            ))),
+        }
+    }
+
+    pub fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError> {
+        match self.get(index)? {
+            Value::Bytes(value) => Ok(value.clone()),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not bytes: {other:?}"
+            ))),
+        }
+    }
+
+    /// SQLite keeps booleans as integers; PostgreSQL as booleans.
+    pub fn bool(&self, index: usize) -> Result<bool, StoreError> {
+        match self.get(index)? {
+            Value::Bool(value) => Ok(*value),
+            Value::Int(value) => Ok(*value != 0),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not a boolean: {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Turns portable SQL into this backend's: `?` → `$n` and the type names of the schema.
+    pub fn rewrite(self, sql: &str) -> String {
+        match self {
+            Dialect::Sqlite => sql.replace("BYTES", "BLOB").replace("INT8", "INTEGER"),
+            Dialect::Postgres => {
+                let sql = sql.replace("BYTES", "BYTEA").replace("INT8", "BIGINT");
+                let mut out = String::with_capacity(sql.len() + 8);
+                let mut n = 0;
+                for c in sql.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The clause that locks a selected row until the transaction ends. SQLite needs none: a
+    /// write transaction (`BEGIN IMMEDIATE`) already holds the database's write lock.
+    pub fn lock_clause(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// An open transaction.
+pub trait Tx {
+    fn dialect(&self) -> Dialect;
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+
+    fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+/// A database that can run a closure in a transaction, committing only if it returns `Ok`.
+pub trait Backend: Send + Sync {
+    /// Runs `work` in a write transaction. Retries it on a serialization failure, so it must
+    /// have no effect outside the transaction.
+    fn write<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+    /// Runs `work` in a read-only transaction that sees one consistent snapshot.
+    fn read<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            Dialect::Postgres.rewrite("SELECT a FROM t WHERE b = ? AND c = ? -- INT8 BYTES"),
+            "SELECT a FROM t WHERE b = $1 AND c = $2 -- BIGINT BYTEA"
+        );
+        assert_eq!(
+            Dialect::Sqlite.rewrite("x INT8, y BYTES"),
+            "x INTEGER, y BLOB"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! SQLite: one file in the data folder, WAL journal, `synchronous=FULL`.
+//!
+//! Writers take the write lock at `BEGIN IMMEDIATE`, so concurrent writers are serialized by
+//! SQLite itself; the connection sits behind a mutex. With `synchronous=FULL` in WAL mode a
+//! commit returns only after the WAL is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::types::{Value as SqliteValue, ValueRef};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+use crate::StoreError;
+use crate::sql::{Backend, Dialect, Row, Tx, Value};
+
+pub struct SqliteBackend {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+impl SqliteBackend {
+    pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
+        check_file(path)?;
+        let connection = Connection::open(path).map_err(|e| map_error(path, &e))?;
+        let configure = |connection: &Connection| -> rusqlite::Result<String> {
+            connection.busy_timeout(std::time::Duration::from_secs(10))?;
+            let mode: String =
+                connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            connection.pragma_update(None, "synchronous", "FULL")?;
+            Ok(mode)
+        };
+        let mode = configure(&connection).map_err(|e| map_error(path, &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!(
+                "{}: could not switch to WAL mode (got `{mode}`)",
+                path.display()
+            )));
+        }
+        Ok(SqliteBackend {
+            path: path.to_owned(),
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn run<R>(
+        &self,
+        behavior: TransactionBehavior,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut connection = self.connection.lock().map_err(|_| {
+            StoreError::Database("a previous write panicked; restart custos".into())
+        })?;
+        let transaction = connection
+            .transaction_with_behavior(behavior)
+            .map_err(|e| map_error(&self.path, &e))?;
+        let result = work(&mut SqliteTx {
+            path: &self.path,
+            transaction: &transaction,
+        })?;
+        transaction
+            .commit()
+            .map_err(|e| map_error(&self.path, &e))?;
+        Ok(result)
+    }
+}
+
+/// Refuses a file that is not an SQLite database, or whose header promises more pages than it
+/// holds (a truncated file). SQLite itself would open an empty file as a new database, and would
+/// only notice missing pages when it reads them.
+fn check_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::io(path, error)),
+    };
+    let length = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
+    let mut header = [0u8; 100];
+    let corrupt = |what: String| Err(StoreError::Corrupt(format!("{}: {what}", path.display())));
+    if length < 100 || file.read_exact(&mut header).is_err() {
+        return corrupt(format!(
+            "the file is only {length} bytes; a custos database is never that small (was it truncated?)"
+        ));
+    }
+    if header.get(..16) != Some(b"SQLite format 3\0".as_slice()) {
+        return corrupt("it is not an SQLite database".to_owned());
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        size => u64::from(size),
+    };
+    let pages = u64::from(u32::from_be_bytes([
+        header[28], header[29], header[30], header[31],
+    ]));
+    if length < page_size * pages {
+        return corrupt(format!(
+            "the file is {length} bytes but its header says {} (it was truncated)",
+            page_size * pages
+        ));
+    }
+    Ok(())
+}
+
+fn map_error(path: &Path, error: &rusqlite::Error) -> StoreError {
+    let where_ = path.display();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull(format!("{where_}: {error}")),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(format!("{where_}: {error}"))
+        }
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            StoreError::Database(format!(
+                "{where_}: {error} (can custos write to the data folder?)"
+            ))
+        }
+        Some(ErrorCode::SystemIoFailure) => StoreError::Database(format!(
+            "{where_}: {error} (the disk may be full or failing)"
+        )),
+        _ => StoreError::Database(format!("{where_}: {error}")),
+    }
+}
+
+struct SqliteTx<'a> {
+    path: &'a Path,
+    transaction: &'a rusqlite::Transaction<'a>,
+}
+
+fn to_sqlite(value: &Value) -> SqliteValue {
+    match value {
+        Value::Null => SqliteValue::Null,
+        Value::Int(v) => SqliteValue::Integer(*v),
+        Value::Text(v) => SqliteValue::Text(v.clone()),
+        Value::Bytes(v) => SqliteValue::Blob(v.clone()),
+        Value::Bool(v) => SqliteValue::Integer(i64::from(*v)),
+    }
+}
+
+fn from_sqlite(value: ValueRef<'_>) -> Result<Value, StoreError> {
+    Ok(match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(v) => Value::Int(v),
+        ValueRef::Text(v) => Value::Text(
+            String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?,
+        ),
+        ValueRef::Blob(v) => Value::Bytes(v.to_vec()),
+        ValueRef::Real(_) => {
+            return Err(StoreError::corrupt("a column holds a floating-point value"));
+        }
+    })
+}
+
+impl SqliteTx<'_> {
+    fn sql(sql: &str) -> std::borrow::Cow<'_, str> {
+        if sql.contains("INT8") || sql.contains("BYTES") {
+            std::borrow::Cow::Owned(Dialect::Sqlite.rewrite(sql))
+        } else {
+            std::borrow::Cow::Borrowed(sql)
+        }
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let error = |e: rusqlite::Error| map_error(self.path, &e);
+        let mut statement = self
+            .transaction
+            .prepare_cached(&Self::sql(sql))
+            .map_err(error)?;
+        let changed = statement
+            .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(error)?;
+        Ok(u64::try_from(changed).unwrap_or(u64::MAX))
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let error = |e: rusqlite::Error| map_error(self.path, &e);
+        let mut statement = self
+            .transaction
+            .prepare_cached(&Self::sql(sql))
+            .map_err(error)?;
+        let columns = statement.column_count();
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(error)? {
+            let values = (0..columns)
+                .map(|i| row.get_ref(i).map_err(error).and_then(from_sqlite))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn write<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(TransactionBehavior::Immediate, work)
+    }
+
+    fn read<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.run(TransactionBehavior::Deferred, work)
+    }
+}

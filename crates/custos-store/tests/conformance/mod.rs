@@ -1,0 +1,454 @@
+//! The storage conformance suite: every backend must pass all of it.
+//!
+//! Each check takes a factory that opens a fresh, empty store. The first and strongest check
+//! replays random timelines through the store and through the in-memory reference model
+//! (`custos_core::Timeline`) side by side, and compares every answer after every step.
+
+#![allow(dead_code, reason = "each test binary calls the suite its own way")]
+
+#[path = "../../../custos-core/tests/support/mod.rs"]
+mod timelines;
+
+use custos_core::{
+    AccountId, Channel, Command, ConversationId, Policy, Role, Surface, Timeline, Timestamp,
+};
+use custos_store::{Store, StoreError};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+
+pub type Factory<'a> = &'a dyn Fn() -> Store;
+
+fn ts(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn account(id: &str) -> AccountId {
+    AccountId::parse(id).unwrap()
+}
+
+/// A check of the suite: it opens as many fresh stores as it needs through the factory.
+pub type Check = fn(Factory<'_>);
+
+/// Every check of the suite, by name.
+pub const CHECKS: &[(&str, Check)] = &[
+    (
+        "agrees_with_the_reference_model_on_random_timelines",
+        agrees_with_the_reference_model_on_random_timelines,
+    ),
+    (
+        "every_choice_is_a_verifiable_ledger_entry",
+        every_choice_is_a_verifiable_ledger_entry,
+    ),
+    (
+        "a_refused_write_leaves_nothing_behind",
+        a_refused_write_leaves_nothing_behind,
+    ),
+    (
+        "checkpoints_sign_every_chain_head",
+        checkpoints_sign_every_chain_head,
+    ),
+    (
+        "concurrent_writers_are_serialized_per_account",
+        concurrent_writers_are_serialized_per_account,
+    ),
+    (
+        "the_expiry_index_follows_every_write",
+        the_expiry_index_follows_every_write,
+    ),
+];
+
+/// How many random timelines the differential check replays (each opens a fresh store).
+const TIMELINES: u32 = 24;
+
+pub fn agrees_with_the_reference_model_on_random_timelines(open: Factory<'_>) {
+    let mut runner = TestRunner::deterministic();
+    let strategy = timelines::timeline(40);
+    for case in 0..TIMELINES {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let store = open();
+        let mut model = Timeline::new(Policy::bundled());
+        let mut now = timelines::start();
+        for (index, op) in ops.iter().enumerate() {
+            now = Timestamp::from_unix_millis(now.unix_millis() + op.advance_ms).unwrap_or(now);
+            let command = timelines::command(&op.event);
+            let expected = model.apply(now, command.clone());
+            let got = store.apply(now, &command, "conformance");
+            let context = format!("case {case} step {index} at {now}: {command:?}");
+            match (&expected, &got) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{context}: sweep reports differ"),
+                (Err(refusal), Err(StoreError::Refused(stored))) => {
+                    assert_eq!(refusal.slug(), stored.slug(), "{context}")
+                }
+                _ => panic!("{context}: model {expected:?}, store {got:?}"),
+            }
+            assert_same_answers(&model, &store, now, &context);
+        }
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.problem, None, "case {case}");
+    }
+}
+
+fn assert_same_answers(model: &Timeline, store: &Store, at: Timestamp, context: &str) {
+    for account in model.accounts() {
+        let expected = model.gate(&account.id, at);
+        let got = store.gate(&account.id, at);
+        match (expected, got) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{context}: gate of {}", account.id),
+            (Err(a), Err(StoreError::Refused(b))) => assert_eq!(a.slug(), b.slug(), "{context}"),
+            (a, b) => panic!(
+                "{context}: gate of {}: model {a:?}, store {b:?}",
+                account.id
+            ),
+        }
+    }
+    for conversation in model.conversations() {
+        let expected = model.conversation_status(&conversation.id, at).unwrap();
+        let got = store.conversation_status(&conversation.id, at).unwrap();
+        assert_eq!(expected, got, "{context}: status of {}", conversation.id);
+    }
+    let expected = model.snapshot(at);
+    let got = store.snapshot(at).unwrap();
+    let expected_ids: Vec<_> = expected
+        .included
+        .iter()
+        .map(|(id, _)| (*id).clone())
+        .collect();
+    let got_ids: Vec<_> = got.included.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(expected_ids, got_ids, "{context}: export");
+    for ((_, content), stored) in expected.included.iter().zip(&got.included) {
+        let texts = |m: &[&custos_core::Message]| {
+            m.iter()
+                .map(|m| (m.key.at, m.text.clone()))
+                .collect::<Vec<_>>()
+        };
+        let stored_texts: Vec<_> = stored
+            .messages
+            .iter()
+            .map(|m| (m.key.at, m.text.clone()))
+            .collect();
+        assert_eq!(
+            texts(&content.messages),
+            stored_texts,
+            "{context}: content of {}",
+            stored.id
+        );
+        assert_eq!(
+            content.feedback.len(),
+            stored.feedback.len(),
+            "{context}: feedback of {}",
+            stored.id
+        );
+    }
+    assert_eq!(expected.excluded, got.excluded, "{context}: exclusions");
+}
+
+pub fn every_choice_is_a_verifiable_ledger_entry(open: Factory<'_>) {
+    let store = open();
+    let t = ts("2025-07-01T00:00:00Z");
+    store
+        .apply(
+            t,
+            &Command::CreateAccount {
+                account: account("u"),
+                plan: "pro".into(),
+                choice: Some((true, Channel::Signup)),
+            },
+            "service",
+        )
+        .unwrap();
+    store
+        .apply(
+            ts("2025-07-02T00:00:00Z"),
+            &Command::NoticeShown {
+                account: account("u"),
+            },
+            "service",
+        )
+        .unwrap();
+    store
+        .apply(
+            ts("2025-07-03T00:00:00Z"),
+            &Command::Choose {
+                account: account("u"),
+                allowed: false,
+                channel: Channel::Settings,
+            },
+            "user:u",
+        )
+        .unwrap();
+    store
+        .apply(
+            ts("2025-07-04T00:00:00Z"),
+            &Command::ChangePlan {
+                account: account("u"),
+                plan: "team".into(),
+            },
+            "service",
+        )
+        .unwrap();
+    let entries = store.ledger(&account("u")).unwrap();
+    let kinds: Vec<_> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "created",
+            "choice",
+            "notice_shown",
+            "choice",
+            "plan_changed"
+        ]
+    );
+    assert_eq!(entries[3].actor, "user:u");
+    assert_eq!(entries[3].channel, Some(Channel::Settings));
+    assert_eq!(entries[3].notice_id, "consumer-terms-2025");
+    assert_eq!(entries[4].plan.as_deref(), Some("team"));
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "entries are chained");
+    }
+    let report = store.verify_ledger().unwrap();
+    assert_eq!(
+        (report.accounts, report.entries, report.problem),
+        (1, 5, None)
+    );
+}
+
+pub fn a_refused_write_leaves_nothing_behind(open: Factory<'_>) {
+    let store = open();
+    let t = ts("2025-10-01T00:00:00Z");
+    let refused = store.apply(
+        t,
+        &Command::CreateAccount {
+            account: account("n"),
+            plan: "max".into(),
+            choice: None,
+        },
+        "service",
+    );
+    assert!(
+        matches!(refused, Err(StoreError::Refused(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store.gate(&account("n"), t),
+        Err(StoreError::Refused(_))
+    ));
+    store
+        .apply(
+            t,
+            &Command::CreateAccount {
+                account: account("b"),
+                plan: "team".into(),
+                choice: None,
+            },
+            "service",
+        )
+        .unwrap();
+    let refused = store.apply(
+        t,
+        &Command::Choose {
+            account: account("b"),
+            allowed: true,
+            channel: Channel::Notice,
+        },
+        "service",
+    );
+    assert!(matches!(refused, Err(StoreError::Refused(_))));
+    assert_eq!(
+        store.ledger(&account("b")).unwrap().len(),
+        1,
+        "the refused choice left no entry"
+    );
+    let report = store.verify_ledger().unwrap();
+    assert_eq!(
+        (report.accounts, report.entries, report.problem),
+        (1, 1, None)
+    );
+}
+
+pub fn checkpoints_sign_every_chain_head(open: Factory<'_>) {
+    let store = open();
+    let t = ts("2025-07-01T00:00:00Z");
+    assert_eq!(store.checkpoint(t).unwrap(), None, "nothing to sign yet");
+    for id in ["a", "b", "c"] {
+        store
+            .apply(
+                t,
+                &Command::CreateAccount {
+                    account: account(id),
+                    plan: "free".into(),
+                    choice: Some((false, Channel::Signup)),
+                },
+                "service",
+            )
+            .unwrap();
+    }
+    let first = store.checkpoint(t).unwrap().unwrap();
+    assert_eq!((first.id, first.accounts, first.entries), (1, 3, 6));
+    assert_eq!(
+        store.checkpoint(t).unwrap().unwrap(),
+        first,
+        "no growth, no new checkpoint"
+    );
+    store
+        .apply(
+            ts("2025-07-02T00:00:00Z"),
+            &Command::Choose {
+                account: account("b"),
+                allowed: true,
+                channel: Channel::Settings,
+            },
+            "service",
+        )
+        .unwrap();
+    let second = store
+        .checkpoint(ts("2025-07-02T00:00:00Z"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.id, second.entries), (2, 7));
+    assert_ne!(first.root, second.root);
+    let report = store.verify_ledger().unwrap();
+    assert_eq!(
+        (report.checkpoints, report.entries, report.problem),
+        (2, 7, None)
+    );
+}
+
+pub fn concurrent_writers_are_serialized_per_account(open: Factory<'_>) {
+    let store = open();
+    let start = ts("2025-10-01T00:00:00Z");
+    for id in ["a", "b", "c", "d"] {
+        store
+            .apply(
+                start,
+                &Command::CreateAccount {
+                    account: account(id),
+                    plan: "pro".into(),
+                    choice: Some((true, Channel::Signup)),
+                },
+                "service",
+            )
+            .unwrap();
+    }
+    const PER_THREAD: i64 = 25;
+    std::thread::scope(|scope| {
+        for thread in 0..4i64 {
+            let store = &store;
+            scope.spawn(move || {
+                for i in 0..PER_THREAD {
+                    // Two threads per account: writers of one account contend, others do not.
+                    let who = account(["a", "b"][usize::try_from(thread % 2).unwrap()]);
+                    let at = Timestamp::from_unix_millis(start.unix_millis() + 1000 + i).unwrap();
+                    let command = Command::Message {
+                        account: who.clone(),
+                        conversation: ConversationId::parse(&format!("t{thread}-{i}")).unwrap(),
+                        surface: Surface::Chat,
+                        role: Role::User,
+                        text: format!("thread {thread} message {i}"),
+                        incognito: false,
+                    };
+                    store.apply(at, &command, "service").unwrap();
+                    let choice = Command::Choose {
+                        account: who,
+                        allowed: i % 2 == 0,
+                        channel: Channel::Settings,
+                    };
+                    store.apply(at, &choice, "service").unwrap();
+                }
+            });
+        }
+    });
+    let report = store.verify_ledger().unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(
+        report.entries,
+        8 + 4 * 25,
+        "every acknowledged choice is in the ledger"
+    );
+    let later = ts("2025-10-02T00:00:00Z");
+    for thread in 0..4 {
+        for i in 0..PER_THREAD {
+            let id = ConversationId::parse(&format!("t{thread}-{i}")).unwrap();
+            assert!(
+                store.conversation_status(&id, later).unwrap().exists,
+                "{id}"
+            );
+        }
+    }
+}
+
+pub fn the_expiry_index_follows_every_write(open: Factory<'_>) {
+    // A sweep finds due conversations only through the stored expiry, so a withdrawal, a
+    // deletion and an erasure must each move it: a sweep at the new expiry purges them.
+    let store = open();
+    let c = |id: &str| ConversationId::parse(id).unwrap();
+    let message = |who: &str, id: &str| Command::Message {
+        account: account(who),
+        conversation: c(id),
+        surface: Surface::Code,
+        role: Role::User,
+        text: String::new(),
+        incognito: false,
+    };
+    let t0 = ts("2025-10-01T00:00:00Z");
+    for who in ["w", "d", "e"] {
+        store
+            .apply(
+                t0,
+                &Command::CreateAccount {
+                    account: account(who),
+                    plan: "pro".into(),
+                    choice: Some((true, Channel::Signup)),
+                },
+                "service",
+            )
+            .unwrap();
+        store
+            .apply(t0, &message(who, &format!("{who}1")), "service")
+            .unwrap();
+    }
+    let t1 = ts("2025-10-02T00:00:00Z");
+    store
+        .apply(
+            t1,
+            &Command::Choose {
+                account: account("w"),
+                allowed: false,
+                channel: Channel::Settings,
+            },
+            "user:w",
+        )
+        .unwrap();
+    store
+        .apply(
+            t1,
+            &Command::DeleteConversation {
+                conversation: c("d1"),
+            },
+            "user:d",
+        )
+        .unwrap();
+    store
+        .apply(
+            t1,
+            &Command::EraseAccount {
+                account: account("e"),
+            },
+            "user:e",
+        )
+        .unwrap();
+    let report = store.apply(t1, &Command::Sweep, "admin").unwrap().unwrap();
+    assert_eq!(report.purged.get("account_erased"), Some(&1));
+    let at_cap = ts("2025-11-01T00:00:00Z");
+    let report = store
+        .apply(at_cap, &Command::Sweep, "admin")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.purged.get("withdrawal_cap"), Some(&1), "{report:?}");
+    assert_eq!(report.purged.get("deletion_grace"), Some(&1), "{report:?}");
+    for id in ["w1", "d1", "e1"] {
+        assert!(
+            !store.conversation_status(&c(id), at_cap).unwrap().exists,
+            "{id} was not purged"
+        );
+    }
+}
