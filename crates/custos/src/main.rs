@@ -9,9 +9,12 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use custos_core::Policy;
 use custos_scenario::{Scenario, ScenarioError};
+use custos_store::{Location, SQLITE_FILE, Store, StoreError};
+
+mod write_load;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +35,83 @@ enum Command {
     /// Replay timelines through the decision core.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
+    /// Inspect and prove the consent ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Tools for custos's own tests; not a stable interface.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
+}
+
+/// Where the store is: SQLite in a data folder, or PostgreSQL (the data folder then holds only
+/// the ledger's signing key).
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// The data folder.
+    #[arg(long, env = "CUSTOS_DATA", default_value = "custos-data")]
+    data: PathBuf,
+    /// A PostgreSQL URL (postgres://… or key=value); SQLite in the data folder when absent.
+    #[arg(long, env = "CUSTOS_DATABASE")]
+    database: Option<String>,
+}
+
+impl StoreArgs {
+    fn location(&self) -> Location {
+        Location::new(self.data.clone(), self.database.clone())
+    }
+
+    /// Opens a store that must already exist: inspecting a folder never creates one.
+    fn open_existing(&self) -> Result<Store, Failure> {
+        let key = self.data.join(custos_store::ledger::KEY_FILE);
+        let missing = if self.database.is_none() && !self.data.join(SQLITE_FILE).exists() {
+            Some(self.data.join(SQLITE_FILE))
+        } else if !key.exists() {
+            Some(key)
+        } else {
+            None
+        };
+        if let Some(path) = missing {
+            return Err(Failure::invalid_input(anyhow::anyhow!(
+                "{} does not exist: is `--data` the folder custos wrote to?",
+                path.display()
+            )));
+        }
+        Store::open(&self.location(), Policy::bundled()).map_err(Failure::operational)
+    }
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Recompute every chain and signed checkpoint; exit 1 naming the first bad entry.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Sign a checkpoint over every chain head now.
+    Checkpoint {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print the store's Ed25519 public key (hex), to verify checkpoints and receipts elsewhere.
+    PublicKey {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum InternalCommand {
+    /// Write choices and messages as fast as possible, logging each one once it is committed.
+    WriteLoad {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Append one line per acknowledged write here.
+        #[arg(long)]
+        log: PathBuf,
+        /// Stop after this many writes (default: never).
+        #[arg(long)]
+        writes: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +183,49 @@ fn run(command: Command) -> Result<(), Failure> {
             print(&format!("{}: ok\n{}", file.display(), policy.summary()))
         }
         Command::Policy(PolicyCommand::Show) => print(Policy::bundled_text()),
+        Command::Ledger(LedgerCommand::Verify { store }) => {
+            let report = store
+                .open_existing()?
+                .verify_ledger()
+                .map_err(Failure::operational)?;
+            let summary = format!(
+                "checked {} accounts, {} ledger entries, {} signed checkpoints\n",
+                report.accounts, report.entries, report.checkpoints
+            );
+            print(&summary)?;
+            match report.problem {
+                None => print("ledger verified: every entry and checkpoint is intact\n"),
+                Some(problem) => Err(Failure::operational(anyhow::anyhow!(
+                    "ledger verification FAILED: {problem}"
+                ))),
+            }
+        }
+        Command::Ledger(LedgerCommand::Checkpoint { store }) => {
+            let now = write_load::now();
+            match store
+                .open_existing()?
+                .checkpoint(now)
+                .map_err(Failure::operational)?
+            {
+                Some(c) => print(&format!(
+                    "checkpoint {} at {}: {} accounts, {} entries, root {}\n",
+                    c.id,
+                    c.at,
+                    c.accounts,
+                    c.entries,
+                    custos_core::policy::hex(&c.root)
+                )),
+                None => print("the ledger is empty; nothing to sign\n"),
+            }
+        }
+        Command::Ledger(LedgerCommand::PublicKey { store }) => {
+            print(&format!("{}\n", store.open_existing()?.public_key_hex()))
+        }
+        Command::Internal(InternalCommand::WriteLoad { store, log, writes }) => {
+            let opened =
+                Store::open(&store.location(), Policy::bundled()).map_err(store_failure)?;
+            write_load::run(&opened, &log, writes).map_err(store_failure)
+        }
         Command::Scenario(ScenarioCommand::Run { file }) => {
             let stdout = io::stdout();
             let mut out = io::BufWriter::new(stdout.lock());
@@ -115,6 +238,13 @@ fn run(command: Command) -> Result<(), Failure> {
                     _ => Failure::invalid_input(error),
                 })
         }
+    }
+}
+
+fn store_failure(error: StoreError) -> Failure {
+    match error {
+        StoreError::Refused(_) => Failure::invalid_input(error),
+        _ => Failure::operational(error),
     }
 }
 

@@ -12,4 +12,5 @@ mod architecture;
 mod invalid_steps;
 mod policy_check;
 mod scenarios;
+mod storage;
 mod support;
