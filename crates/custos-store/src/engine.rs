@@ -19,6 +19,36 @@ use crate::StoreError;
 use crate::ledger::{Entry, EntryKind, GENESIS, LedgerKey, checkpoint_message, heads_root};
 use crate::sql::{Row, Tx};
 
+/// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
+///
+/// The ledger is append-only, so an equal length means an equal history; any other writer
+/// (another thread, or another server on the same PostgreSQL) changes the length and the next
+/// load reads the ledger again. Only histories read from committed rows are kept.
+#[derive(Debug, Default)]
+pub struct Histories(std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>);
+
+/// More cached histories than this and the cache starts afresh: memory stays bounded.
+const HISTORIES_KEPT: usize = 65_536;
+
+impl Histories {
+    fn get(&self, id: &AccountId, ledger_len: i64) -> Option<AccountHistory> {
+        let cache = self.0.lock().ok()?;
+        cache
+            .get(id)
+            .filter(|(len, _)| *len == ledger_len)
+            .map(|(_, h)| h.clone())
+    }
+
+    pub fn keep(&self, ledger_len: i64, history: &AccountHistory) {
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= HISTORIES_KEPT {
+                cache.clear();
+            }
+            cache.insert(history.id.clone(), (ledger_len, history.clone()));
+        }
+    }
+}
+
 /// A key that sees every recorded event: the stored expiry reflects all of them.
 const END: EventKey = EventKey {
     at: Timestamp::MAX,
@@ -147,6 +177,7 @@ fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError>
 /// which serializes writers of one account and no others.
 pub fn load_account(
     tx: &mut dyn Tx,
+    histories: &Histories,
     id: &AccountId,
     lock: bool,
 ) -> Result<Option<(AccountRow, AccountHistory)>, StoreError> {
@@ -164,9 +195,14 @@ pub fn load_account(
         ledger_head: hash32(row.bytes(2)?)?,
         erased_at: row.optional_int(3)?,
     };
+    if let Some(history) = histories.get(id, account.ledger_len) {
+        return Ok(Some((account, history)));
+    }
     let entries = ledger_entries(tx, id.as_str())?;
     let history = history_from(&entries)?
         .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
+    // Read before this transaction wrote anything: committed rows only.
+    histories.keep(account.ledger_len, &history);
     Ok(Some((account, history)))
 }
 
@@ -395,9 +431,10 @@ fn store_expiries_of(
 
 fn live_account(
     tx: &mut dyn Tx,
+    histories: &Histories,
     id: &AccountId,
 ) -> Result<(AccountRow, AccountHistory), StoreError> {
-    let loaded = load_account(tx, id, true)?;
+    let loaded = load_account(tx, histories, id, true)?;
     admission::live_account(id, loaded.as_ref().map(|(_, h)| h))?;
     loaded.ok_or_else(|| Refusal::UnknownAccount(id.clone()).into())
 }
@@ -407,8 +444,13 @@ fn next_key(account: &AccountRow, at: Timestamp) -> Result<EventKey, StoreError>
 }
 
 /// Applies one command at `at` on behalf of `actor`, in the caller's transaction.
+/// Histories this transaction wrote, to be cached once (and only if) it commits.
+pub type Written = Vec<(i64, AccountHistory)>;
+
 pub fn apply(
     tx: &mut dyn Tx,
+    histories: &Histories,
+    written: &mut Written,
     policy: &Policy,
     at: Timestamp,
     command: &Command,
@@ -420,7 +462,7 @@ pub fn apply(
             plan,
             choice,
         } => {
-            let existing = load_account(tx, account, true)?;
+            let existing = load_account(tx, histories, account, true)?;
             let plan = admission::admit_create_account(
                 policy,
                 account,
@@ -464,13 +506,23 @@ pub fn apply(
                 )?;
             }
             save_account(tx, &row)?;
+            let mut history = AccountHistory::new(account.clone(), key, plan);
+            if let Some((allowed, channel)) = choice {
+                let preference = Preference::from_allowed(*allowed);
+                history.record_choice(Choice {
+                    key,
+                    preference,
+                    channel: *channel,
+                });
+            }
+            written.push((row.ledger_len, history));
         }
         Command::Choose {
             account,
             allowed,
             channel,
         } => {
-            let (mut row, mut history) = live_account(tx, account)?;
+            let (mut row, mut history) = live_account(tx, histories, account)?;
             let key = next_key(&row, at)?;
             admission::admit_choice(policy, &history, key)?;
             let preference = Preference::from_allowed(*allowed);
@@ -495,9 +547,10 @@ pub fn apply(
             row.next_seq += 1;
             save_account(tx, &row)?;
             store_expiries_of(tx, policy, &history)?;
+            written.push((row.ledger_len, history));
         }
         Command::NoticeShown { account } => {
-            let (mut row, _) = live_account(tx, account)?;
+            let (mut row, mut history) = live_account(tx, histories, account)?;
             let key = next_key(&row, at)?;
             append_ledger(
                 tx,
@@ -511,11 +564,13 @@ pub fn apply(
                     choice: None,
                 },
             )?;
+            history.record_notice_shown(key);
             row.next_seq += 1;
             save_account(tx, &row)?;
+            written.push((row.ledger_len, history));
         }
         Command::ChangePlan { account, plan } => {
-            let (mut row, mut history) = live_account(tx, account)?;
+            let (mut row, mut history) = live_account(tx, histories, account)?;
             let (plan, _) = policy.plan(plan).map_err(Refusal::from)?;
             let key = next_key(&row, at)?;
             let new = NewEntry {
@@ -529,6 +584,7 @@ pub fn apply(
             row.next_seq += 1;
             save_account(tx, &row)?;
             store_expiries_of(tx, policy, &history)?;
+            written.push((row.ledger_len, history));
         }
         Command::Message {
             account,
@@ -538,7 +594,7 @@ pub fn apply(
             text,
             incognito,
         } => {
-            let (mut row, history) = live_account(tx, account)?;
+            let (mut row, history) = live_account(tx, histories, account)?;
             let key = next_key(&row, at)?;
             let mut record = match load_conversation(tx, conversation, false)? {
                 Some(existing) => {
@@ -579,7 +635,7 @@ pub fn apply(
             rating,
             comment,
         } => {
-            let (mut row, history) = live_account(tx, account)?;
+            let (mut row, history) = live_account(tx, histories, account)?;
             let key = next_key(&row, at)?;
             let mut record = load_conversation(tx, conversation, false)?
                 .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
@@ -607,9 +663,10 @@ pub fn apply(
         Command::DeleteConversation { conversation } => {
             let mut record = load_conversation(tx, conversation, false)?
                 .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
-            let (mut row, history) = load_account(tx, &record.owner, true)?.ok_or_else(|| {
-                StoreError::corrupt(format!("conversation `{conversation}` has no account"))
-            })?;
+            let (mut row, history) =
+                load_account(tx, histories, &record.owner, true)?.ok_or_else(|| {
+                    StoreError::corrupt(format!("conversation `{conversation}` has no account"))
+                })?;
             let key = next_key(&row, at)?;
             admission::admit_deletion(&record, key)?;
             tx.execute(
@@ -625,7 +682,7 @@ pub fn apply(
             admission::admit_hold(id, hold(tx, id)?.as_ref())?;
             let (account, conversation) = match target {
                 HoldTarget::Account(account) => {
-                    if load_account(tx, account, false)?.is_none() {
+                    if load_account(tx, histories, account, false)?.is_none() {
                         return Err(Refusal::UnknownAccount(account.clone()).into());
                     }
                     (Some(account.as_str()), None)
@@ -650,7 +707,7 @@ pub fn apply(
             )?;
         }
         Command::EraseAccount { account } => {
-            let (mut row, mut history) = live_account(tx, account)?;
+            let (mut row, mut history) = live_account(tx, histories, account)?;
             let key = next_key(&row, at)?;
             append_ledger(
                 tx,
@@ -669,15 +726,21 @@ pub fn apply(
             row.next_seq += 1;
             save_account(tx, &row)?;
             store_expiries_of(tx, policy, &history)?;
+            written.push((row.ledger_len, history));
         }
-        Command::Sweep => return sweep(tx, policy, at).map(Some),
+        Command::Sweep => return sweep(tx, histories, policy, at).map(Some),
     }
     Ok(None)
 }
 
 /// Purges every due conversation that no hold covers, found through the expiry index. The
 /// stored expiry only nominates candidates: the core decides each one again as of `now`.
-fn sweep(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<SweepReport, StoreError> {
+fn sweep(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<SweepReport, StoreError> {
     let due = tx.query(
         "SELECT conversation_id FROM conversations WHERE purged_at IS NULL AND expires_at <= ? ORDER BY expires_at, conversation_id",
         &[now.unix_millis().into()],
@@ -688,7 +751,8 @@ fn sweep(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<SweepReport
         let Some(conversation) = load_conversation(tx, &id, false)? else {
             continue;
         };
-        let Some((account, owner)) = load_account(tx, &conversation.owner, false)? else {
+        let Some((account, owner)) = load_account(tx, histories, &conversation.owner, false)?
+        else {
             continue;
         };
         let as_of = next_key(&account, now)?;
@@ -741,11 +805,12 @@ fn purge(
 
 pub fn gate_of(
     tx: &mut dyn Tx,
+    histories: &Histories,
     policy: &Policy,
     id: &AccountId,
     at: Timestamp,
 ) -> Result<Gate, StoreError> {
-    let loaded = load_account(tx, id, false)?;
+    let loaded = load_account(tx, histories, id, false)?;
     let history = admission::live_account(id, loaded.as_ref().map(|(_, h)| h))?;
     let (row, _) = loaded
         .as_ref()
@@ -755,13 +820,14 @@ pub fn gate_of(
 
 pub fn conversation_status(
     tx: &mut dyn Tx,
+    histories: &Histories,
     policy: &Policy,
     id: &ConversationId,
     at: Timestamp,
 ) -> Result<ConversationStatus, StoreError> {
     let conversation = load_conversation(tx, id, false)?
         .ok_or_else(|| Refusal::UnknownConversation(id.clone()))?;
-    let (row, owner) = load_account(tx, &conversation.owner, false)?
+    let (row, owner) = load_account(tx, histories, &conversation.owner, false)?
         .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` has no account")))?;
     let as_of = next_key(&row, at)?;
     let exists = conversation.purged_before(as_of).is_none();
@@ -802,6 +868,7 @@ pub struct StoredSnapshot {
 
 pub fn snapshot(
     tx: &mut dyn Tx,
+    histories: &Histories,
     policy: &Policy,
     at: Timestamp,
 ) -> Result<StoredSnapshot, StoreError> {
@@ -809,7 +876,7 @@ pub fn snapshot(
     let accounts = tx.query("SELECT account_id FROM accounts ORDER BY account_id", &[])?;
     for row in accounts {
         let id = account_id(row.text(0)?)?;
-        let Some((account, owner)) = load_account(tx, &id, false)? else {
+        let Some((account, owner)) = load_account(tx, histories, &id, false)? else {
             continue;
         };
         let as_of = next_key(&account, at)?;

@@ -106,6 +106,7 @@ pub struct Store {
     backend: AnyBackend,
     policy: Policy,
     key: LedgerKey,
+    histories: engine::Histories,
 }
 
 impl std::fmt::Debug for Store {
@@ -146,6 +147,7 @@ impl Store {
             backend,
             policy,
             key,
+            histories: engine::Histories::default(),
         };
         store.write(&mut |tx| schema::migrate(tx))?;
         Ok(store)
@@ -180,11 +182,28 @@ impl Store {
         command: &Command,
         actor: &str,
     ) -> Result<Option<SweepReport>, StoreError> {
-        self.write(&mut |tx| engine::apply(tx, &self.policy, at, command, actor))
+        let mut written = engine::Written::new();
+        let report = self.write(&mut |tx| {
+            written.clear(); // a retried transaction starts over
+            engine::apply(
+                tx,
+                &self.histories,
+                &mut written,
+                &self.policy,
+                at,
+                command,
+                actor,
+            )
+        })?;
+        // Committed: the histories it wrote may now be served from memory.
+        for (ledger_len, history) in &written {
+            self.histories.keep(*ledger_len, history);
+        }
+        Ok(report)
     }
 
     pub fn gate(&self, account: &AccountId, at: Timestamp) -> Result<Gate, StoreError> {
-        self.read(&mut |tx| engine::gate_of(tx, &self.policy, account, at))
+        self.read(&mut |tx| engine::gate_of(tx, &self.histories, &self.policy, account, at))
     }
 
     pub fn conversation_status(
@@ -192,12 +211,12 @@ impl Store {
         id: &ConversationId,
         at: Timestamp,
     ) -> Result<ConversationStatus, StoreError> {
-        self.read(&mut |tx| engine::conversation_status(tx, &self.policy, id, at))
+        self.read(&mut |tx| engine::conversation_status(tx, &self.histories, &self.policy, id, at))
     }
 
     /// The training selection at cutoff `at`, read from one consistent snapshot.
     pub fn snapshot(&self, at: Timestamp) -> Result<StoredSnapshot, StoreError> {
-        self.read(&mut |tx| engine::snapshot(tx, &self.policy, at))
+        self.read(&mut |tx| engine::snapshot(tx, &self.histories, &self.policy, at))
     }
 
     /// An account's ledger entries, in chain order.
