@@ -27,6 +27,9 @@ use crate::postgres::PostgresBackend;
 use crate::sql::Backend;
 use crate::sqlite::SqliteBackend;
 
+/// The store signs a checkpoint by itself after this many ledger appends (per process).
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
 /// The SQLite database's file name inside the data folder.
 pub const SQLITE_FILE: &str = "custos.sqlite3";
 
@@ -107,6 +110,8 @@ pub struct Store {
     policy: Policy,
     key: LedgerKey,
     histories: engine::Histories,
+    /// Ledger appends committed since this process last signed a checkpoint.
+    unsigned_appends: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,6 +153,7 @@ impl Store {
             policy,
             key,
             histories: engine::Histories::default(),
+            unsigned_appends: std::sync::atomic::AtomicU64::new(0),
         };
         store.write(&mut |tx| schema::migrate(tx))?;
         Ok(store)
@@ -199,6 +205,7 @@ impl Store {
         for (ledger_len, history) in &written {
             self.histories.keep(*ledger_len, history);
         }
+        self.checkpoint_periodically(at, written.len())?;
         Ok(report)
     }
 
@@ -222,6 +229,19 @@ impl Store {
     /// An account's ledger entries, in chain order.
     pub fn ledger(&self, account: &AccountId) -> Result<Vec<Entry>, StoreError> {
         self.read(&mut |tx| engine::ledger_entries(tx, account.as_str()))
+    }
+
+    /// Every [`CHECKPOINT_EVERY`] committed ledger appends, signs a checkpoint as of the latest
+    /// event's time, so that the ledger is sealed regularly even without a scheduler.
+    fn checkpoint_periodically(&self, at: Timestamp, appended: usize) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let appended = u64::try_from(appended).unwrap_or(u64::MAX);
+        let before = self.unsigned_appends.fetch_add(appended, Ordering::Relaxed);
+        if before + appended >= CHECKPOINT_EVERY {
+            self.unsigned_appends.store(0, Ordering::Relaxed);
+            self.checkpoint(at)?;
+        }
+        Ok(())
     }
 
     /// Signs a checkpoint over all chain heads if any grew since the last one.

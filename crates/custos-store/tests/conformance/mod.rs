@@ -29,32 +29,22 @@ fn account(id: &str) -> AccountId {
 /// A check of the suite: it opens as many fresh stores as it needs through the factory.
 pub type Check = fn(Factory<'_>);
 
+/// Names each check by its function, so the list can't drift from the code.
+macro_rules! checks {
+    ($($check:ident),+ $(,)?) => {
+        &[$((stringify!($check), $check as Check)),+]
+    };
+}
+
 /// Every check of the suite, by name.
-pub const CHECKS: &[(&str, Check)] = &[
-    (
-        "agrees_with_the_reference_model_on_random_timelines",
-        agrees_with_the_reference_model_on_random_timelines,
-    ),
-    (
-        "every_choice_is_a_verifiable_ledger_entry",
-        every_choice_is_a_verifiable_ledger_entry,
-    ),
-    (
-        "a_refused_write_leaves_nothing_behind",
-        a_refused_write_leaves_nothing_behind,
-    ),
-    (
-        "checkpoints_sign_every_chain_head",
-        checkpoints_sign_every_chain_head,
-    ),
-    (
-        "concurrent_writers_are_serialized_per_account",
-        concurrent_writers_are_serialized_per_account,
-    ),
-    (
-        "the_expiry_index_follows_every_write",
-        the_expiry_index_follows_every_write,
-    ),
+pub const CHECKS: &[(&str, Check)] = checks![
+    agrees_with_the_reference_model_on_random_timelines,
+    every_choice_is_a_verifiable_ledger_entry,
+    a_refused_write_leaves_nothing_behind,
+    checkpoints_sign_every_chain_head,
+    concurrent_writers_are_serialized_per_account,
+    the_expiry_index_follows_every_write,
+    the_store_signs_checkpoints_by_itself,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -451,4 +441,24 @@ pub fn the_expiry_index_follows_every_write(open: Factory<'_>) {
             "{id} was not purged"
         );
     }
+}
+
+pub fn the_store_signs_checkpoints_by_itself(open: Factory<'_>) {
+    let store = open();
+    let t = ts("2025-07-01T00:00:00Z");
+    let appends = custos_store::CHECKPOINT_EVERY;
+    for i in 0..appends {
+        let create = Command::CreateAccount {
+            account: account(&format!("p{i}")),
+            plan: "team".into(),
+            choice: None,
+        };
+        store.apply(t, &create, "service").unwrap();
+    }
+    let report = store.verify_ledger().unwrap();
+    assert_eq!(report.problem, None);
+    assert_eq!(
+        report.checkpoints, 1,
+        "{appends} appends should have sealed one checkpoint"
+    );
 }
