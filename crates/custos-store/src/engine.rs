@@ -429,6 +429,20 @@ fn store_expiries_of(
     Ok(())
 }
 
+/// The end of every event on one conversation: the account's counter moves on, and the
+/// conversation's stored expiry follows the change.
+fn finish_conversation_event(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    row: &mut AccountRow,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+) -> Result<(), StoreError> {
+    row.next_seq += 1;
+    save_account(tx, row)?;
+    store_expiry(tx, policy, owner, conversation)
+}
+
 fn live_account(
     tx: &mut dyn Tx,
     histories: &Histories,
@@ -625,9 +639,7 @@ pub fn apply(
                 role: *role,
                 text: String::new(),
             });
-            row.next_seq += 1;
-            save_account(tx, &row)?;
-            store_expiry(tx, policy, &history, &record)?;
+            finish_conversation_event(tx, policy, &mut row, &history, &record)?;
         }
         Command::Feedback {
             account,
@@ -656,9 +668,7 @@ pub fn apply(
                 rating: *rating,
                 comment: None,
             });
-            row.next_seq += 1;
-            save_account(tx, &row)?;
-            store_expiry(tx, policy, &history, &record)?;
+            finish_conversation_event(tx, policy, &mut row, &history, &record)?;
         }
         Command::DeleteConversation { conversation } => {
             let mut record = load_conversation(tx, conversation, false)?
@@ -674,9 +684,7 @@ pub fn apply(
                 &[at.unix_millis().into(), as_i64(key.seq).into(), conversation.as_str().into()],
             )?;
             record.deleted = Some(key);
-            row.next_seq += 1;
-            save_account(tx, &row)?;
-            store_expiry(tx, policy, &history, &record)?;
+            finish_conversation_event(tx, policy, &mut row, &history, &record)?;
         }
         Command::PlaceHold { hold: id, target } => {
             admission::admit_hold(id, hold(tx, id)?.as_ref())?;
