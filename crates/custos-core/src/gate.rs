@@ -2,6 +2,7 @@
 
 use crate::model::{AccountHistory, EventKey, Preference};
 use crate::policy::Policy;
+use crate::time::Timestamp;
 
 closed_set! {
     /// What the product should do with the user's request.
@@ -34,11 +35,19 @@ pub struct Gate {
 
 /// Gate(a, t), as of the event key of the request: the first rule that matches.
 pub fn gate(policy: &Policy, account: &AccountHistory, as_of: EventKey) -> Gate {
-    let (decision, reason) = if !policy.is_consumer(account.plan_at(as_of)) {
+    let consumer = policy.is_consumer(account.plan_at(as_of));
+    decide(policy, consumer, account.preference_at(as_of), as_of.at)
+}
+
+/// The rule table of Gate, over the two facts it needs: whether the plan in force is a consumer
+/// plan, and the choice in force. An in-memory index that keeps only those facts per account
+/// answers through this same function.
+pub fn decide(policy: &Policy, consumer_plan: bool, preference: Preference, at: Timestamp) -> Gate {
+    let (decision, reason) = if !consumer_plan {
         (GateDecision::Allow, GateReason::NotApplicable)
-    } else if account.preference_at(as_of) != Preference::Unset {
+    } else if preference != Preference::Unset {
         (GateDecision::Allow, GateReason::Decided)
-    } else if as_of.at < policy.choose_by {
+    } else if at < policy.choose_by {
         (GateDecision::Prompt, GateReason::ChoicePending)
     } else {
         (GateDecision::Block, GateReason::ChoiceRequired)

@@ -1128,3 +1128,208 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
     }
     Ok(report)
 }
+
+// ---- what the HTTP service reads and writes besides events ----
+
+/// The two facts Gate needs about an account, kept in memory by the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateState {
+    pub consumer_plan: bool,
+    pub preference: Preference,
+    pub erased: bool,
+}
+
+fn gate_state_of(policy: &Policy, history: &AccountHistory) -> GateState {
+    GateState {
+        consumer_plan: policy.is_consumer(history.plan_at(END)),
+        preference: history.preference_at(END),
+        erased: history.erased().is_some(),
+    }
+}
+
+pub fn gate_state(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    id: &AccountId,
+) -> Result<Option<GateState>, StoreError> {
+    Ok(load_account(tx, histories, id, false)?.map(|(_, history)| gate_state_of(policy, &history)))
+}
+
+/// Every account's gate state, for building the in-memory index at start.
+pub fn gate_states(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+) -> Result<Vec<(AccountId, GateState)>, StoreError> {
+    let ids = tx.query("SELECT account_id FROM accounts", &[])?;
+    let mut states = Vec::with_capacity(ids.len());
+    for row in ids {
+        let id = account_id(row.text(0)?)?;
+        if let Some(state) = gate_state(tx, histories, policy, &id)? {
+            states.push((id, state));
+        }
+    }
+    Ok(states)
+}
+
+/// An account as its owner and the product see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub plan: String,
+    pub preference: Preference,
+    /// The latest choice: when, where, and under which notice.
+    pub decided: Option<(Timestamp, Channel, String)>,
+    pub gate: Gate,
+}
+
+pub fn account_view(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    id: &AccountId,
+    at: Timestamp,
+) -> Result<AccountView, StoreError> {
+    let gate = gate_of(tx, histories, policy, id, at)?;
+    let (row, history) = live_account(tx, histories, id)?;
+    let as_of = next_key(&row, at)?;
+    let entries = ledger_entries(tx, id.as_str())?;
+    let decided = entries
+        .iter()
+        .rev()
+        .find(|e| e.kind == EntryKind::Choice && e.key < as_of)
+        .and_then(|e| Some((e.key.at, e.channel?, e.notice_id.clone())));
+    Ok(AccountView {
+        id: id.clone(),
+        plan: history.plan_at(as_of).as_str().to_owned(),
+        preference: history.preference_at(as_of),
+        decided,
+        gate,
+    })
+}
+
+/// A visible conversation of an account, with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub id: ConversationId,
+    pub surface: Surface,
+    pub status: ConversationStatus,
+}
+
+pub fn visible_conversations(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    account: &AccountId,
+    at: Timestamp,
+) -> Result<Vec<ConversationSummary>, StoreError> {
+    live_account(tx, histories, account)?;
+    let mut out = Vec::new();
+    for id in conversations_of(tx, account)? {
+        let status = conversation_status(tx, histories, policy, &id, at)?;
+        if status.visible {
+            let Some(conversation) = load_conversation(tx, &id, false)? else {
+                continue;
+            };
+            out.push(ConversationSummary {
+                id,
+                surface: conversation.surface,
+                status,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an event id was already recorded; records it if not. Runs in the event's own
+/// transaction, so an event and its id commit together or not at all.
+pub fn first_time(tx: &mut dyn Tx, event_id: &str, at: Timestamp) -> Result<bool, StoreError> {
+    if tx
+        .query_one(
+            "SELECT 1 FROM event_ids WHERE event_id = ?",
+            &[event_id.into()],
+        )?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO event_ids (event_id, recorded_at) VALUES (?, ?)",
+        &[event_id.into(), at.unix_millis().into()],
+    )?;
+    Ok(true)
+}
+
+// ---- access tokens ----
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub role: String,
+    pub account: Option<AccountId>,
+}
+
+pub fn insert_token(
+    tx: &mut dyn Tx,
+    hash: &[u8; 32],
+    role: &str,
+    account: Option<&AccountId>,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tokens (token_hash, role, account_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        &[
+            hash.as_slice().into(),
+            role.into(),
+            account.map(AccountId::as_str).into(),
+            created_at.unix_millis().into(),
+            expires_at.map(Timestamp::unix_millis).into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The principal of a token hash that is known, unexpired and unrevoked at `now`.
+pub fn principal(
+    tx: &mut dyn Tx,
+    hash: &[u8; 32],
+    now: Timestamp,
+) -> Result<Option<Principal>, StoreError> {
+    let Some(row) = tx.query_one(
+        "SELECT token_hash, role, account_id, expires_at, revoked_at FROM tokens WHERE token_hash = ?",
+        &[hash.as_slice().into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    // The lookup found the row by its hash; compare again without an early exit, so that no
+    // timing depends on how much of a guess was right.
+    let stored = row.bytes(0)?;
+    let same = stored.len() == 32
+        && stored
+            .iter()
+            .zip(hash)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    let live = row
+        .optional_int(3)?
+        .is_none_or(|expires| now.unix_millis() < expires)
+        && row.optional_int(4)?.is_none();
+    if !same || !live {
+        return Ok(None);
+    }
+    Ok(Some(Principal {
+        role: row.text(1)?,
+        account: row.optional_text(2)?.map(account_id).transpose()?,
+    }))
+}
+
+pub fn revoke_token(tx: &mut dyn Tx, hash: &[u8; 32], now: Timestamp) -> Result<bool, StoreError> {
+    let changed = tx.execute(
+        "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+        &[now.unix_millis().into(), hash.as_slice().into()],
+    )?;
+    Ok(changed > 0)
+}

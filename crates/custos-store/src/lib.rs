@@ -18,8 +18,12 @@ use custos_core::{
     AccountId, Command, ConversationId, ConversationStatus, Gate, Policy, Refusal, SweepReport,
     Timestamp,
 };
+use sha2::{Digest, Sha256};
 
-pub use engine::{Checkpoint, IncludedConversation, StoredSnapshot, VerifyReport};
+pub use engine::{
+    AccountView, Checkpoint, ConversationSummary, GateState, IncludedConversation, Principal,
+    StoredSnapshot, VerifyReport,
+};
 pub use ledger::{Entry, EntryKind, LedgerKey};
 pub use schema::SCHEMA_VERSION;
 
@@ -253,4 +257,111 @@ impl Store {
     pub fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
         self.read(&mut |tx| engine::verify(tx, &self.key))
     }
+
+    /// Applies an event once: a second event with the same id is reported as a duplicate and
+    /// changes nothing. The id is recorded in the event's own transaction.
+    pub fn apply_once(
+        &self,
+        event_id: &str,
+        at: Timestamp,
+        command: &Command,
+        actor: &str,
+    ) -> Result<Applied, StoreError> {
+        let mut written = engine::Written::new();
+        let applied = self.write(&mut |tx| {
+            written.clear();
+            if !engine::first_time(tx, event_id, at)? {
+                return Ok(Applied::Duplicate);
+            }
+            let policy = &self.policy;
+            engine::apply(
+                tx,
+                &self.histories,
+                &mut written,
+                policy,
+                at,
+                command,
+                actor,
+            )?;
+            Ok(Applied::Accepted)
+        })?;
+        for (ledger_len, history) in &written {
+            self.histories.keep(*ledger_len, history);
+        }
+        self.checkpoint_periodically(at, written.len())?;
+        Ok(applied)
+    }
+
+    /// The gate inputs of one account (for the service's in-memory index).
+    pub fn gate_state(&self, account: &AccountId) -> Result<Option<GateState>, StoreError> {
+        self.read(&mut |tx| engine::gate_state(tx, &self.histories, &self.policy, account))
+    }
+
+    /// The gate inputs of every account, read at start.
+    pub fn gate_states(&self) -> Result<Vec<(AccountId, GateState)>, StoreError> {
+        self.read(&mut |tx| engine::gate_states(tx, &self.histories, &self.policy))
+    }
+
+    pub fn account_view(
+        &self,
+        account: &AccountId,
+        at: Timestamp,
+    ) -> Result<AccountView, StoreError> {
+        self.read(&mut |tx| engine::account_view(tx, &self.histories, &self.policy, account, at))
+    }
+
+    /// The account's conversations that are still visible to it, with their status at `at`.
+    pub fn visible_conversations(
+        &self,
+        account: &AccountId,
+        at: Timestamp,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.read(&mut |tx| {
+            engine::visible_conversations(tx, &self.histories, &self.policy, account, at)
+        })
+    }
+
+    /// Makes a new access token and returns it; only its SHA-256 is stored.
+    pub fn create_token(
+        &self,
+        role: &str,
+        account: Option<&AccountId>,
+        now: Timestamp,
+        expires_at: Option<Timestamp>,
+    ) -> Result<String, StoreError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| StoreError::Key(format!("no randomness for a token: {e}")))?;
+        let token = format!("custos_{}", custos_core::policy::hex(&secret));
+        let hash = token_hash(&token);
+        self.write(&mut |tx| engine::insert_token(tx, &hash, role, account, now, expires_at))?;
+        Ok(token)
+    }
+
+    /// Who `token` speaks for at `now`, if it is known, unexpired and unrevoked.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Option<Principal>, StoreError> {
+        let hash = token_hash(token);
+        self.read(&mut |tx| engine::principal(tx, &hash, now))
+    }
+
+    /// Revokes a token; `false` if it was unknown or already revoked.
+    pub fn revoke_token(&self, token: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let hash = token_hash(token);
+        self.write(&mut |tx| engine::revoke_token(tx, &hash, now))
+    }
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// What became of an event with an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Accepted,
+    Duplicate,
 }

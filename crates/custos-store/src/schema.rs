@@ -8,11 +8,12 @@ use crate::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE accounts (
     account_id TEXT PRIMARY KEY,
     next_seq INT8 NOT NULL,
@@ -98,7 +99,22 @@ CREATE TABLE checkpoint_heads (
     head BYTES NOT NULL,
     PRIMARY KEY (checkpoint_id, account_id)
 );
-"];
+",
+    r"
+CREATE TABLE tokens (
+    token_hash BYTES PRIMARY KEY,
+    role TEXT NOT NULL,
+    account_id TEXT,
+    created_at INT8 NOT NULL,
+    expires_at INT8,
+    revoked_at INT8
+);
+CREATE TABLE event_ids (
+    event_id TEXT PRIMARY KEY,
+    recorded_at INT8 NOT NULL
+);
+",
+];
 
 /// Brings a database to [`SCHEMA_VERSION`], or refuses one made by a newer custos.
 pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {

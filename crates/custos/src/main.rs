@@ -14,6 +14,7 @@ use custos_core::Policy;
 use custos_scenario::{Scenario, ScenarioError};
 use custos_store::{Location, SQLITE_FILE, Store, StoreError};
 
+mod serve;
 mod write_load;
 
 #[derive(Parser)]
@@ -38,6 +39,11 @@ enum Command {
     /// Inspect and prove the consent ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Serve the HTTP API (API.md §2).
+    Serve(serve::ServeArgs),
+    /// Manage access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Tools for custos's own tests; not a stable interface.
     #[command(subcommand, hide = true)]
     Internal(InternalCommand),
@@ -45,7 +51,7 @@ enum Command {
 
 /// Where the store is: SQLite in a data folder, or PostgreSQL (the data folder then holds only
 /// the ledger's signing key).
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 struct StoreArgs {
     /// The data folder.
     #[arg(long, env = "CUSTOS_DATA", default_value = "custos-data")]
@@ -97,6 +103,12 @@ enum LedgerCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it on one line; only its hash is stored.
+    Create(serve::TokenArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +232,11 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Ledger(LedgerCommand::PublicKey { store }) => {
             print(&format!("{}\n", store.open_existing()?.public_key_hex()))
+        }
+        Command::Serve(args) => serve::serve(args).map_err(Failure::operational),
+        Command::Token(TokenCommand::Create(args)) => {
+            let token = serve::create_token(args).map_err(Failure::invalid_input)?;
+            print(&format!("{token}\n"))
         }
         Command::Internal(InternalCommand::WriteLoad { store, log, writes }) => {
             let opened =

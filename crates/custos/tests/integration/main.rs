@@ -9,6 +9,7 @@
 )]
 
 mod architecture;
+mod http;
 mod invalid_steps;
 mod policy_check;
 mod scenarios;

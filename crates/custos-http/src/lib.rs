@@ -1,0 +1,97 @@
+//! custos-http: the service a chat product calls (API.md §2).
+//!
+//! Thin adapters: each handler authenticates the caller, checks its role, parses the request
+//! into core types, and asks the store (on a blocking thread) or, for the gate, the in-memory
+//! index. No handler restates a rule of SPEC.md.
+
+mod access;
+mod clock;
+mod gate_index;
+mod problem;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use custos_core::{AccountId, Timestamp};
+use custos_store::{Store, StoreError};
+
+pub use access::Role;
+pub use clock::{Clock, system_now};
+pub use gate_index::GateIndex;
+pub use problem::Problem;
+
+/// Everything a request handler may reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub gates: GateIndex,
+    pub clock: Clock,
+}
+
+impl AppState {
+    /// Builds the gate index from the store, so that the gate never waits on disk.
+    pub fn open(store: Arc<Store>, clock: Clock) -> Result<AppState, StoreError> {
+        let gates = GateIndex::build(store.gate_states()?);
+        Ok(AppState {
+            store,
+            gates,
+            clock,
+        })
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Re-reads an account's gate inputs after a committed write.
+    fn refresh_gate(&self, account: &AccountId) -> Result<(), StoreError> {
+        if let Some(state) = self.store.gate_state(account)? {
+            self.gates.update(account, state);
+        }
+        Ok(())
+    }
+}
+
+/// The service's routes over `state`.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    routes::router(state)
+}
+
+/// Serves until `shutdown` resolves; requests in flight then finish before this returns.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("`{text}` is not an address like 127.0.0.1:8080: {e}"))
+}

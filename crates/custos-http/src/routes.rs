@@ -1,0 +1,685 @@
+//! The routes of API.md §2, each with the roles that may call it.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use custos_core::{
+    AccountId, Channel, Command, ConversationId, Gate, Preference, Rating, Role as MessageRole,
+    Surface, Timestamp,
+};
+use custos_store::{AccountView, Applied, Store, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::{Allowed, Caller, Role, bearer};
+use crate::gate_index::Lookup;
+use crate::problem::Problem;
+
+type Shared = State<Arc<AppState>>;
+
+/// Bodies larger than this are refused with 413.
+const BODY_LIMIT: usize = 1 << 20;
+/// Events more than this far in the future are refused.
+const FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/accounts", axum::routing::post(create_account))
+        .route("/v1/accounts/{id}", get(read_account).patch(change_plan))
+        .route("/v1/accounts/{id}/gate", get(read_gate))
+        .route("/v1/accounts/{id}/training-preference", put(set_preference))
+        .route(
+            "/v1/accounts/{id}/training-preference/history",
+            get(preference_history),
+        )
+        .route("/v1/accounts/{id}/conversations", get(list_conversations))
+        .route("/v1/conversations/{id}", delete(delete_conversation))
+        .route("/v1/events", axum::routing::post(record_events))
+        .route("/v1/ledger/verify", get(verify_ledger))
+        .route("/v1/admin/clock", put(set_clock))
+        .fallback(|| async {
+            Problem::not_found("no-such-route", "there is no such route; see /openapi.json")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+// ---- helpers ----
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
+    let token = bearer(headers)
+        .ok_or_else(Problem::unauthorized)?
+        .to_owned();
+    let now = state.now();
+    let principal = blocking(state, move |store| store.authenticate(&token, now))
+        .await?
+        .ok_or_else(Problem::unauthorized)?;
+    let role = Role::parse(&principal.role).ok_or_else(Problem::unauthorized)?;
+    Ok(Caller {
+        role,
+        account: principal.account,
+    })
+}
+
+/// Authenticates and checks the route's roles, for a request about `account`.
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    allowed: Allowed,
+    account: Option<&AccountId>,
+) -> Result<Caller, Problem> {
+    let caller = caller(state, headers).await?;
+    allowed.check(&caller, account)?;
+    Ok(caller)
+}
+
+/// Runs store work on a blocking thread: SQLite and the PostgreSQL client both block.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Problem> {
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|_| Problem::internal())?
+        .map_err(Problem::from)
+}
+
+fn account_id(text: &str) -> Result<AccountId, Problem> {
+    AccountId::parse(text)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", e.to_string()))
+}
+
+fn conversation_id(text: &str) -> Result<ConversationId, Problem> {
+    ConversationId::parse(text)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", e.to_string()))
+}
+
+/// A JSON body, or a problem that says what was wrong with it and where.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    payload.map(|Json(value)| value).map_err(|rejection| {
+        let status = rejection.status();
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body-too-large"
+        } else {
+            "invalid-body"
+        };
+        Problem::new(status, kind, rejection.body_text())
+    })
+}
+
+fn gate_json(gate: Gate, state: &AppState) -> Value {
+    let policy = state.store.policy();
+    json!({
+        "decision": gate.decision.as_str(),
+        "reason": gate.reason.as_str(),
+        "notice": {"id": policy.id, "choose_by": policy.choose_by.to_string()},
+    })
+}
+
+fn preference_json(view: &AccountView) -> serde_json::Map<String, Value> {
+    let mut preference = serde_json::Map::new();
+    preference.insert("state".into(), json!(view.preference.as_str()));
+    preference.insert(
+        "decided_at".into(),
+        json!(view.decided.as_ref().map(|(at, _, _)| at.to_string())),
+    );
+    preference.insert(
+        "channel".into(),
+        json!(
+            view.decided
+                .as_ref()
+                .map(|(_, channel, _)| channel.as_str())
+        ),
+    );
+    preference.insert(
+        "notice".into(),
+        json!(view.decided.as_ref().map(|(_, _, notice)| notice.clone())),
+    );
+    preference
+}
+
+fn account_json(view: &AccountView, state: &AppState) -> Value {
+    json!({
+        "id": view.id.as_str(),
+        "plan": view.plan,
+        "preference": preference_json(view),
+        "gate": gate_json(view.gate, state),
+    })
+}
+
+/// A choice as a request carries it; `notice` must name the notice in force.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChoiceBody {
+    allowed: bool,
+    channel: String,
+    notice: String,
+}
+
+impl ChoiceBody {
+    fn parse(&self, state: &AppState) -> Result<(bool, Channel), Problem> {
+        let channel = Channel::parse(&self.channel).ok_or_else(|| {
+            Problem::invalid_body("`channel` must be one of signup, notice, settings")
+        })?;
+        if self.notice != state.store.policy().id {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-notice",
+                format!(
+                    "`notice` is `{}`, but the notice in force is `{}`",
+                    self.notice,
+                    state.store.policy().id
+                ),
+            ));
+        }
+        Ok((self.allowed, channel))
+    }
+}
+
+// ---- handlers ----
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccount {
+    id: String,
+    plan: String,
+    choice: Option<ChoiceBody>,
+}
+
+async fn create_account(
+    State(state): Shared,
+    headers: HeaderMap,
+    payload: Result<Json<CreateAccount>, JsonRejection>,
+) -> Result<Response, Problem> {
+    admit(&state, &headers, Allowed::roles(&[Role::Service]), None).await?;
+    let request = body(payload)?;
+    let id = account_id(&request.id)?;
+    let choice = request
+        .choice
+        .as_ref()
+        .map(|c| c.parse(&state))
+        .transpose()?;
+    let at = state.now();
+    let command = Command::CreateAccount {
+        account: id.clone(),
+        plan: request.plan,
+        choice,
+    };
+    let account = id.clone();
+    let view = blocking(&state, move |store| {
+        store.apply(at, &command, "service")?;
+        store.account_view(&account, at)
+    })
+    .await?;
+    state.refresh_gate_blocking(&id).await?;
+    Ok((StatusCode::CREATED, Json(account_json(&view, &state))).into_response())
+}
+
+async fn read_account(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Service]),
+        Some(&id),
+    )
+    .await?;
+    let at = state.now();
+    let view = blocking(&state, move |store| store.account_view(&id, at)).await?;
+    Ok(Json(account_json(&view, &state)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePlan {
+    plan: String,
+}
+
+async fn change_plan(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<ChangePlan>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::roles(&[Role::Service]),
+        Some(&id),
+    )
+    .await?;
+    let request = body(payload)?;
+    let at = state.now();
+    let command = Command::ChangePlan {
+        account: id.clone(),
+        plan: request.plan,
+    };
+    let account = id.clone();
+    let view = blocking(&state, move |store| {
+        store.apply(at, &command, "service")?;
+        store.account_view(&account, at)
+    })
+    .await?;
+    state.refresh_gate_blocking(&id).await?;
+    Ok(Json(account_json(&view, &state)))
+}
+
+/// The hot path: answered from memory once the caller is known.
+async fn read_gate(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Service]),
+        Some(&id),
+    )
+    .await?;
+    Ok(Json(gate_json(gate_from_memory(&state, &id)?, &state)))
+}
+
+async fn set_preference(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<ChoiceBody>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    let caller = admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Service]),
+        Some(&id),
+    )
+    .await?;
+    let (allowed, channel) = body(payload)?.parse(&state)?;
+    let at = state.now();
+    let actor = match caller.role {
+        Role::User => format!("user:{id}"),
+        role => role.as_str().to_owned(),
+    };
+    let command = Command::Choose {
+        account: id.clone(),
+        allowed,
+        channel,
+    };
+    let account = id.clone();
+    let (view, receipt) = blocking(&state, move |store| {
+        store.apply(at, &command, &actor)?;
+        let receipt = store
+            .ledger(&account)?
+            .last()
+            .map(|e| custos_core::policy::hex(&e.hash));
+        Ok((store.account_view(&account, at)?, receipt))
+    })
+    .await?;
+    state.refresh_gate_blocking(&id).await?;
+    let mut result = preference_json(&view);
+    result.insert("receipt".into(), json!(receipt));
+    Ok(Json(Value::Object(result)))
+}
+
+async fn preference_history(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Service, Role::Auditor]),
+        Some(&id),
+    )
+    .await?;
+    known_live(&state, &id)?;
+    let account = id.clone();
+    let entries = blocking(&state, move |store| store.ledger(&account)).await?;
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "index": e.idx,
+                "kind": e.kind.as_str(),
+                "at": e.key.at.to_string(),
+                "preference": e.preference.map(Preference::as_str),
+                "channel": e.channel.map(Channel::as_str),
+                "plan": e.plan,
+                "notice": e.notice_id,
+                "policy": e.policy_id,
+                "actor": e.actor,
+                "prev_hash": custos_core::policy::hex(&e.prev_hash),
+                "hash": custos_core::policy::hex(&e.hash),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"account": id.as_str(), "entries": entries})))
+}
+
+/// Gate(a, now) from memory, or the problem of an unknown or erased account.
+fn gate_from_memory(state: &AppState, id: &AccountId) -> Result<Gate, Problem> {
+    match state.gates.gate(state.store.policy(), id, state.now()) {
+        Lookup::Live(gate) => Ok(gate),
+        Lookup::Erased => Err(Problem::not_found(
+            "account-erased",
+            format!("account `{id}` was erased"),
+        )),
+        Lookup::Unknown => Err(Problem::not_found(
+            "unknown-account",
+            format!("account `{id}` does not exist"),
+        )),
+    }
+}
+
+/// Refuses an unknown or erased account, from memory.
+fn known_live(state: &AppState, id: &AccountId) -> Result<(), Problem> {
+    gate_from_memory(state, id).map(|_| ())
+}
+
+async fn list_conversations(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Service]),
+        Some(&id),
+    )
+    .await?;
+    let at = state.now();
+    let account = id.clone();
+    let list = blocking(&state, move |store| {
+        store.visible_conversations(&account, at)
+    })
+    .await?;
+    let conversations: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.as_str(),
+                "surface": c.surface.as_str(),
+                "retention_class": c.status.expiry.map(|e| e.class.as_str()),
+                "expires_at": c.status.expiry.map(|e| e.at.to_string()),
+                "held": c.status.held,
+                "eligible": c.status.eligibility.is_eligible(),
+                "reason": c.status.eligibility.as_str(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"account": id.as_str(), "conversations": conversations}),
+    ))
+}
+
+async fn delete_conversation(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let id = conversation_id(&id)?;
+    let caller = caller(&state, &headers).await?;
+    let at = state.now();
+    let actor = caller.role.as_str().to_owned();
+    let owner_must_be = match caller.role {
+        Role::Service | Role::Admin => None,
+        Role::User => Some(caller.account.clone().ok_or_else(Problem::forbidden)?),
+        _ => return Err(Problem::forbidden()),
+    };
+    blocking(&state, move |store| {
+        if let Some(owner) = owner_must_be {
+            // A user may delete only its own conversations; another's looks the same as none.
+            let own = store
+                .visible_conversations(&owner, at)?
+                .iter()
+                .any(|c| c.id == id);
+            if !own {
+                return Err(custos_core::Refusal::UnknownConversation(id).into());
+            }
+        }
+        store
+            .apply(
+                at,
+                &Command::DeleteConversation { conversation: id },
+                &actor,
+            )
+            .map(|_| ())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One event of a batch, as sent.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum EventBody {
+    Message {
+        id: String,
+        at: String,
+        account: String,
+        conversation: String,
+        surface: Option<String>,
+        role: Option<String>,
+        text: Option<String>,
+        incognito: Option<bool>,
+    },
+    Feedback {
+        id: String,
+        at: String,
+        account: String,
+        conversation: String,
+        rating: String,
+        comment: Option<String>,
+    },
+    ConversationDeleted {
+        id: String,
+        at: String,
+        conversation: String,
+    },
+}
+
+/// Turns one event into its id, time and command, or a problem naming the field.
+fn parse_event(value: Value, now: Timestamp) -> Result<(String, Timestamp, Command), Problem> {
+    let event: EventBody =
+        serde_json::from_value(value).map_err(|e| Problem::invalid_body(e.to_string()))?;
+    let time = |text: &str| {
+        Timestamp::parse(text).map_err(|e| Problem::invalid_body(format!("`at`: {e}")))
+    };
+    let closed = |field: &str,
+                  text: Option<String>,
+                  allowed: &str,
+                  default: &str|
+     -> Result<String, Problem> {
+        let text = text.unwrap_or_else(|| default.to_owned());
+        if allowed.split(", ").any(|a| a == text) {
+            Ok(text)
+        } else {
+            Err(Problem::invalid_body(format!(
+                "`{field}` must be one of {allowed}, not `{text}`"
+            )))
+        }
+    };
+    let (id, at, command) = match event {
+        EventBody::Message {
+            id,
+            at,
+            account,
+            conversation,
+            surface,
+            role,
+            text,
+            incognito,
+        } => {
+            let surface = closed("surface", surface, "chat, code", "chat")?;
+            let role = closed("role", role, "user, assistant", "user")?;
+            (
+                id,
+                time(&at)?,
+                Command::Message {
+                    account: account_id(&account)?,
+                    conversation: conversation_id(&conversation)?,
+                    surface: Surface::parse(&surface).ok_or_else(Problem::internal)?,
+                    role: MessageRole::parse(&role).ok_or_else(Problem::internal)?,
+                    text: text.unwrap_or_default(),
+                    incognito: incognito.unwrap_or(false),
+                },
+            )
+        }
+        EventBody::Feedback {
+            id,
+            at,
+            account,
+            conversation,
+            rating,
+            comment,
+        } => {
+            let rating = closed("rating", Some(rating), "up, down", "")?;
+            (
+                id,
+                time(&at)?,
+                Command::Feedback {
+                    account: account_id(&account)?,
+                    conversation: conversation_id(&conversation)?,
+                    rating: Rating::parse(&rating).ok_or_else(Problem::internal)?,
+                    comment,
+                },
+            )
+        }
+        EventBody::ConversationDeleted {
+            id,
+            at,
+            conversation,
+        } => (
+            id,
+            time(&at)?,
+            Command::DeleteConversation {
+                conversation: conversation_id(&conversation)?,
+            },
+        ),
+    };
+    if id.is_empty() || id.len() > 128 {
+        return Err(Problem::invalid_body("`id` must be 1 to 128 characters"));
+    }
+    if at.unix_millis() > now.unix_millis() + FUTURE_TOLERANCE_MS {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event-in-future",
+            format!("`at` {at} is more than 5 minutes after the server's time {now}"),
+        ));
+    }
+    Ok((id, at, command))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBatch {
+    events: Vec<Value>,
+}
+
+/// Records each event in its own transaction: one bad event never blocks or partly applies the
+/// others. Answers after every accepted event is committed.
+async fn record_events(
+    State(state): Shared,
+    headers: HeaderMap,
+    payload: Result<Json<EventBatch>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    admit(&state, &headers, Allowed::roles(&[Role::Service]), None).await?;
+    let batch = body(payload)?;
+    let now = state.now();
+    let outcomes = blocking(&state, move |store| {
+        Ok(batch
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let fallback_id = raw.get("id").and_then(Value::as_str).map(str::to_owned);
+                let outcome = parse_event(raw, now).and_then(|(id, at, command)| {
+                    let applied = store.apply_once(&id, at, &command, "service").map_err(Problem::from)?;
+                    Ok((id, applied))
+                });
+                match outcome {
+                    Ok((id, Applied::Accepted)) => json!({"index": index, "id": id, "status": "accepted"}),
+                    Ok((id, Applied::Duplicate)) => json!({"index": index, "id": id, "status": "duplicate"}),
+                    Err(problem) => json!({
+                        "index": index,
+                        "id": fallback_id,
+                        "status": "rejected",
+                        "problem": {"type": problem.kind, "status": problem.status.as_u16(), "detail": problem.detail},
+                    }),
+                }
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(json!({"results": outcomes})))
+}
+
+async fn verify_ledger(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    admit(&state, &headers, Allowed::roles(&[Role::Auditor]), None).await?;
+    let report = blocking(&state, |store| store.verify_ledger()).await?;
+    Ok(Json(json!({
+        "intact": report.problem.is_none(),
+        "accounts": report.accounts,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "problem": report.problem,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetClock {
+    now: String,
+}
+
+async fn set_clock(
+    State(state): Shared,
+    headers: HeaderMap,
+    payload: Result<Json<SetClock>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    if matches!(state.clock, crate::Clock::System) {
+        return Err(Problem::not_found(
+            "no-such-route",
+            "the clock can be set only when serving with --clock manual",
+        ));
+    }
+    admit(&state, &headers, Allowed::roles(&[]), None).await?;
+    let request = body(payload)?;
+    let to =
+        Timestamp::parse(&request.now).map_err(|e| Problem::invalid_body(format!("`now`: {e}")))?;
+    state.clock.set(to);
+    Ok(Json(json!({"now": to.to_string()})))
+}
+
+impl AppState {
+    async fn refresh_gate_blocking(self: &Arc<Self>, account: &AccountId) -> Result<(), Problem> {
+        let state = Arc::clone(self);
+        let account = account.clone();
+        tokio::task::spawn_blocking(move || state.refresh_gate(&account))
+            .await
+            .map_err(|_| Problem::internal())?
+            .map_err(Problem::from)
+    }
+}

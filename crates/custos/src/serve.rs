@@ -1,0 +1,141 @@
+//! `custos serve` and `custos token create`: configuration and start-up around custos-http.
+//!
+//! Settings come from a TOML file (`--config`), then `CUSTOS_*` environment variables, then
+//! flags; each later source overrides the earlier.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use custos_core::{AccountId, Duration, Policy, Timestamp};
+use custos_http::{AppState, Clock, Role};
+use custos_store::{Location, Store};
+use serde::Deserialize;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The data folder [default: custos-data].
+    #[arg(long, env = "CUSTOS_DATA")]
+    data: Option<PathBuf>,
+    /// A PostgreSQL URL; SQLite in the data folder when absent.
+    #[arg(long, env = "CUSTOS_DATABASE")]
+    database: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080]. Loopback unless you say otherwise.
+    #[arg(long, env = "CUSTOS_LISTEN")]
+    listen: Option<String>,
+    /// A TOML file with any of: data, database, listen.
+    #[arg(long, env = "CUSTOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// `manual` makes the clock settable through `PUT /v1/admin/clock` (tests only).
+    #[arg(long, value_enum, default_value = "system")]
+    clock: ClockMode,
+    /// With `--clock manual`: the time to start at (RFC 3339).
+    #[arg(long)]
+    now: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClockMode {
+    System,
+    Manual,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data: Option<PathBuf>,
+    database: Option<String>,
+    listen: Option<String>,
+}
+
+fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = args
+        .config
+        .as_deref()
+        .map(read_config)
+        .transpose()?
+        .unwrap_or_default();
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from("custos-data"));
+    let database = args.database.or(file.database);
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| custos_http::DEFAULT_LISTEN.to_owned());
+    let address = custos_http::parse_listen(&listen).map_err(anyhow::Error::msg)?;
+    let clock = match (args.clock, args.now) {
+        (ClockMode::System, None) => Clock::System,
+        (ClockMode::System, Some(_)) => anyhow::bail!("--now needs --clock manual"),
+        (ClockMode::Manual, now) => {
+            let start = now
+                .map(|t| Timestamp::parse(&t))
+                .transpose()?
+                .unwrap_or_else(custos_http::system_now);
+            Clock::Manual(std::sync::Mutex::new(start))
+        }
+    };
+    let store = Store::open(&Location::new(data.clone(), database), Policy::bundled())?;
+    let state = Arc::new(AppState::open(Arc::new(store), clock)?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening on {address}"))?;
+        let bound = listener.local_addr()?;
+        // The first line on stdout is the address: scripts and tests read it.
+        println!(
+            "custos: serving http://{bound} ({} accounts in the gate index, data in {})",
+            state.gates.len(),
+            data.display()
+        );
+        custos_http::serve(state, listener, custos_http::shutdown_signal()).await?;
+        eprintln!("custos: stopped; every acknowledged write is committed");
+        Ok(())
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    store: crate::StoreArgs,
+    /// service, user, trainer, auditor or admin.
+    #[arg(long)]
+    role: String,
+    /// The account a `user` token is bound to (only for `user`).
+    #[arg(long)]
+    account: Option<String>,
+    /// How long the token lives, e.g. `90d` or `1y` [default: no expiry].
+    #[arg(long)]
+    ttl: Option<String>,
+}
+
+pub fn create_token(args: TokenArgs) -> anyhow::Result<String> {
+    let role = Role::parse(&args.role).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--role `{}` is not one of service, user, trainer, auditor, admin",
+            args.role
+        )
+    })?;
+    let account = match (role, args.account) {
+        (Role::User, Some(account)) => Some(AccountId::parse(&account)?),
+        (Role::User, None) => anyhow::bail!("a user token needs --account"),
+        (_, Some(_)) => anyhow::bail!("--account goes only with --role user"),
+        (_, None) => None,
+    };
+    let now = custos_http::system_now();
+    let expires = args
+        .ttl
+        .map(|ttl| Duration::parse(&ttl).map(|d| now.saturating_add(d)))
+        .transpose()?;
+    let store = Store::open(&args.store.location(), Policy::bundled())?;
+    Ok(store.create_token(role.as_str(), account.as_ref(), now, expires)?)
+}

@@ -1,0 +1,613 @@
+//! The HTTP service, started as the real binary on port 0 with a temporary data folder and a
+//! manual clock, and spoken to over a plain TCP socket.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::custos;
+
+/// A running `custos serve` and the tokens made for it.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    pub tokens: std::collections::HashMap<&'static str, String>,
+    _folder: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Server {
+    /// Starts a server whose clock reads `now`, with one token per role; `user` is bound to
+    /// account `u1` and `other-user` to `u2`.
+    pub fn start(now: &str) -> Server {
+        let folder = tempfile::tempdir().unwrap();
+        let data = folder.path().join("data");
+        let mut tokens = std::collections::HashMap::new();
+        for (name, role, account) in [
+            ("service", "service", None),
+            ("trainer", "trainer", None),
+            ("auditor", "auditor", None),
+            ("admin", "admin", None),
+            ("user", "user", Some("u1")),
+            ("other-user", "user", Some("u2")),
+        ] {
+            let mut command = custos();
+            command
+                .args(["token", "create", "--data"])
+                .arg(&data)
+                .args(["--role", role]);
+            if let Some(account) = account {
+                command.args(["--account", account]);
+            }
+            let output = command.output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            tokens.insert(
+                name,
+                String::from_utf8(output.stdout).unwrap().trim().to_owned(),
+            );
+        }
+        let mut child = custos()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--clock",
+                "manual",
+                "--now",
+                now,
+                "--data",
+            ])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .unwrap_or_else(|| panic!("no address in `{line}`"))
+            .to_owned();
+        Server {
+            child,
+            address,
+            tokens,
+            _folder: folder,
+        }
+    }
+
+    /// Sends one request; `token` names an entry of `tokens`, or is used as is if unknown.
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.address
+        );
+        if let Some(token) = token {
+            let secret = self.tokens.get(token).map_or(token, String::as_str);
+            request.push_str(&format!("Authorization: Bearer {secret}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let body = serde_json::from_str(payload).unwrap_or(Value::Null);
+        Reply {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    pub fn set_clock(&self, now: &str) {
+        let reply = self.call(
+            "PUT",
+            "/v1/admin/clock",
+            Some("admin"),
+            Some(&json!({"now": now}).to_string()),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
+
+const NOTICE: &str = "consumer-terms-2025";
+
+fn signup(server: &Server, id: &str, plan: &str, allowed: Option<bool>) -> Reply {
+    let mut body = json!({"id": id, "plan": plan});
+    if let Some(allowed) = allowed {
+        body["choice"] = json!({"allowed": allowed, "channel": "signup", "notice": NOTICE});
+    }
+    server.call(
+        "POST",
+        "/v1/accounts",
+        Some("service"),
+        Some(&body.to_string()),
+    )
+}
+
+#[test]
+fn the_gate_follows_the_deadline_and_choices_as_the_scenario_runner_does() {
+    // deadline-and-signup.json, over HTTP: the same answers as `custos scenario run`.
+    let server = Server::start("2025-07-01T00:00:00Z");
+    assert_eq!(signup(&server, "a", "pro", None).status, 201);
+    assert_eq!(signup(&server, "b", "team", None).status, 201);
+    let gate = |id: &str| {
+        let reply = server.call(
+            "GET",
+            &format!("/v1/accounts/{id}/gate"),
+            Some("service"),
+            None,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        (
+            reply.body["decision"].as_str().unwrap().to_owned(),
+            reply.body["reason"].as_str().unwrap().to_owned(),
+        )
+    };
+    server.set_clock("2025-09-28T12:00:00Z");
+    assert_eq!(gate("a"), ("prompt".into(), "choice_pending".into()));
+    server.set_clock("2025-09-29T00:00:00Z");
+    assert_eq!(gate("a"), ("block".into(), "choice_required".into()));
+    assert_eq!(gate("b"), ("allow".into(), "not_applicable".into()));
+    server.set_clock("2025-09-30T00:00:00Z");
+    let choice = json!({"allowed": false, "channel": "notice", "notice": NOTICE}).to_string();
+    let reply = server.call(
+        "PUT",
+        "/v1/accounts/a/training-preference",
+        Some("service"),
+        Some(&choice),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["state"], "declined");
+    assert_eq!(reply.body["receipt"].as_str().map(str::len), Some(64));
+    assert_eq!(gate("a"), ("allow".into(), "decided".into()));
+    server.set_clock("2025-10-01T00:00:00Z");
+    let reply = signup(&server, "n", "max", None);
+    assert_eq!(
+        (reply.status, reply.body["type"].as_str()),
+        (422, Some("choice-required"))
+    );
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert_eq!(signup(&server, "c", "free", Some(true)).status, 201);
+    assert_eq!(gate("c"), ("allow".into(), "decided".into()));
+    let reply = server.call("GET", "/v1/accounts/n/gate", Some("service"), None);
+    assert_eq!(
+        (reply.status, reply.body["type"].as_str()),
+        (404, Some("unknown-account"))
+    );
+}
+
+/// Every route × every kind of caller, each with the status it must get.
+#[test]
+fn every_route_checks_its_role() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    assert_eq!(signup(&server, "u2", "pro", Some(true)).status, 201);
+    let counter = std::cell::Cell::new(0);
+    let fresh = |prefix: &str| {
+        counter.set(counter.get() + 1);
+        format!("{prefix}{}", counter.get())
+    };
+    let message = |conversation: &str| {
+        let event = json!({"events": [{"id": fresh("e"), "type": "message", "at": "2025-10-01T00:00:00Z",
+            "account": "u1", "conversation": conversation}]});
+        let reply = server.call(
+            "POST",
+            "/v1/events",
+            Some("service"),
+            Some(&event.to_string()),
+        );
+        assert_eq!(
+            reply.body["results"][0]["status"], "accepted",
+            "{}",
+            reply.body
+        );
+    };
+    let choice = json!({"allowed": true, "channel": "settings", "notice": NOTICE}).to_string();
+
+    // (route, who may call it); "user" means u1's own token, "other-user" is u2's.
+    let callers = [
+        "none",
+        "service",
+        "user",
+        "other-user",
+        "trainer",
+        "auditor",
+        "admin",
+    ];
+    type Route<'a> = (
+        &'a str,
+        Box<dyn Fn() -> (String, Option<String>) + 'a>,
+        &'a [&'a str],
+    );
+    let routes: Vec<Route<'_>> = vec![
+        (
+            "POST /v1/accounts",
+            Box::new(|| {
+                (
+                    "/v1/accounts".into(),
+                    Some(json!({"id": fresh("n"), "plan": "team"}).to_string()),
+                )
+            }),
+            &["service", "admin"],
+        ),
+        (
+            "GET /v1/accounts/{id}",
+            Box::new(|| ("/v1/accounts/u1".into(), None)),
+            &["service", "user", "admin"],
+        ),
+        (
+            "PATCH /v1/accounts/{id}",
+            Box::new(|| {
+                (
+                    "/v1/accounts/u1".into(),
+                    Some(json!({"plan": "pro"}).to_string()),
+                )
+            }),
+            &["service", "admin"],
+        ),
+        (
+            "GET /v1/accounts/{id}/gate",
+            Box::new(|| ("/v1/accounts/u1/gate".into(), None)),
+            &["service", "user", "admin"],
+        ),
+        (
+            "PUT /v1/accounts/{id}/training-preference",
+            Box::new(|| {
+                (
+                    "/v1/accounts/u1/training-preference".into(),
+                    Some(choice.clone()),
+                )
+            }),
+            &["service", "user", "admin"],
+        ),
+        (
+            "GET /v1/accounts/{id}/training-preference/history",
+            Box::new(|| ("/v1/accounts/u1/training-preference/history".into(), None)),
+            &["service", "user", "auditor", "admin"],
+        ),
+        (
+            "POST /v1/events",
+            Box::new(|| ("/v1/events".into(), Some(json!({"events": []}).to_string()))),
+            &["service", "admin"],
+        ),
+        (
+            "GET /v1/accounts/{id}/conversations",
+            Box::new(|| ("/v1/accounts/u1/conversations".into(), None)),
+            &["service", "user", "admin"],
+        ),
+        (
+            "DELETE /v1/conversations/{id}",
+            Box::new(|| {
+                let id = fresh("c");
+                message(&id);
+                (format!("/v1/conversations/{id}"), None)
+            }),
+            &["service", "user", "admin"],
+        ),
+        (
+            "GET /v1/ledger/verify",
+            Box::new(|| ("/v1/ledger/verify".into(), None)),
+            &["auditor", "admin"],
+        ),
+        (
+            "PUT /v1/admin/clock",
+            Box::new(|| {
+                (
+                    "/v1/admin/clock".into(),
+                    Some(json!({"now": "2025-10-01T00:00:00Z"}).to_string()),
+                )
+            }),
+            &["admin"],
+        ),
+        (
+            "GET /healthz",
+            Box::new(|| ("/healthz".into(), None)),
+            &[
+                "none",
+                "service",
+                "user",
+                "other-user",
+                "trainer",
+                "auditor",
+                "admin",
+            ],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, make, allowed) in &routes {
+        let method = name.split(' ').next().unwrap();
+        for caller in callers {
+            let (path, body) = make();
+            let token = (caller != "none").then_some(caller);
+            let reply = server.call(method, &path, token, body.as_deref());
+            let expected: &[u16] = if allowed.contains(&caller) {
+                &[200, 201, 204]
+            } else if caller == "none" {
+                &[401]
+            } else if caller == "other-user" && name.starts_with("DELETE /v1/conversations") {
+                &[404] // another account's conversation looks like none at all
+            } else {
+                &[403]
+            };
+            if !expected.contains(&reply.status) {
+                wrong.push(format!(
+                    "{name} as {caller}: {} (wanted {expected:?}) {}",
+                    reply.status, reply.body
+                ));
+            }
+            if reply.status >= 400 && reply.content_type != "application/problem+json" {
+                wrong.push(format!(
+                    "{name} as {caller}: error without problem+json ({})",
+                    reply.content_type
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let reply = server.call(
+        "GET",
+        "/v1/accounts/u1/gate",
+        Some("custos_not-a-real-token"),
+        None,
+    );
+    assert_eq!(reply.status, 401);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    let huge = json!({"id": "x", "plan": "pro", "pad": "a".repeat(2 << 20)}).to_string();
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("POST", "/v1/accounts", "{not json".into(), 400, "invalid-body"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "colour": "blue"}).to_string(), 422, "invalid-body"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": 7}).to_string(), 422, "invalid-body"),
+        ("POST", "/v1/accounts", json!({"id": "x y", "plan": "pro"}).to_string(), 400, "invalid-id"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": "platinum"}).to_string(), 422, "unknown-plan"),
+        ("POST", "/v1/accounts", json!({"id": "u1", "plan": "team"}).to_string(), 409, "account-exists"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "email", "notice": NOTICE}}).to_string(), 422, "invalid-body"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": "old-terms"}}).to_string(), 422, "unknown-notice"),
+        ("POST", "/v1/accounts", json!({"id": "x", "plan": "team", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}}).to_string(), 422, "no-choice-on-business-plan"),
+        ("POST", "/v1/accounts", huge, 413, "body-too-large"),
+        ("PATCH", "/v1/accounts/u1", json!({"plan": "Pro"}).to_string(), 422, "unknown-plan"),
+        ("PATCH", "/v1/accounts/nobody", json!({"plan": "pro"}).to_string(), 404, "unknown-account"),
+        ("PUT", "/v1/accounts/u1/training-preference", json!({"allowed": "yes", "channel": "settings", "notice": NOTICE}).to_string(), 422, "invalid-body"),
+        ("PUT", "/v1/accounts/u1/training-preference", json!({"allowed": true, "channel": "settings"}).to_string(), 422, "invalid-body"),
+        ("POST", "/v1/events", json!({"events": "none"}).to_string(), 422, "invalid-body"),
+        ("GET", "/v1/accounts/%20bad/gate", String::new(), 400, "invalid-id"),
+        ("GET", "/v1/nothing-here", String::new(), 404, "no-such-route"),
+    ];
+    for (method, path, body, status, kind) in cases {
+        let reply = server.call(
+            method,
+            path,
+            Some("service"),
+            (!body.is_empty()).then_some(body.as_str()),
+        );
+        assert_eq!(
+            (reply.status, reply.body["type"].as_str()),
+            (status, Some(kind)),
+            "{method} {path} {}: {}",
+            body.chars().take(80).collect::<String>(),
+            reply.body
+        );
+        assert_eq!(
+            reply.content_type, "application/problem+json",
+            "{method} {path}"
+        );
+        assert!(!reply.body["detail"].as_str().unwrap_or("").is_empty());
+    }
+    // Nothing of the refused requests was recorded.
+    let history = server.call(
+        "GET",
+        "/v1/accounts/u1/training-preference/history",
+        Some("service"),
+        None,
+    );
+    assert_eq!(
+        history.body["entries"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        history.body
+    );
+    let reply = server.call("GET", "/v1/accounts/x", Some("service"), None);
+    assert_eq!(reply.status, 404);
+}
+
+#[test]
+fn each_event_of_a_batch_stands_alone_and_ids_make_it_idempotent() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    assert_eq!(signup(&server, "u2", "pro", Some(true)).status, 201);
+    let batch = json!({"events": [
+        {"id": "m1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c1", "text": "hello"},
+        {"id": "m1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c1", "text": "hello"},
+        {"id": "m2", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u2", "conversation": "c1"},
+        {"id": "m3", "type": "message", "at": "2025-10-01T00:06:00Z", "account": "u1", "conversation": "c2"},
+        {"id": "m4", "type": "message", "at": "2025-10-01T00:04:00Z", "account": "u1", "conversation": "c3", "surface": "code"},
+        {"id": "f1", "type": "feedback", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c1", "rating": "up", "comment": "good"},
+        {"id": "f2", "type": "feedback", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c9", "rating": "up"},
+        {"id": "d1", "type": "conversation_deleted", "at": "2025-10-01T00:00:00Z", "conversation": "c3"},
+        {"type": "message"},
+    ]});
+    let reply = server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&batch.to_string()),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let statuses: Vec<_> = reply.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "accepted",
+            "duplicate",
+            "rejected",
+            "rejected",
+            "accepted",
+            "accepted",
+            "rejected",
+            "accepted",
+            "rejected"
+        ]
+    );
+    let kinds: Vec<_> = reply.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["problem"]["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "conversation-of-another-account",
+            "event-in-future",
+            "unknown-conversation",
+            "invalid-body"
+        ]
+    );
+    // The same batch again changes nothing: every accepted event is now a duplicate.
+    let again = server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&batch.to_string()),
+    );
+    let duplicates = again.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "duplicate")
+        .count();
+    assert_eq!(duplicates, 5);
+    let list = server.call("GET", "/v1/accounts/u1/conversations", Some("user"), None);
+    let ids: Vec<_> = list.body["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["c1"], "c3 was deleted and is hidden at once");
+    assert_eq!(list.body["conversations"][0]["eligible"], true);
+    assert_eq!(list.body["conversations"][0]["retention_class"], "extended");
+}
+
+#[test]
+fn the_clock_can_be_set_only_in_manual_mode() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    let reply = server.call(
+        "PUT",
+        "/v1/admin/clock",
+        Some("service"),
+        Some(&json!({"now": "2030-01-01T00:00:00Z"}).to_string()),
+    );
+    assert_eq!(reply.status, 403);
+    server.set_clock("2030-01-01T00:00:00Z");
+
+    let folder = tempfile::tempdir().unwrap();
+    let mut child = custos()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(folder.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("http://127.0.0.1:"),
+        "listens on loopback by default: {line}"
+    );
+    let system = Server {
+        child,
+        address: line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .unwrap()
+            .to_owned(),
+        tokens: Default::default(),
+        _folder: folder,
+    };
+    let reply = system.call(
+        "PUT",
+        "/v1/admin/clock",
+        Some("anything"),
+        Some(&json!({"now": "2030-01-01T00:00:00Z"}).to_string()),
+    );
+    assert_eq!(reply.status, 404, "no clock route on the system clock");
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
+    let mut server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    let data = server._folder.path().join("data");
+    let output = custos()
+        .args(["ledger", "verify", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("checked 1 accounts, 2 ledger entries")
+    );
+}
