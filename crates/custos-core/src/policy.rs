@@ -29,6 +29,8 @@ pub struct Policy {
     business_plans: Vec<Plan>,
     pub retention: Retention,
     pub training: Training,
+    /// Who is responsible for the data, as consent receipts name it.
+    pub controller: Controller,
     /// SHA-256 of the policy file's bytes, so that evidence can name exactly what was in force.
     pub sha256: [u8; 32],
 }
@@ -48,6 +50,34 @@ pub struct Retention {
     pub standard: Duration,
     pub deletion_grace: Duration,
     pub withdrawal_cap: Duration,
+}
+
+/// The data controller, for consent receipts (SPEC §5). Optional in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Controller {
+    pub name: String,
+    pub contact: Option<String>,
+    /// Where the controller is established, e.g. `EU` or `US-CA`.
+    pub jurisdiction: Option<String>,
+    /// The language of the notice, e.g. `en`.
+    #[serde(default = "default_language")]
+    pub language: String,
+}
+
+fn default_language() -> String {
+    "en".to_owned()
+}
+
+impl Default for Controller {
+    fn default() -> Controller {
+        Controller {
+            name: "the operator of this custos".to_owned(),
+            contact: None,
+            jurisdiction: None,
+            language: default_language(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +200,7 @@ impl Policy {
             business_plans,
             retention,
             training: Training { content },
+            controller: raw.controller,
             sha256: Sha256::digest(text.as_bytes()).into(),
         })
     }
@@ -283,6 +314,8 @@ struct RawPolicy {
     plans: RawPlans,
     retention: RawRetention,
     training: RawTraining,
+    #[serde(default)]
+    controller: Controller,
 }
 
 #[derive(Deserialize)]

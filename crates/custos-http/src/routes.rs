@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(preference_history),
         )
         .route("/v1/accounts/{id}/conversations", get(list_conversations))
+        .route("/v1/accounts/{id}/receipts/{receipt}", get(read_receipt))
         .route("/v1/conversations/{id}", delete(delete_conversation))
         .route("/v1/events", axum::routing::post(record_events))
         .route("/v1/ledger/verify", get(verify_ledger))
@@ -394,6 +395,34 @@ fn gate_from_memory(state: &AppState, id: &AccountId) -> Result<Gate, Problem> {
 /// Refuses an unknown or erased account, from memory.
 fn known_live(state: &AppState, id: &AccountId) -> Result<(), Problem> {
     gate_from_memory(state, id).map(|_| ())
+}
+
+/// A signed consent receipt: for the user it belongs to, and for auditors.
+async fn read_receipt(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path((id, receipt)): Path<(String, String)>,
+) -> Result<Json<Value>, Problem> {
+    let id = account_id(&id)?;
+    admit(
+        &state,
+        &headers,
+        Allowed::and_user_self(&[Role::Auditor]),
+        Some(&id),
+    )
+    .await?;
+    known_live(&state, &id)?;
+    let account = id.clone();
+    let wanted = receipt.clone();
+    blocking(&state, move |store| store.receipt(&account, &wanted))
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::not_found(
+                "unknown-receipt",
+                format!("account `{id}` has no receipt `{receipt}`"),
+            )
+        })
 }
 
 async fn list_conversations(

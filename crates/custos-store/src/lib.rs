@@ -8,6 +8,7 @@
 mod engine;
 pub mod ledger;
 mod postgres;
+pub mod receipt;
 mod schema;
 mod sql;
 mod sqlite;
@@ -352,6 +353,21 @@ impl Store {
     pub fn revoke_token(&self, token: &str, now: Timestamp) -> Result<bool, StoreError> {
         let hash = token_hash(token);
         self.write(&mut |tx| engine::revoke_token(tx, &hash, now))
+    }
+
+    /// The signed consent receipt of an account's choice, by receipt id (its ledger hash).
+    pub fn receipt(
+        &self,
+        account: &AccountId,
+        receipt_id: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let entries = self.ledger(account)?;
+        let entry = entries
+            .iter()
+            .find(|e| custos_core::policy::hex(&e.hash).eq_ignore_ascii_case(receipt_id));
+        Ok(entry
+            .and_then(|entry| receipt::receipt_of(&self.policy, entry))
+            .map(|unsigned| receipt::signed(unsigned, &self.key)))
     }
 }
 

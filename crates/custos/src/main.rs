@@ -39,6 +39,9 @@ enum Command {
     /// Inspect and prove the consent ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Check consent receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
     /// Serve the HTTP API (API.md §2).
     Serve(serve::ServeArgs),
     /// Manage access tokens.
@@ -102,6 +105,17 @@ enum LedgerCommand {
     PublicKey {
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Verify a signed consent receipt offline; exit 1 if it was changed.
+    Verify {
+        file: PathBuf,
+        /// Also require that this public key (hex, from `custos ledger public-key`) signed it.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -232,6 +246,25 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Ledger(LedgerCommand::PublicKey { store }) => {
             print(&format!("{}\n", store.open_existing()?.public_key_hex()))
+        }
+        Command::Receipt(ReceiptCommand::Verify { file, public_key }) => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Failure::invalid_input(
+                    anyhow::Error::new(e).context(format!("reading {}", file.display())),
+                )
+            })?;
+            let document = serde_json::from_str(&text).map_err(|e| {
+                Failure::invalid_input(anyhow::anyhow!("{}: not JSON: {e}", file.display()))
+            })?;
+            let id = custos_store::receipt::verify(&document, public_key.as_deref()).map_err(
+                |problem| {
+                    Failure::operational(anyhow::anyhow!(
+                        "{}: receipt verification FAILED: {problem}",
+                        file.display()
+                    ))
+                },
+            )?;
+            print(&format!("{}: receipt {id} verified\n", file.display()))
         }
         Command::Serve(args) => serve::serve(args).map_err(Failure::operational),
         Command::Token(TokenCommand::Create(args)) => {

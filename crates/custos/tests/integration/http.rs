@@ -335,6 +335,16 @@ fn every_route_checks_its_role() {
             &["auditor", "admin"],
         ),
         (
+            "GET /v1/accounts/{id}/receipts/{receipt}",
+            Box::new(|| {
+                (
+                    format!("/v1/accounts/u1/receipts/{}", first_receipt(&server)),
+                    None,
+                )
+            }),
+            &["user", "auditor", "admin"],
+        ),
+        (
             "PUT /v1/admin/clock",
             Box::new(|| {
                 (
@@ -609,5 +619,120 @@ fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
         .unwrap();
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("checked 1 accounts, 2 ledger entries")
+    );
+}
+
+/// The receipt id of u1's first choice, read from its history.
+fn first_receipt(server: &Server) -> String {
+    let history = server.call(
+        "GET",
+        "/v1/accounts/u1/training-preference/history",
+        Some("admin"),
+        None,
+    );
+    history.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "choice")
+        .and_then(|e| e["hash"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_consent_receipt_is_signed_and_verifies_offline() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(false)).status, 201);
+    let choice = json!({"allowed": true, "channel": "notice", "notice": NOTICE}).to_string();
+    let reply = server.call(
+        "PUT",
+        "/v1/accounts/u1/training-preference",
+        Some("user"),
+        Some(&choice),
+    );
+    let receipt_id = reply.body["receipt"].as_str().unwrap().to_owned();
+    let reply = server.call(
+        "GET",
+        &format!("/v1/accounts/u1/receipts/{receipt_id}"),
+        Some("user"),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let receipt = &reply.body["receipt"];
+    for field in [
+        "version",
+        "consentReceiptID",
+        "consentTimestamp",
+        "collectionMethod",
+        "piiPrincipalId",
+        "piiControllers",
+        "policyUrl",
+        "services",
+        "jurisdiction",
+        "language",
+        "withdrawalMethod",
+    ] {
+        assert!(
+            !receipt[field].is_null(),
+            "the receipt lacks {field}: {receipt}"
+        );
+    }
+    assert_eq!(receipt["consentReceiptID"], receipt_id.as_str());
+    assert_eq!(receipt["collectionMethod"], "notice");
+    assert_eq!(receipt["thirdPartyDisclosure"], "none");
+    assert_eq!(receipt["services"][0]["purposes"][0]["consentGiven"], true);
+    assert_eq!(
+        receipt["services"][0]["purposes"][0]["thirdPartyDisclosure"],
+        false
+    );
+    assert_eq!(receipt["notice"]["id"], NOTICE);
+
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("receipt.json");
+    std::fs::write(&file, reply.body.to_string()).unwrap();
+    let public_key = reply.body["signature"]["publicKey"].as_str().unwrap();
+    let output = custos()
+        .args(["receipt", "verify"])
+        .arg(&file)
+        .args(["--public-key", public_key])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut forged = reply.body.clone();
+    forged["receipt"]["services"][0]["purposes"][0]["consentGiven"] = json!(false);
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let output = custos()
+        .args(["receipt", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("receipt verification FAILED"));
+
+    let other_key = "00".repeat(32);
+    std::fs::write(&file, reply.body.to_string()).unwrap();
+    let output = custos()
+        .args(["receipt", "verify"])
+        .arg(&file)
+        .args(["--public-key", &other_key])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a receipt signed by another key is refused when a key is pinned"
+    );
+
+    let reply = server.call("GET", "/v1/accounts/u1/receipts/0000", Some("user"), None);
+    assert_eq!(
+        (reply.status, reply.body["type"].as_str()),
+        (404, Some("unknown-receipt"))
     );
 }
