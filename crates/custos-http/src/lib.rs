@@ -7,6 +7,7 @@
 mod access;
 mod clock;
 mod gate_index;
+mod metrics;
 mod problem;
 mod routes;
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub gates: GateIndex,
     pub clock: Clock,
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             store,
             gates,
             clock,
+            metrics: metrics::Metrics::default(),
         })
     }
 
@@ -52,6 +55,8 @@ impl AppState {
         Ok(())
     }
 }
+
+pub use routes::openapi_document;
 
 /// The service's routes over `state`.
 pub fn router(state: Arc<AppState>) -> axum::Router {

@@ -6,7 +6,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use custos_core::{
     AccountId, Channel, Command, ConversationId, Gate, Preference, Rating, Role as MessageRole,
@@ -28,28 +28,320 @@ const BODY_LIMIT: usize = 1 << 20;
 /// Events more than this far in the future are refused.
 const FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/accounts", axum::routing::post(create_account))
-        .route("/v1/accounts/{id}", get(read_account).patch(change_plan))
-        .route("/v1/accounts/{id}/gate", get(read_gate))
-        .route("/v1/accounts/{id}/training-preference", put(set_preference))
-        .route(
+/// One route: how it is served and how it is documented. The router and `/openapi.json` are
+/// both built from [`routes`], so neither can list a route the other lacks.
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Who may call it, as documentation; the handler enforces it.
+    pub access: &'static str,
+    /// JSON Schema of the request body, if it takes one.
+    pub body: Option<Value>,
+    /// The success status.
+    pub ok: u16,
+    pub handler: MethodRouter<Arc<AppState>>,
+}
+
+fn spec(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    access: &'static str,
+    ok: u16,
+    handler: MethodRouter<Arc<AppState>>,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        summary,
+        access,
+        body: None,
+        ok,
+        handler,
+    }
+}
+
+fn choice_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["allowed", "channel", "notice"],
+        "properties": {"allowed": {"type": "boolean"}, "channel": {"enum": ["signup", "notice", "settings"]}, "notice": {"type": "string"}}})
+}
+
+pub fn routes() -> Vec<RouteSpec> {
+    let id = json!({"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"});
+    let event = json!({"type": "object", "required": ["id", "type", "at"], "properties": {
+        "id": {"type": "string"}, "type": {"enum": ["message", "feedback", "conversation_deleted"]},
+        "at": {"type": "string", "format": "date-time"}, "account": id, "conversation": id,
+        "surface": {"enum": ["chat", "code"]}, "role": {"enum": ["user", "assistant"]}, "text": {"type": "string"},
+        "incognito": {"type": "boolean"}, "rating": {"enum": ["up", "down"]}, "comment": {"type": "string"}}});
+    vec![
+        spec("GET", "/healthz", "Liveness", "anyone", 200, get(healthz)),
+        spec(
+            "GET",
+            "/metrics",
+            "Prometheus metrics",
+            "anyone",
+            200,
+            get(metrics),
+        ),
+        spec(
+            "GET",
+            "/openapi.json",
+            "This document",
+            "anyone",
+            200,
+            get(openapi),
+        ),
+        RouteSpec {
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["id", "plan"],
+                "properties": {"id": id, "plan": {"type": "string"}, "choice": choice_schema()}}),
+            ),
+            ..spec(
+                "POST",
+                "/v1/accounts",
+                "Create an account (R4: consumer signups carry a choice)",
+                "service",
+                201,
+                post(create_account),
+            )
+        },
+        spec(
+            "GET",
+            "/v1/accounts/{id}",
+            "An account: plan, preference, gate",
+            "service, user (self)",
+            200,
+            get(read_account),
+        ),
+        RouteSpec {
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["plan"], "properties": {"plan": {"type": "string"}}}),
+            ),
+            ..spec(
+                "PATCH",
+                "/v1/accounts/{id}",
+                "Change an account's plan",
+                "service",
+                200,
+                patch(change_plan),
+            )
+        },
+        spec(
+            "GET",
+            "/v1/accounts/{id}/gate",
+            "May this user continue? Answered from memory",
+            "service, user (self)",
+            200,
+            get(read_gate),
+        ),
+        RouteSpec {
+            body: Some(choice_schema()),
+            ..spec(
+                "PUT",
+                "/v1/accounts/{id}/training-preference",
+                "Record a training choice; returns the new state and a receipt id",
+                "service, user (self)",
+                200,
+                put(set_preference),
+            )
+        },
+        spec(
+            "GET",
             "/v1/accounts/{id}/training-preference/history",
+            "The account's ledger entries with their hashes",
+            "service, user (self), auditor",
+            200,
             get(preference_history),
-        )
-        .route("/v1/accounts/{id}/conversations", get(list_conversations))
-        .route("/v1/accounts/{id}/receipts/{receipt}", get(read_receipt))
-        .route("/v1/conversations/{id}", delete(delete_conversation))
-        .route("/v1/events", axum::routing::post(record_events))
-        .route("/v1/ledger/verify", get(verify_ledger))
-        .route("/v1/admin/clock", put(set_clock))
+        ),
+        spec(
+            "GET",
+            "/v1/accounts/{id}/receipts/{receipt}",
+            "A signed consent receipt",
+            "user (self), auditor",
+            200,
+            get(read_receipt),
+        ),
+        spec(
+            "GET",
+            "/v1/accounts/{id}/conversations",
+            "Visible conversations with eligibility and expiry",
+            "service, user (self)",
+            200,
+            get(list_conversations),
+        ),
+        spec(
+            "DELETE",
+            "/v1/conversations/{id}",
+            "Delete a conversation (R7)",
+            "service, user (owner)",
+            204,
+            delete(delete_conversation),
+        ),
+        RouteSpec {
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["events"], "properties": {"events": {"type": "array", "items": event}}}),
+            ),
+            ..spec(
+                "POST",
+                "/v1/events",
+                "Record activity; idempotent by event id; answers after commit",
+                "service",
+                200,
+                post(record_events),
+            )
+        },
+        spec(
+            "GET",
+            "/v1/ledger/verify",
+            "Recompute every ledger chain and checkpoint",
+            "auditor",
+            200,
+            get(verify_ledger),
+        ),
+        RouteSpec {
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["now"], "properties": {"now": {"type": "string", "format": "date-time"}}}),
+            ),
+            ..spec(
+                "PUT",
+                "/v1/admin/clock",
+                "Set the clock (only with --clock manual)",
+                "admin",
+                200,
+                put(set_clock),
+            )
+        },
+    ]
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    // Routes sharing a path share one method router.
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Arc<AppState>>> =
+        std::collections::BTreeMap::new();
+    for route in routes() {
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(route.handler),
+            None => route.handler,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async {
             Problem::not_found("no-such-route", "there is no such route; see /openapi.json")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Counts and times every request by its route template.
+async fn track(
+    State(state): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.request(
+        &route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let text = state.metrics.render(state.gates.len());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 document, generated from [`routes`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for route in routes() {
+        let parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let public = route.access == "anyone";
+        let mut responses = serde_json::Map::new();
+        responses.insert(route.ok.to_string(), json!({"description": "Success"}));
+        let problem = json!({"description": "A problem (RFC 9457)", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+        for status in ["400", "401", "403", "404", "409", "413", "422", "500"] {
+            if !public || status == "500" {
+                responses.insert(status.to_owned(), problem.clone());
+            }
+        }
+        let mut operation = serde_json::Map::new();
+        operation.insert("summary".into(), json!(route.summary));
+        let access = format!(
+            "Who may call it: {}. An admin token may call every route.",
+            route.access
+        );
+        operation.insert("description".into(), json!(access));
+        operation.insert("parameters".into(), json!(parameters));
+        operation.insert("responses".into(), Value::Object(responses));
+        if !public {
+            operation.insert("security".into(), json!([{"bearer": []}]));
+        }
+        if let Some(schema) = route.body {
+            let body =
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+            operation.insert("requestBody".into(), body);
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        if let Value::Object(methods) = entry {
+            methods.insert(route.method.to_ascii_lowercase(), Value::Object(operation));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "custos", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Keeps the promises an AI assistant makes about its users' training data."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+                "type": {"type": "string", "description": "A stable slug, e.g. choice-required"},
+                "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}},
+        },
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
 }
 
 // ---- helpers ----
@@ -296,7 +588,9 @@ async fn read_gate(
         Some(&id),
     )
     .await?;
-    Ok(Json(gate_json(gate_from_memory(&state, &id)?, &state)))
+    let gate = gate_from_memory(&state, &id)?;
+    state.metrics.gate_decision(gate.reason.as_str());
+    Ok(Json(gate_json(gate, &state)))
 }
 
 async fn set_preference(
@@ -662,6 +956,15 @@ async fn record_events(
             .collect::<Vec<_>>())
     })
     .await?;
+    for outcome in &outcomes {
+        state
+            .metrics
+            .event(match outcome.get("status").and_then(Value::as_str) {
+                Some("accepted") => "accepted",
+                Some("duplicate") => "duplicate",
+                _ => "rejected",
+            });
+    }
     Ok(Json(json!({"results": outcomes})))
 }
 

@@ -736,3 +736,107 @@ fn a_consent_receipt_is_signed_and_verifies_offline() {
         (404, Some("unknown-receipt"))
     );
 }
+
+#[test]
+fn the_openapi_document_covers_every_route_and_every_documented_route_is_served() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    let reply = server.call("GET", "/openapi.json", None, None);
+    assert_eq!(reply.status, 200);
+    let document = reply.body;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    // The routes of API.md §2 this service has so far; each must be documented.
+    for (method, path) in [
+        ("post", "/v1/accounts"),
+        ("get", "/v1/accounts/{id}"),
+        ("patch", "/v1/accounts/{id}"),
+        ("get", "/v1/accounts/{id}/gate"),
+        ("put", "/v1/accounts/{id}/training-preference"),
+        ("get", "/v1/accounts/{id}/training-preference/history"),
+        ("get", "/v1/accounts/{id}/receipts/{receipt}"),
+        ("post", "/v1/events"),
+        ("get", "/v1/accounts/{id}/conversations"),
+        ("delete", "/v1/conversations/{id}"),
+        ("get", "/v1/ledger/verify"),
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is not documented"
+        );
+    }
+    // Every documented operation is served (never the fallback's 404 or a 405), and documents
+    // its path parameters and its problem responses.
+    let receipt = first_receipt(&server);
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            let placeholders = path.matches('{').count();
+            assert_eq!(
+                operation["parameters"].as_array().unwrap().len(),
+                placeholders,
+                "{method} {path}"
+            );
+            assert!(
+                operation["responses"].as_object().unwrap().len() >= 2,
+                "{method} {path}"
+            );
+            let concrete = path.replace("{receipt}", &receipt).replace("{id}", "u1");
+            let body = operation.get("requestBody").map(|_| "{}");
+            let reply = server.call(&method.to_uppercase(), &concrete, Some("admin"), body);
+            assert!(
+                reply.status != 405 && reply.body["type"] != "no-such-route",
+                "{method} {path} is documented but not served: {}",
+                reply.status
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_count_requests_gate_reasons_and_event_outcomes() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    for _ in 0..3 {
+        assert_eq!(
+            server
+                .call("GET", "/v1/accounts/u1/gate", Some("service"), None)
+                .status,
+            200
+        );
+    }
+    let batch = json!({"events": [
+        {"id": "m1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c1"},
+        {"id": "m1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "c1"},
+        {"id": "m2", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "nobody", "conversation": "c2"},
+    ]});
+    server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&batch.to_string()),
+    );
+    let mut raw = String::new();
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    stream.read_to_string(&mut raw).unwrap();
+    for line in [
+        "custos_http_requests_total{route=\"/v1/accounts/{id}/gate\",method=\"GET\",status=\"200\"} 3",
+        "custos_gate_decisions_total{reason=\"decided\"} 3",
+        "custos_events_total{outcome=\"accepted\"} 1",
+        "custos_events_total{outcome=\"duplicate\"} 1",
+        "custos_events_total{outcome=\"rejected\"} 1",
+        "custos_http_request_duration_seconds_count{route=\"/v1/accounts/{id}/gate\"} 3",
+        "custos_gate_index_accounts 1",
+    ] {
+        assert!(raw.contains(line), "/metrics lacks `{line}`:\n{raw}");
+    }
+    assert!(
+        !raw.contains(server.tokens["service"].as_str()),
+        "a token reached the metrics"
+    );
+}
