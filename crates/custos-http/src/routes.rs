@@ -915,6 +915,12 @@ fn parse_event(value: Value, now: Timestamp) -> Result<(String, Timestamp, Comma
     Ok((id, at, command))
 }
 
+/// An event's id as sent (if any) and what parsing made of it.
+type ParsedEvent = (
+    Option<String>,
+    Result<(String, Timestamp, Command), Problem>,
+);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventBatch {
@@ -931,27 +937,39 @@ async fn record_events(
     admit(&state, &headers, Allowed::roles(&[Role::Service]), None).await?;
     let batch = body(payload)?;
     let now = state.now();
+    // Parse every event first; the valid ones are applied in one transaction (one commit),
+    // each in its own savepoint, so a refused event rolls back alone.
+    let parsed: Vec<ParsedEvent> = batch
+        .events
+        .into_iter()
+        .map(|raw| {
+            (
+                raw.get("id").and_then(Value::as_str).map(str::to_owned),
+                parse_event(raw, now),
+            )
+        })
+        .collect();
     let outcomes = blocking(&state, move |store| {
-        Ok(batch
-            .events
-            .into_iter()
+        let valid: Vec<(Option<&str>, Timestamp, &Command)> = parsed
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok().map(|(id, at, command)| (Some(id.as_str()), *at, command)))
+            .collect();
+        let mut applied = store.apply_batch(&valid, "service")?.into_iter();
+        let rejected = |index: usize, id: &Option<String>, problem: Problem| {
+            json!({"index": index, "id": id, "status": "rejected",
+                "problem": {"type": problem.kind, "status": problem.status.as_u16(), "detail": problem.detail}})
+        };
+        Ok(parsed
+            .iter()
             .enumerate()
-            .map(|(index, raw)| {
-                let fallback_id = raw.get("id").and_then(Value::as_str).map(str::to_owned);
-                let outcome = parse_event(raw, now).and_then(|(id, at, command)| {
-                    let applied = store.apply_once(&id, at, &command, "service").map_err(Problem::from)?;
-                    Ok((id, applied))
-                });
-                match outcome {
-                    Ok((id, Applied::Accepted)) => json!({"index": index, "id": id, "status": "accepted"}),
-                    Ok((id, Applied::Duplicate)) => json!({"index": index, "id": id, "status": "duplicate"}),
-                    Err(problem) => json!({
-                        "index": index,
-                        "id": fallback_id,
-                        "status": "rejected",
-                        "problem": {"type": problem.kind, "status": problem.status.as_u16(), "detail": problem.detail},
-                    }),
-                }
+            .map(|(index, (id, outcome))| match outcome {
+                Err(problem) => rejected(index, id, problem.clone()),
+                Ok(_) => match applied.next() {
+                    Some(Ok(Applied::Accepted)) => json!({"index": index, "id": id, "status": "accepted"}),
+                    Some(Ok(Applied::Duplicate)) => json!({"index": index, "id": id, "status": "duplicate"}),
+                    Some(Err(error)) => rejected(index, id, Problem::from(error)),
+                    None => rejected(index, id, Problem::internal()),
+                },
             })
             .collect::<Vec<_>>())
     })

@@ -201,8 +201,12 @@ pub fn load_account(
     let entries = ledger_entries(tx, id.as_str())?;
     let history = history_from(&entries)?
         .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
-    // Read before this transaction wrote anything: committed rows only.
-    histories.keep(account.ledger_len, &history);
+    // Only a read-only transaction is sure to have read committed rows; a write transaction
+    // may have read its own uncommitted writes (an earlier event of a batch). Writes reach
+    // the cache after their commit instead (`Written`).
+    if tx.read_only() {
+        histories.keep(account.ledger_len, &history);
+    }
     Ok(Some((account, history)))
 }
 

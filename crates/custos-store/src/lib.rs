@@ -268,29 +268,73 @@ impl Store {
         command: &Command,
         actor: &str,
     ) -> Result<Applied, StoreError> {
+        let mut outcomes = self.apply_batch(&[(Some(event_id), at, command)], actor)?;
+        outcomes
+            .pop()
+            .unwrap_or(Err(StoreError::Database("no outcome".into())))
+    }
+
+    /// Applies many events in one transaction (one commit, one fsync), each inside its own
+    /// savepoint: an event that is refused rolls back alone and the others still commit. An
+    /// event with an id is applied at most once. Returns each event's outcome, in order; a
+    /// storage failure fails the whole batch and commits none of it.
+    pub fn apply_batch(
+        &self,
+        events: &[(Option<&str>, Timestamp, &Command)],
+        actor: &str,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut written = engine::Written::new();
-        let applied = self.write(&mut |tx| {
+        let outcomes = self.write(&mut |tx| {
             written.clear();
-            if !engine::first_time(tx, event_id, at)? {
-                return Ok(Applied::Duplicate);
+            let mut outcomes = Vec::with_capacity(events.len());
+            for (event_id, at, command) in events {
+                tx.execute("SAVEPOINT custos_event", &[])?;
+                let mut mine = engine::Written::new();
+                let outcome = (|| {
+                    if let Some(id) = event_id
+                        && !engine::first_time(tx, id, *at)?
+                    {
+                        return Ok(Applied::Duplicate);
+                    }
+                    engine::apply(
+                        tx,
+                        &self.histories,
+                        &mut mine,
+                        &self.policy,
+                        *at,
+                        command,
+                        actor,
+                    )?;
+                    Ok(Applied::Accepted)
+                })();
+                match outcome {
+                    Ok(applied) => {
+                        tx.execute("RELEASE SAVEPOINT custos_event", &[])?;
+                        written.append(&mut mine);
+                        outcomes.push(Ok(applied));
+                    }
+                    Err(StoreError::Refused(refusal)) => {
+                        tx.execute("ROLLBACK TO SAVEPOINT custos_event", &[])?;
+                        tx.execute("RELEASE SAVEPOINT custos_event", &[])?;
+                        outcomes.push(Err(StoreError::Refused(refusal)));
+                    }
+                    Err(error) => return Err(error),
+                }
             }
-            let policy = &self.policy;
-            engine::apply(
-                tx,
-                &self.histories,
-                &mut written,
-                policy,
-                at,
-                command,
-                actor,
-            )?;
-            Ok(Applied::Accepted)
+            Ok(outcomes)
         })?;
-        for (ledger_len, history) in &written {
-            self.histories.keep(*ledger_len, history);
+        let appended = written.len();
+        // Later entries of one account supersede earlier ones in the cache.
+        for (ledger_len, history) in written {
+            self.histories.keep(ledger_len, &history);
         }
-        self.checkpoint_periodically(at, written.len())?;
-        Ok(applied)
+        let last = events
+            .iter()
+            .map(|(_, at, _)| *at)
+            .max()
+            .unwrap_or(Timestamp::MIN);
+        self.checkpoint_periodically(last, appended)?;
+        Ok(outcomes)
     }
 
     /// The gate inputs of one account (for the service's in-memory index).

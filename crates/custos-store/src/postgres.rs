@@ -61,6 +61,7 @@ impl PostgresBackend {
             };
             let mut transaction = builder.start().map_err(|e| map_error(&e))?;
             let outcome = work(&mut PostgresTx {
+                read_only,
                 transaction: &mut transaction,
             });
             match outcome {
@@ -163,12 +164,17 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError>
 }
 
 struct PostgresTx<'a, 'b> {
+    read_only: bool,
     transaction: &'a mut postgres::Transaction<'b>,
 }
 
 impl Tx for PostgresTx<'_, '_> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {

@@ -155,6 +155,9 @@ impl Dialect {
 /// An open transaction.
 pub trait Tx {
     fn dialect(&self) -> Dialect;
+    /// A read-only transaction sees committed rows only; a write transaction also sees its own
+    /// uncommitted writes.
+    fn read_only(&self) -> bool;
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
 

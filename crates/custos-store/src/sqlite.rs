@@ -55,6 +55,7 @@ impl SqliteBackend {
             .map_err(|e| map_error(&self.path, &e))?;
         let result = work(&mut SqliteTx {
             path: &self.path,
+            read_only: matches!(behavior, TransactionBehavior::Deferred),
             transaction: &transaction,
         })?;
         transaction
@@ -122,6 +123,7 @@ fn map_error(path: &Path, error: &rusqlite::Error) -> StoreError {
 
 struct SqliteTx<'a> {
     path: &'a Path,
+    read_only: bool,
     transaction: &'a rusqlite::Transaction<'a>,
 }
 
@@ -163,6 +165,10 @@ impl SqliteTx<'_> {
 impl Tx for SqliteTx<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {

@@ -45,6 +45,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     concurrent_writers_are_serialized_per_account,
     the_expiry_index_follows_every_write,
     the_store_signs_checkpoints_by_itself,
+    a_refused_event_in_a_batch_rolls_back_alone,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -461,4 +462,79 @@ pub fn the_store_signs_checkpoints_by_itself(open: Factory<'_>) {
         report.checkpoints, 1,
         "{appends} appends should have sealed one checkpoint"
     );
+}
+
+pub fn a_refused_event_in_a_batch_rolls_back_alone(open: Factory<'_>) {
+    let store = open();
+    let t = ts("2025-10-01T00:00:00Z");
+    let message = |who: &str, id: &str| Command::Message {
+        account: account(who),
+        conversation: ConversationId::parse(id).unwrap(),
+        surface: Surface::Chat,
+        role: Role::User,
+        text: format!("{who} in {id}"),
+        incognito: false,
+    };
+    let create = Command::CreateAccount {
+        account: account("a"),
+        plan: "pro".into(),
+        choice: Some((true, Channel::Signup)),
+    };
+    let choose = Command::Choose {
+        account: account("a"),
+        allowed: false,
+        channel: Channel::Settings,
+    };
+    let (c1, c2, c3) = (message("a", "c1"), message("zed", "c2"), message("a", "c3"));
+    let events: Vec<(Option<&str>, Timestamp, &Command)> = vec![
+        (None, t, &create),
+        (None, t, &create), // refused: exists
+        (Some("e1"), t, &c1),
+        (Some("e1"), t, &c1), // duplicate id
+        (Some("e2"), t, &c2), // refused: unknown account
+        (Some("e3"), t, &choose),
+        (Some("e4"), t, &c3),
+    ];
+    let outcomes = store.apply_batch(&events, "service").unwrap();
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(applied) => format!("{applied:?}"),
+            Err(StoreError::Refused(refusal)) => refusal.slug().to_owned(),
+            Err(other) => format!("storage: {other}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "Accepted",
+            "account-exists",
+            "Accepted",
+            "Duplicate",
+            "unknown-account",
+            "Accepted",
+            "Accepted"
+        ]
+    );
+    assert!(
+        store
+            .conversation_status(&ConversationId::parse("c1").unwrap(), t)
+            .unwrap()
+            .exists
+    );
+    assert!(matches!(
+        store.conversation_status(&ConversationId::parse("c2").unwrap(), t),
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(
+        store.ledger(&account("a")).unwrap().len(),
+        3,
+        "created, signup choice, declined"
+    );
+    let gate = store.gate(&account("a"), t).unwrap();
+    assert_eq!(gate.reason.as_str(), "decided");
+    assert_eq!(store.verify_ledger().unwrap().problem, None);
+    // The same ids again: nothing new.
+    let again = store.apply_batch(&events[2..], "service").unwrap();
+    assert!(matches!(again[0], Ok(custos_store::Applied::Duplicate)));
 }
