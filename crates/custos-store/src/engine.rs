@@ -1213,7 +1213,7 @@ pub fn account_view(
     })
 }
 
-/// A visible conversation of an account, with its status.
+/// A conversation its account still sees (not deleted, not expired), with its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
     pub id: ConversationId,
@@ -1232,7 +1232,9 @@ pub fn visible_conversations(
     let mut out = Vec::new();
     for id in conversations_of(tx, account)? {
         let status = conversation_status(tx, histories, policy, &id, at)?;
-        if status.visible {
+        // An expired conversation is gone for its user (SPEC §2), even before a sweep.
+        let live = status.expiry.is_some_and(|expiry| expiry.at > at);
+        if status.visible && live {
             let Some(conversation) = load_conversation(tx, &id, false)? else {
                 continue;
             };

@@ -14,6 +14,7 @@ use custos_core::Policy;
 use custos_scenario::{Scenario, ScenarioError};
 use custos_store::{Location, SQLITE_FILE, Store, StoreError};
 
+mod demo;
 mod serve;
 mod write_load;
 
@@ -42,6 +43,23 @@ enum Command {
     /// Check consent receipts.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Fill a data folder with realistic synthetic data.
+    Demo {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// How many accounts.
+        #[arg(long, default_value_t = 1000)]
+        accounts: u64,
+        /// How many conversations, spread over the accounts.
+        #[arg(long, default_value_t = 5000)]
+        conversations: u64,
+        /// The present of the generated history (RFC 3339) [default: the wall clock].
+        #[arg(long)]
+        now: Option<String>,
+        /// Seed of the generator: the same seed gives the same data.
+        #[arg(long, default_value_t = 2025)]
+        seed: u64,
+    },
     /// Serve the HTTP API (API.md §2).
     Serve(serve::ServeArgs),
     /// Manage access tokens.
@@ -265,6 +283,34 @@ fn run(command: Command) -> Result<(), Failure> {
                 },
             )?;
             print(&format!("{}: receipt {id} verified\n", file.display()))
+        }
+        Command::Demo {
+            store,
+            accounts,
+            conversations,
+            now,
+            seed,
+        } => {
+            let now = match now {
+                Some(text) => {
+                    custos_core::Timestamp::parse(&text).map_err(Failure::invalid_input)?
+                }
+                None => write_load::now(),
+            };
+            let opened =
+                Store::open(&store.location(), Policy::bundled()).map_err(store_failure)?;
+            let started = std::time::Instant::now();
+            let report =
+                demo::run(&opened, accounts, conversations, now, seed).map_err(store_failure)?;
+            print(&format!(
+                "demo data in {}: {} accounts, {} conversations, {} events recorded ({} refused by the rules) in {:.1} s\n",
+                store.data.display(),
+                report.accounts,
+                report.conversations,
+                report.events,
+                report.refused,
+                started.elapsed().as_secs_f64()
+            ))
         }
         Command::Serve(args) => serve::serve(args).map_err(Failure::operational),
         Command::Token(TokenCommand::Create(args)) => {

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// With `--clock manual`: the time to start at (RFC 3339).
     #[arg(long)]
     now: Option<String>,
+    /// Start on a fresh folder of demo data (`--data`, which must be empty, or a new temporary
+    /// folder), and print a token for each role.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,10 +66,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(read_config)
         .transpose()?
         .unwrap_or_default();
-    let data = args
-        .data
-        .or(file.data)
-        .unwrap_or_else(|| PathBuf::from("custos-data"));
+    let data = match (args.data.or(file.data), args.demo) {
+        (Some(data), _) => data,
+        (None, false) => PathBuf::from("custos-data"),
+        (None, true) => tempfile::Builder::new()
+            .prefix("custos-demo-")
+            .tempdir()?
+            .keep(),
+    };
     let database = args.database.or(file.database);
     let listen = args
         .listen
@@ -83,7 +91,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Clock::Manual(std::sync::Mutex::new(start))
         }
     };
+    if args.demo && std::fs::read_dir(&data).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "--demo needs a fresh folder, and {} is not empty",
+            data.display()
+        );
+    }
     let store = Store::open(&Location::new(data.clone(), database), Policy::bundled())?;
+    if args.demo {
+        fill_demo(&store, &data, clock.now())?;
+    }
     let state = Arc::new(AppState::open(Arc::new(store), clock)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -101,6 +118,33 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("custos: stopped; every acknowledged write is committed");
         Ok(())
     })
+}
+
+/// Demo data and one token per role, printed for the person trying custos.
+fn fill_demo(store: &Store, data: &Path, now: Timestamp) -> anyhow::Result<()> {
+    let report = crate::demo::run(store, 1000, 5000, now, 2025)?;
+    println!(
+        "custos demo: {} accounts and {} conversations ({} events) in {}",
+        report.accounts,
+        report.conversations,
+        report.events,
+        data.display()
+    );
+    let user = AccountId::parse("demo-00000000")?;
+    for role in Role::ALL {
+        let account = (role == Role::User).then_some(&user);
+        let token = store.create_token(role.as_str(), account, now, None)?;
+        let whose = if role == Role::User {
+            format!(" (account {user})")
+        } else {
+            String::new()
+        };
+        println!("  {:<8} token{whose}: {token}", role.as_str());
+    }
+    println!(
+        "  try: curl -H \"Authorization: Bearer <service token>\" http://<address>/v1/accounts/{user}/gate"
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]

@@ -840,3 +840,158 @@ fn metrics_count_requests_gate_reasons_and_event_outcomes() {
         "a token reached the metrics"
     );
 }
+
+#[test]
+fn serve_demo_starts_on_fresh_demo_data_and_prints_working_tokens() {
+    let folder = tempfile::tempdir().unwrap();
+    let data = folder.path().join("demo");
+    let mut child = custos()
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut tokens = std::collections::HashMap::new();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the server stopped before serving")
+            .unwrap();
+        if let Some((role, token)) = line.trim().split_once(" token")
+            && ["service", "user", "trainer", "auditor", "admin"].contains(&role.trim())
+        {
+            tokens.insert(
+                role.trim().to_owned(),
+                token.rsplit(' ').next().unwrap().to_owned(),
+            );
+        }
+        if line.starts_with("custos: serving")
+            && let Some(address) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("http://"))
+        {
+            break address.to_owned();
+        }
+    };
+    assert_eq!(tokens.len(), 5, "one token per role: {tokens:?}");
+    let server = Server {
+        child,
+        address,
+        tokens: Default::default(),
+        _folder: folder,
+    };
+    let reply = server.call(
+        "GET",
+        "/v1/accounts/demo-00000000/gate",
+        Some(&tokens["service"]),
+        None,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = server.call(
+        "GET",
+        "/v1/accounts/demo-00000000/conversations",
+        Some(&tokens["user"]),
+        None,
+    );
+    assert_eq!(reply.status, 200);
+    let reply = server.call(
+        "GET",
+        "/v1/accounts/demo-00000001/conversations",
+        Some(&tokens["user"]),
+        None,
+    );
+    assert_eq!(
+        reply.status, 403,
+        "the demo user token reaches only its own account"
+    );
+    let reply = server.call("GET", "/v1/ledger/verify", Some(&tokens["auditor"]), None);
+    assert_eq!(reply.body["intact"], true, "{}", reply.body);
+    assert!(reply.body["accounts"].as_u64().unwrap() >= 1000);
+}
+
+#[test]
+fn demo_data_is_realistic_deterministic_and_verifiable() {
+    let folder = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let data = folder.path().join(name);
+        let output = custos()
+            .args([
+                "demo",
+                "--accounts",
+                "300",
+                "--conversations",
+                "1500",
+                "--now",
+                "2026-11-28T00:00:00Z",
+                "--data",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("300 accounts, 1500 conversations")
+        );
+        data
+    };
+    let (first, second) = (make("one"), make("two"));
+    let rows = |data: &std::path::Path, sql: &str| -> Vec<String> {
+        let db = rusqlite::Connection::open(data.join("custos.sqlite3")).unwrap();
+        let mut statement = db.prepare(sql).unwrap();
+        statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let ledger = "SELECT hex(hash) FROM ledger ORDER BY account_id, idx";
+    assert_eq!(
+        rows(&first, ledger),
+        rows(&second, ledger),
+        "the same seed makes the same ledger"
+    );
+    let mix = |sql: &str| {
+        rows(&first, sql)
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let plans = mix("SELECT DISTINCT plan FROM ledger WHERE kind = 'created'");
+    for plan in ["free", "pro", "max", "team"] {
+        assert!(plans.contains(plan), "no {plan} accounts: {plans:?}");
+    }
+    let channels = mix("SELECT DISTINCT channel FROM ledger WHERE kind = 'choice'");
+    assert_eq!(
+        channels.len(),
+        3,
+        "choices at signup, in the notice and in settings: {channels:?}"
+    );
+    assert!(!mix("SELECT conversation_id FROM conversations WHERE surface = 'code'").is_empty());
+    assert!(!mix("SELECT conversation_id FROM conversations WHERE incognito").is_empty());
+    assert!(
+        !mix("SELECT conversation_id FROM conversations WHERE deleted_at IS NOT NULL").is_empty()
+    );
+    assert!(
+        !mix("SELECT text FROM messages WHERE text LIKE '%@%'").is_empty(),
+        "some text holds an email"
+    );
+    assert!(
+        !mix("SELECT text FROM messages WHERE text LIKE '%sk-live-%'").is_empty(),
+        "some text holds a key"
+    );
+    let output = custos()
+        .args(["ledger", "verify", "--data"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
