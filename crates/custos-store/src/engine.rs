@@ -474,6 +474,32 @@ pub fn apply(
     command: &Command,
     actor: &str,
 ) -> Result<Option<SweepReport>, StoreError> {
+    let already_written = written.len();
+    let report = apply_command(tx, histories, written, policy, at, command, actor)?;
+    // The gate's two facts sit beside the ledger they are derived from, so that the service
+    // can load every account's gate with one table scan. `verify` checks they agree.
+    for (_, history) in written.iter().skip(already_written) {
+        tx.execute(
+            "UPDATE accounts SET plan = ?, preference = ? WHERE account_id = ?",
+            &[
+                history.plan_at(END).as_str().into(),
+                history.preference_at(END).as_str().into(),
+                history.id.as_str().into(),
+            ],
+        )?;
+    }
+    Ok(report)
+}
+
+fn apply_command(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    written: &mut Written,
+    policy: &Policy,
+    at: Timestamp,
+    command: &Command,
+    actor: &str,
+) -> Result<Option<SweepReport>, StoreError> {
     match command {
         Command::CreateAccount {
             account,
@@ -1006,11 +1032,12 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
     let mut report = VerifyReport::default();
     let mut chains: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
     let rows = tx.query(
-        "SELECT account_id, ledger_len, ledger_head FROM accounts ORDER BY account_id",
+        "SELECT account_id, ledger_len, ledger_head, plan, preference FROM accounts ORDER BY account_id",
         &[],
     )?;
     for row in &rows {
         let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
+        let (plan_column, preference_column) = (row.optional_text(3)?, row.optional_text(4)?);
         let entries = tx.query(
             &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
             &[account.as_str().into()],
@@ -1056,6 +1083,23 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
                 hashes.len()
             ));
             return Ok(report);
+        }
+        // The gate's columns must say what the ledger says.
+        let entries: Vec<Entry> = entries
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()?;
+        if let Some(history) = history_from(&entries)? {
+            let plan = history.plan_at(END).as_str().to_owned();
+            let preference = history.preference_at(END).as_str().to_owned();
+            if plan_column.as_deref() != Some(plan.as_str())
+                || preference_column.as_deref() != Some(preference.as_str())
+            {
+                report.problem = Some(format!(
+                    "account `{account}`: its gate columns say plan {plan_column:?} and choice {preference_column:?}, but its ledger says `{plan}` and `{preference}` (changed outside custos)"
+                ));
+                return Ok(report);
+            }
         }
         report.accounts += 1;
         chains.insert(account, hashes);
@@ -1166,13 +1210,24 @@ pub fn gate_states(
     histories: &Histories,
     policy: &Policy,
 ) -> Result<Vec<(AccountId, GateState)>, StoreError> {
-    let ids = tx.query("SELECT account_id FROM accounts", &[])?;
-    let mut states = Vec::with_capacity(ids.len());
-    for row in ids {
-        let id = account_id(row.text(0)?)?;
-        if let Some(state) = gate_state(tx, histories, policy, &id)? {
-            states.push((id, state));
-        }
+    let _ = histories; // one scan of the accounts table; no history needs rebuilding
+    let rows = tx.query(
+        "SELECT account_id, plan, preference, erased_at FROM accounts",
+        &[],
+    )?;
+    let mut states = Vec::with_capacity(rows.len());
+    for row in rows {
+        let plan = custos_core::policy::Plan::recorded(&row.optional_text(1)?.unwrap_or_default());
+        let preference = match row.optional_text(2)? {
+            Some(text) => parse_or_corrupt(&text, Preference::parse)?,
+            None => Preference::Unset,
+        };
+        let state = GateState {
+            consumer_plan: policy.is_consumer(&plan),
+            preference,
+            erased: row.optional_int(3)?.is_some(),
+        };
+        states.push((account_id(row.text(0)?)?, state));
     }
     Ok(states)
 }

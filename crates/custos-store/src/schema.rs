@@ -113,6 +113,13 @@ CREATE TABLE event_ids (
     event_id TEXT PRIMARY KEY,
     recorded_at INT8 NOT NULL
 );
+ALTER TABLE accounts ADD COLUMN plan TEXT;
+ALTER TABLE accounts ADD COLUMN preference TEXT;
+UPDATE accounts SET
+    plan = (SELECT l.plan FROM ledger l WHERE l.account_id = accounts.account_id AND l.plan IS NOT NULL
+            ORDER BY l.at DESC, l.seq DESC, l.idx DESC LIMIT 1),
+    preference = COALESCE((SELECT l.preference FROM ledger l WHERE l.account_id = accounts.account_id
+            AND l.kind = 'choice' ORDER BY l.at DESC, l.seq DESC, l.idx DESC LIMIT 1), 'unset')
 ",
 ];
 

@@ -268,6 +268,27 @@ fn changing_deleting_or_swapping_any_ledger_row_is_detected() {
 }
 
 #[test]
+fn changing_an_accounts_gate_columns_outside_custos_is_detected() {
+    let (folder, data) = sample_store();
+    for sql in [
+        "UPDATE accounts SET preference = CASE preference WHEN 'allowed' THEN 'declined' ELSE 'allowed' END WHERE rowid = 1",
+        "UPDATE accounts SET plan = 'team' WHERE rowid = 2",
+    ] {
+        let copy = copy_of(&data, folder.path());
+        let db = rusqlite::Connection::open(copy.join("custos.sqlite3")).unwrap();
+        assert_eq!(db.execute(sql, []).unwrap(), 1);
+        drop(db);
+        let output = verify(&copy);
+        assert_eq!(output.status.code(), Some(1), "{sql} went unnoticed");
+        assert!(
+            stderr(&output).contains("gate columns"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
 fn a_changed_checkpoint_or_a_foreign_key_is_detected() {
     let (folder, data) = sample_store();
     let copy = copy_of(&data, folder.path());
