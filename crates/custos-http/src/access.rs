@@ -103,3 +103,44 @@ impl Allowed {
         Err(Problem::forbidden())
     }
 }
+
+/// Authenticated principals, kept in memory for a few seconds so that the gate's hot path does
+/// not read the tokens table on every request.
+///
+/// Keyed by the SHA-256 of the token, never the token itself. An entry lives at most
+/// [`TOKEN_CACHE_SECONDS`] and never past the token's own expiry, so a revocation takes effect
+/// within that time. Unknown tokens are not cached.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::RwLock<std::collections::HashMap<[u8; 32], CachedCaller>>,
+}
+
+/// A caller, when it was looked up, and when its token expires.
+type CachedCaller = (Caller, std::time::Instant, Option<custos_core::Timestamp>);
+
+pub const TOKEN_CACHE_SECONDS: u64 = 5;
+const TOKEN_CACHE_ENTRIES: usize = 100_000;
+
+impl TokenCache {
+    pub fn get(&self, token_hash: &[u8; 32], now: custos_core::Timestamp) -> Option<Caller> {
+        let entries = self.entries.read().ok()?;
+        let (caller, fetched, expires) = entries.get(token_hash)?;
+        let fresh = fetched.elapsed() < std::time::Duration::from_secs(TOKEN_CACHE_SECONDS);
+        let unexpired = expires.is_none_or(|expires| now < expires);
+        (fresh && unexpired).then(|| caller.clone())
+    }
+
+    pub fn keep(
+        &self,
+        token_hash: [u8; 32],
+        caller: Caller,
+        expires: Option<custos_core::Timestamp>,
+    ) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= TOKEN_CACHE_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(token_hash, (caller, std::time::Instant::now(), expires));
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub struct AppState {
     pub gates: GateIndex,
     pub clock: Clock,
     pub metrics: metrics::Metrics,
+    pub tokens: access::TokenCache,
 }
 
 impl AppState {
@@ -40,6 +41,7 @@ impl AppState {
             gates,
             clock,
             metrics: metrics::Metrics::default(),
+            tokens: access::TokenCache::default(),
         })
     }
 

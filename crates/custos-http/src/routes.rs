@@ -351,14 +351,22 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem
         .ok_or_else(Problem::unauthorized)?
         .to_owned();
     let now = state.now();
+    let hash = custos_store::token_hash(&token);
+    if let Some(caller) = state.tokens.get(&hash, now) {
+        return Ok(caller);
+    }
     let principal = blocking(state, move |store| store.authenticate(&token, now))
         .await?
         .ok_or_else(Problem::unauthorized)?;
     let role = Role::parse(&principal.role).ok_or_else(Problem::unauthorized)?;
-    Ok(Caller {
+    let caller = Caller {
         role,
         account: principal.account,
-    })
+    };
+    state
+        .tokens
+        .keep(hash, caller.clone(), principal.expires_at);
+    Ok(caller)
 }
 
 /// Authenticates and checks the route's roles, for a request about `account`.

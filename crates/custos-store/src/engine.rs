@@ -1329,6 +1329,8 @@ pub fn first_time(tx: &mut dyn Tx, event_id: &str, at: Timestamp) -> Result<bool
 pub struct Principal {
     pub role: String,
     pub account: Option<AccountId>,
+    /// When the token stops working, if ever.
+    pub expires_at: Option<Timestamp>,
 }
 
 pub fn insert_token(
@@ -1384,6 +1386,7 @@ pub fn principal(
     Ok(Some(Principal {
         role: row.text(1)?,
         account: row.optional_text(2)?.map(account_id).transpose()?,
+        expires_at: row.optional_int(3)?.map(time).transpose()?,
     }))
 }
 

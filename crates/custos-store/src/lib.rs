@@ -415,7 +415,8 @@ impl Store {
     }
 }
 
-fn token_hash(token: &str) -> [u8; 32] {
+/// The SHA-256 of a token: what is stored and compared, never the token itself.
+pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 

@@ -141,6 +141,13 @@ enum ReceiptCommand {
 enum TokenCommand {
     /// Create a token and print it on one line; only its hash is stored.
     Create(serve::TokenArgs),
+    /// Revoke a token; a running server stops accepting it within 5 seconds.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The token to revoke.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +323,20 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Token(TokenCommand::Create(args)) => {
             let token = serve::create_token(args).map_err(Failure::invalid_input)?;
             print(&format!("{token}\n"))
+        }
+        Command::Token(TokenCommand::Revoke { store, token }) => {
+            let opened = store.open_existing()?;
+            let now = write_load::now();
+            if opened
+                .revoke_token(&token, now)
+                .map_err(Failure::operational)?
+            {
+                print("revoked\n")
+            } else {
+                Err(Failure::invalid_input(anyhow::anyhow!(
+                    "no such active token"
+                )))
+            }
         }
         Command::Internal(InternalCommand::WriteLoad { store, log, writes }) => {
             let opened =

@@ -995,3 +995,53 @@ fn demo_data_is_realistic_deterministic_and_verifiable() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_revoked_token_stops_working_within_seconds() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    assert_eq!(
+        server
+            .call("GET", "/v1/accounts/u1/gate", Some("service"), None)
+            .status,
+        200
+    );
+    let data = server._folder.path().join("data");
+    let output = custos()
+        .args(["token", "revoke", "--data"])
+        .arg(&data)
+        .arg(&server.tokens["service"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let status = server
+            .call("GET", "/v1/accounts/u1/gate", Some("service"), None)
+            .status;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 7,
+            "the revoked token still works after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let again = custos()
+        .args(["token", "revoke", "--data"])
+        .arg(&data)
+        .arg(&server.tokens["service"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "revoking twice says there is no such active token"
+    );
+}
