@@ -1,18 +1,18 @@
 //! The gate's in-memory index (SPEC §4 invariant 6: no request waits on disk to learn a choice).
 //!
-//! It keeps, per account, only the two facts Gate needs and whether the account was erased. It
-//! is built from the store at start and updated only after a write commits.
+//! It keeps, per account, only the two facts Gate needs and whether the account was erased, and
+//! answers through the core's rule table. It is built from the store at start and updated only
+//! after a write commits.
+//!
+//! Compact by design (goal: at most 64 resident bytes per account): every id lives in one byte
+//! arena; an entry is 8 bytes (arena offset, id length, packed state); an open-addressing table
+//! of `u32` entry numbers, at most 70% full, finds them. No per-account allocation.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::RwLock;
 
-use custos_core::{AccountId, Gate, Policy, Timestamp};
+use custos_core::{AccountId, Gate, Policy, Preference, Timestamp};
 use custos_store::GateState;
-
-#[derive(Debug, Default)]
-pub struct GateIndex {
-    accounts: RwLock<HashMap<Box<str>, GateState>>,
-}
 
 /// What the index knows of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,19 +22,166 @@ pub enum Lookup {
     Live(Gate),
 }
 
-impl GateIndex {
-    pub fn build(states: Vec<(AccountId, GateState)>) -> GateIndex {
-        let accounts = states
-            .into_iter()
-            .map(|(id, state)| (Box::from(id.as_str()), state))
-            .collect();
-        GateIndex {
-            accounts: RwLock::new(accounts),
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u32,
+    length: u8,
+    state: u8,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+fn pack(state: GateState) -> u8 {
+    let preference = match state.preference {
+        Preference::Unset => 0,
+        Preference::Allowed => 1,
+        Preference::Declined => 2,
+    };
+    preference | (u8::from(state.consumer_plan) << 2) | (u8::from(state.erased) << 3)
+}
+
+fn unpack(bits: u8) -> GateState {
+    GateState {
+        preference: match bits & 3 {
+            1 => Preference::Allowed,
+            2 => Preference::Declined,
+            _ => Preference::Unset,
+        },
+        consumer_plan: bits & 4 != 0,
+        erased: bits & 8 != 0,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    ids: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Entry numbers by hash; `EMPTY` where free. Its length is a power of two.
+    slots: Vec<u32>,
+}
+
+/// A fixed, seedless hasher: the table holds only our own account ids.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = std::hash::DefaultHasher;
+    fn build_hasher(&self) -> Self::Hasher {
+        std::hash::DefaultHasher::new()
+    }
+}
+
+fn hash(id: &[u8]) -> usize {
+    let mut hasher = IdHash.build_hasher();
+    hasher.write(id);
+    // Truncation is fine: only the low bits pick a slot.
+    hasher.finish() as usize
+}
+
+impl Table {
+    fn id_of(&self, entry: Entry) -> &[u8] {
+        let start = entry.offset as usize;
+        self.ids
+            .get(start..start + usize::from(entry.length))
+            .unwrap_or_default()
+    }
+
+    /// The slot holding `id`, or the free slot where it would go.
+    fn find(&self, id: &[u8]) -> Option<(usize, Option<usize>)> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut slot = hash(id) & mask;
+        loop {
+            match *self.slots.get(slot)? {
+                EMPTY => return Some((slot, None)),
+                number => {
+                    let entry = *self.entries.get(number as usize)?;
+                    if self.id_of(entry) == id {
+                        return Some((slot, Some(number as usize)));
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
         }
     }
 
+    fn get(&self, id: &[u8]) -> Option<GateState> {
+        let (_, number) = self.find(id)?;
+        self.entries.get(number?).map(|e| unpack(e.state))
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(1024);
+        self.slots = vec![EMPTY; capacity];
+        let mask = capacity - 1;
+        for (number, entry) in self.entries.iter().enumerate() {
+            let start = entry.offset as usize;
+            let id = self
+                .ids
+                .get(start..start + usize::from(entry.length))
+                .unwrap_or_default();
+            let mut slot = hash(id) & mask;
+            while self.slots.get(slot).is_some_and(|s| *s != EMPTY) {
+                slot = (slot + 1) & mask;
+            }
+            if let Some(free) = self.slots.get_mut(slot) {
+                *free = u32::try_from(number).unwrap_or(EMPTY);
+            }
+        }
+    }
+
+    fn set(&mut self, id: &[u8], state: GateState) {
+        // Keep the table at most 70% full.
+        if (self.entries.len() + 1) * 10 > self.slots.len() * 7 {
+            self.grow();
+        }
+        match self.find(id) {
+            Some((_, Some(number))) => {
+                if let Some(entry) = self.entries.get_mut(number) {
+                    entry.state = pack(state);
+                }
+            }
+            Some((slot, None)) => {
+                let (Ok(offset), Ok(length), Ok(number)) = (
+                    u32::try_from(self.ids.len()),
+                    u8::try_from(id.len()),
+                    u32::try_from(self.entries.len()),
+                ) else {
+                    return;
+                };
+                self.ids.extend_from_slice(id);
+                self.entries.push(Entry {
+                    offset,
+                    length,
+                    state: pack(state),
+                });
+                if let Some(free) = self.slots.get_mut(slot) {
+                    *free = number;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GateIndex {
+    table: RwLock<Table>,
+}
+
+impl GateIndex {
+    /// Builds the index by streaming every account's gate state from the store.
+    pub fn load(store: &custos_store::Store) -> Result<GateIndex, custos_store::StoreError> {
+        let mut table = Table::default();
+        store.for_each_gate_state(&mut |id, state| table.set(id.as_bytes(), state))?;
+        table.ids.shrink_to_fit();
+        table.entries.shrink_to_fit();
+        Ok(GateIndex {
+            table: RwLock::new(table),
+        })
+    }
+
     pub fn len(&self) -> usize {
-        self.accounts.read().map_or(0, |a| a.len())
+        self.table.read().map_or(0, |t| t.entries.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,10 +190,10 @@ impl GateIndex {
 
     /// Gate(a, t) from memory, through the core's rule table.
     pub fn gate(&self, policy: &Policy, account: &AccountId, at: Timestamp) -> Lookup {
-        let Ok(accounts) = self.accounts.read() else {
+        let Ok(table) = self.table.read() else {
             return Lookup::Unknown;
         };
-        match accounts.get(account.as_str()) {
+        match table.get(account.as_str().as_bytes()) {
             None => Lookup::Unknown,
             Some(state) if state.erased => Lookup::Erased,
             Some(state) => Lookup::Live(custos_core::gate::decide(
@@ -60,8 +207,56 @@ impl GateIndex {
 
     /// Records an account's state after a committed write.
     pub fn update(&self, account: &AccountId, state: GateState) {
-        if let Ok(mut accounts) = self.accounts.write() {
-            accounts.insert(Box::from(account.as_str()), state);
+        if let Ok(mut table) = self.table.write() {
+            table.set(account.as_str().as_bytes(), state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_packed_byte() {
+        for preference in [Preference::Unset, Preference::Allowed, Preference::Declined] {
+            for consumer_plan in [false, true] {
+                for erased in [false, true] {
+                    let state = GateState {
+                        consumer_plan,
+                        preference,
+                        erased,
+                    };
+                    assert_eq!(unpack(pack(state)), state);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_finds_every_id_it_was_given_and_no_other_across_growth() {
+        let mut table = Table::default();
+        let state = |i: usize| GateState {
+            consumer_plan: i % 2 == 0,
+            preference: [Preference::Unset, Preference::Allowed, Preference::Declined][i % 3],
+            erased: i % 7 == 0,
+        };
+        for i in 0..50_000 {
+            table.set(format!("account-{i}").as_bytes(), state(i));
+        }
+        for i in (0..50_000).step_by(3) {
+            table.set(format!("account-{i}").as_bytes(), state(i + 1));
+        }
+        for i in 0..50_000 {
+            let expected = if i % 3 == 0 { state(i + 1) } else { state(i) };
+            assert_eq!(
+                table.get(format!("account-{i}").as_bytes()),
+                Some(expected),
+                "account-{i}"
+            );
+        }
+        assert_eq!(table.get(b"account-50000"), None);
+        assert_eq!(table.get(b""), None);
+        assert_eq!(table.entries.len(), 50_000);
     }
 }

@@ -35,7 +35,7 @@ pub struct AppState {
 impl AppState {
     /// Builds the gate index from the store, so that the gate never waits on disk.
     pub fn open(store: Arc<Store>, clock: Clock) -> Result<AppState, StoreError> {
-        let gates = GateIndex::build(store.gate_states()?);
+        let gates = GateIndex::load(&store)?;
         Ok(AppState {
             store,
             gates,

@@ -1204,32 +1204,32 @@ pub fn gate_state(
     Ok(load_account(tx, histories, id, false)?.map(|(_, history)| gate_state_of(policy, &history)))
 }
 
-/// Every account's gate state, for building the in-memory index at start.
-pub fn gate_states(
+/// Every account's gate state, streamed from one scan of the accounts table, for building the
+/// service's in-memory index at start.
+pub fn for_each_gate_state(
     tx: &mut dyn Tx,
-    histories: &Histories,
     policy: &Policy,
-) -> Result<Vec<(AccountId, GateState)>, StoreError> {
-    let _ = histories; // one scan of the accounts table; no history needs rebuilding
-    let rows = tx.query(
+    each: &mut dyn FnMut(&str, GateState),
+) -> Result<(), StoreError> {
+    tx.query_each(
         "SELECT account_id, plan, preference, erased_at FROM accounts",
         &[],
-    )?;
-    let mut states = Vec::with_capacity(rows.len());
-    for row in rows {
-        let plan = custos_core::policy::Plan::recorded(&row.optional_text(1)?.unwrap_or_default());
-        let preference = match row.optional_text(2)? {
-            Some(text) => parse_or_corrupt(&text, Preference::parse)?,
-            None => Preference::Unset,
-        };
-        let state = GateState {
-            consumer_plan: policy.is_consumer(&plan),
-            preference,
-            erased: row.optional_int(3)?.is_some(),
-        };
-        states.push((account_id(row.text(0)?)?, state));
-    }
-    Ok(states)
+        &mut |row| {
+            let plan =
+                custos_core::policy::Plan::recorded(&row.optional_text(1)?.unwrap_or_default());
+            let preference = match row.optional_text(2)? {
+                Some(text) => parse_or_corrupt(&text, Preference::parse)?,
+                None => Preference::Unset,
+            };
+            let state = GateState {
+                consumer_plan: policy.is_consumer(&plan),
+                preference,
+                erased: row.optional_int(3)?.is_some(),
+            };
+            each(&row.text(0)?, state);
+            Ok(())
+        },
+    )
 }
 
 /// An account as its owner and the product see it.

@@ -342,9 +342,12 @@ impl Store {
         self.read(&mut |tx| engine::gate_state(tx, &self.histories, &self.policy, account))
     }
 
-    /// The gate inputs of every account, read at start.
-    pub fn gate_states(&self) -> Result<Vec<(AccountId, GateState)>, StoreError> {
-        self.read(&mut |tx| engine::gate_states(tx, &self.histories, &self.policy))
+    /// Calls `each` with every account's gate inputs, streamed (for the index built at start).
+    pub fn for_each_gate_state(
+        &self,
+        each: &mut dyn FnMut(&str, GateState),
+    ) -> Result<(), StoreError> {
+        self.read(&mut |tx| engine::for_each_gate_state(tx, &self.policy, each))
     }
 
     pub fn account_view(

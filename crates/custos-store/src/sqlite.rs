@@ -183,6 +183,30 @@ impl Tx for SqliteTx<'_> {
         Ok(u64::try_from(changed).unwrap_or(u64::MAX))
     }
 
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let error = |e: rusqlite::Error| map_error(self.path, &e);
+        let mut statement = self
+            .transaction
+            .prepare_cached(&Self::sql(sql))
+            .map_err(error)?;
+        let columns = statement.column_count();
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(error)?;
+        while let Some(row) = rows.next().map_err(error)? {
+            let values = (0..columns)
+                .map(|i| row.get_ref(i).map_err(error).and_then(from_sqlite))
+                .collect::<Result<Vec<_>, _>>()?;
+            each(&Row(values))?;
+        }
+        Ok(())
+    }
+
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let error = |e: rusqlite::Error| map_error(self.path, &e);
         let mut statement = self

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The gate's hot path against nginx serving a static 60-byte JSON file, with the same wrk
+# settings in the same run; then the gate index's memory per account and the time to start.
+#
+# Usage: bench/gate.sh [ACCOUNTS] [DURATION] [CONNECTIONS]   (default 1000000 10s 64)
+# Goals (issue 4): gate >= 0.5x nginx requests/s; p99 <= 5 ms at 64 connections;
+# <= 64 resident bytes per account in the index; start serving 10M accounts in <= 5 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+accounts="${1:-1000000}"
+duration="${2:-10s}"
+connections="${3:-64}"
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx
+
+cargo build --release --quiet
+custos=./target/release/custos
+work=bench/.work
+mkdir -p "$work"
+data="$work/gate-$accounts"
+if [ ! -f "$data/custos.sqlite3" ]; then
+  echo "== generating $accounts demo accounts in $data (kept for later runs)"
+  "$custos" demo --data "$data" --accounts "$accounts" --conversations 0 --now 2026-11-28T00:00:00Z
+fi
+token=$("$custos" token create --data "$data" --role service)
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+start_custos() { # data-folder → prints "pid address seconds-to-serve"
+  local out; out=$(mktemp)
+  local t0; t0=$(date +%s.%N)
+  "$custos" serve --data "$1" --listen 127.0.0.1:0 >"$out" 2>/dev/null &
+  local pid=$!
+  for _ in $(seq 1 600); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
+  local t1; t1=$(date +%s.%N)
+  echo "$pid $(grep -o 'http://[0-9.:]*' "$out" | head -1) $(python3 -c "print(f'{$t1 - $t0:.2f}')")"
+}
+
+echo "== memory and start-up"
+empty="$work/empty"; rm -rf "$empty"
+read -r empty_pid _ _ < <(start_custos "$empty")
+sleep 0.5; empty_rss=$(rss_kb "$empty_pid"); kill "$empty_pid"; wait "$empty_pid" 2>/dev/null || true
+read -r pid address started < <(start_custos "$data")
+sleep 0.5; full_rss=$(rss_kb "$pid")
+per_account=$(python3 -c "print(f'{($full_rss - $empty_rss) * 1024 / $accounts:.1f}')")
+echo "start to serving with $accounts accounts: ${started} s"
+echo "resident memory: ${empty_rss} KiB empty, ${full_rss} KiB with $accounts accounts => ${per_account} B/account"
+
+echo "== wrk against the gate ($connections connections, $duration)"
+cat >"$work/gate.lua" <<LUA
+math.randomseed(42)
+wrk.headers["Authorization"] = "Bearer $token"
+request = function()
+  return wrk.format("GET", string.format("/v1/accounts/demo-%08d/gate", math.random(0, $accounts - 1)))
+end
+LUA
+gate=$(wrk -t2 -c"$connections" -d"$duration" --latency -s "$work/gate.lua" "$address")
+echo "$gate" | grep -E "Requests/sec|99%|Non-2xx" || true
+kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+
+echo "== wrk against nginx (static 60-byte JSON, same settings)"
+root=$(mktemp -d)
+printf '{"decision":"allow","reason":"decided","notice":"terms-25"}' >"$root/gate.json"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$root/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $root/nginx.pid;
+error_log $root/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$port; root $root; location / { default_type application/json; } }
+}
+NGINX
+nginx -c "$root/nginx.conf" -p "$root" &
+nginx_pid=$!
+sleep 0.5
+static=$(wrk -t2 -c"$connections" -d"$duration" --latency -H "Authorization: Bearer x" "http://127.0.0.1:$port/gate.json")
+echo "$static" | grep -E "Requests/sec|99%" || true
+kill "$nginx_pid"; wait "$nginx_pid" 2>/dev/null || true
+
+g=$(echo "$gate" | awk '/Requests\/sec/ {print $2}')
+n=$(echo "$static" | awk '/Requests\/sec/ {print $2}')
+echo "== result: gate ${g} req/s, nginx ${n} req/s, ratio $(python3 -c "print(f'{$g / $n:.2f}')")x (goal >= 0.5x)"
