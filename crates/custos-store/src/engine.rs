@@ -959,18 +959,21 @@ pub fn checkpoint(
     key: &LedgerKey,
     at: Timestamp,
 ) -> Result<Option<Checkpoint>, StoreError> {
+    // Only the chains that grew since the last checkpoint are read (a partial index finds them),
+    // so sealing costs what changed, not what exists.
     let rows = tx.query(
-        "SELECT account_id, ledger_len, ledger_head, checkpointed_len FROM accounts ORDER BY account_id",
+        "SELECT account_id, ledger_len, ledger_head, checkpointed_len FROM accounts \
+         WHERE ledger_len <> checkpointed_len ORDER BY account_id",
         &[],
     )?;
-    let mut heads = Vec::with_capacity(rows.len());
-    let mut changed = Vec::new();
+    let mut changed = Vec::with_capacity(rows.len());
+    let (mut new_accounts, mut new_entries) = (0i64, 0i64);
     for row in &rows {
-        let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
-        if length != row.int(3)? {
-            changed.push((account.clone(), length, head.clone()));
-        }
-        heads.push((account, length, head));
+        let (account, length, head, sealed) =
+            (row.text(0)?, row.int(1)?, row.bytes(2)?, row.int(3)?);
+        new_accounts += i64::from(sealed == 0);
+        new_entries += length - sealed;
+        changed.push((account, length, head));
     }
     let last = tx.query_one(
         "SELECT id, at, accounts, entries, root FROM checkpoints ORDER BY id DESC LIMIT 1",
@@ -989,10 +992,24 @@ pub fn checkpoint(
             })
             .transpose();
     }
-    let id = last.map(|row| row.int(0)).transpose()?.unwrap_or(0) + 1;
-    let root = heads_root(heads.iter().map(|(a, l, h)| (a.as_str(), *l, h.as_slice())));
-    let accounts = i64::try_from(heads.len()).unwrap_or(i64::MAX);
-    let entries = heads.iter().map(|(_, l, _)| *l).sum();
+    let (id, previous_root, accounts, entries) = match &last {
+        Some(row) => (
+            row.int(0)? + 1,
+            hash32(row.bytes(4)?)?,
+            row.int(2)?,
+            row.int(3)?,
+        ),
+        None => (1, GENESIS, 0, 0),
+    };
+    // The root chains the previous checkpoint's root with the heads that changed since, so it
+    // commits to every chain head there is.
+    let root = heads_root(
+        &previous_root,
+        changed
+            .iter()
+            .map(|(a, l, h)| (a.as_str(), *l, h.as_slice())),
+    );
+    let (accounts, entries) = (accounts + new_accounts, entries + new_entries);
     let signature = key.sign(&checkpoint_message(id, at, accounts, entries, &root));
     tx.execute(
         "INSERT INTO checkpoints (id, at, accounts, entries, root, signature) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1117,6 +1134,7 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
     }
 
     let mut heads: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
+    let mut previous_root = GENESIS;
     let checkpoints = tx.query(
         "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id",
         &[],
@@ -1131,6 +1149,7 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
             ));
             return Ok(report);
         }
+        let mut delta: Vec<(String, i64, Vec<u8>)> = Vec::new();
         for head in tx.query(
             "SELECT account_id, ledger_len, head FROM checkpoint_heads WHERE checkpoint_id = ?",
             &[id.into()],
@@ -1146,12 +1165,12 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
                 ));
                 return Ok(report);
             }
+            delta.push((account.clone(), length, hash.clone()));
             heads.insert(account, (length, hash));
         }
         let root = heads_root(
-            heads
-                .iter()
-                .map(|(a, (l, h))| (a.as_str(), *l, h.as_slice())),
+            &previous_root,
+            delta.iter().map(|(a, l, h)| (a.as_str(), *l, h.as_slice())),
         );
         let (at, accounts, entries) = (time(row.int(1)?)?, row.int(2)?, row.int(3)?);
         let entries_now: i64 = heads.values().map(|(l, _)| *l).sum();
@@ -1172,6 +1191,7 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
                 problem("its signature does not verify with this store's public key".to_owned());
             return Ok(report);
         }
+        previous_root = root;
         report.checkpoints += 1;
     }
     Ok(report)

@@ -114,11 +114,18 @@ impl Entry {
     }
 }
 
-/// The root over all chain heads that a checkpoint signs: SHA-256 over the heads sorted by
-/// account, each as (account, length, head).
-pub fn heads_root<'a>(heads: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>) -> [u8; 32] {
+/// The root a checkpoint signs: SHA-256 over the previous checkpoint's root and the chain heads
+/// that changed since, as (account, length, head) sorted by account bytes. By induction it
+/// commits to every chain head there is.
+pub fn heads_root<'a>(
+    previous: &[u8; 32],
+    heads: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>,
+) -> [u8; 32] {
+    let mut heads: Vec<_> = heads.into_iter().collect();
+    heads.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut hasher = Sha256::new();
-    hasher.update(b"custos.checkpoint.v1");
+    hasher.update(b"custos.checkpoint.v2");
+    hasher.update(previous);
     for (account, length, head) in heads {
         let mut encoded = Vec::new();
         field(&mut encoded, account.as_bytes());

@@ -113,6 +113,7 @@ CREATE TABLE event_ids (
     event_id TEXT PRIMARY KEY,
     recorded_at INT8 NOT NULL
 );
+CREATE INDEX accounts_unsealed ON accounts (account_id) WHERE ledger_len <> checkpointed_len;
 ALTER TABLE accounts ADD COLUMN plan TEXT;
 ALTER TABLE accounts ADD COLUMN preference TEXT;
 UPDATE accounts SET
