@@ -185,21 +185,26 @@ impl Tx for PostgresTx<'_, '_> {
             .map_err(|e| map_error(&e))
     }
 
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+    /// Rows are read into memory first; a streaming `query_raw` is left for large scans later.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let boxed: Vec<_> = params.iter().map(to_postgres).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
         let rows = self
             .transaction
             .query(&Dialect::Postgres.rewrite(sql), &refs)
             .map_err(|e| map_error(&e))?;
-        rows.iter()
-            .map(|row| {
-                (0..row.len())
-                    .map(|i| from_postgres(row, i))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Row)
-            })
-            .collect()
+        for row in &rows {
+            let values = (0..row.len())
+                .map(|i| from_postgres(row, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            each(Row(values))?;
+        }
+        Ok(())
     }
 }
 

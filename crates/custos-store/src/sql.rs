@@ -159,19 +159,21 @@ pub trait Tx {
     /// uncommitted writes.
     fn read_only(&self) -> bool;
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
-
     /// Calls `each` for every row without holding them all in memory (for large scans).
     fn query_each(
         &mut self,
         sql: &str,
         params: &[Value],
-        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        for row in self.query(sql, params)? {
-            each(&row)?;
-        }
-        Ok(())
+        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        self.query_each(sql, params, &mut |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
     }
 
     fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {

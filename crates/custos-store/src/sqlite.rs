@@ -187,7 +187,7 @@ impl Tx for SqliteTx<'_> {
         &mut self,
         sql: &str,
         params: &[Value],
-        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let error = |e: rusqlite::Error| map_error(self.path, &e);
         let mut statement = self
@@ -202,29 +202,9 @@ impl Tx for SqliteTx<'_> {
             let values = (0..columns)
                 .map(|i| row.get_ref(i).map_err(error).and_then(from_sqlite))
                 .collect::<Result<Vec<_>, _>>()?;
-            each(&Row(values))?;
+            each(Row(values))?;
         }
         Ok(())
-    }
-
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let error = |e: rusqlite::Error| map_error(self.path, &e);
-        let mut statement = self
-            .transaction
-            .prepare_cached(&Self::sql(sql))
-            .map_err(error)?;
-        let columns = statement.column_count();
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
-            .map_err(error)?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(error)? {
-            let values = (0..columns)
-                .map(|i| row.get_ref(i).map_err(error).and_then(from_sqlite))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push(Row(values));
-        }
-        Ok(out)
     }
 }
 
