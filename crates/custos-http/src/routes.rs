@@ -381,6 +381,18 @@ async fn admit(
     Ok(caller)
 }
 
+/// Parses the account id of a route and admits the caller for that account.
+async fn admit_account(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    allowed: Allowed,
+) -> Result<(AccountId, Caller), Problem> {
+    let id = account_id(id)?;
+    let caller = admit(state, headers, allowed, Some(&id)).await?;
+    Ok((id, caller))
+}
+
 /// Runs store work on a blocking thread: SQLite and the PostgreSQL client both block.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
@@ -533,12 +545,11 @@ async fn read_account(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
+    let (id, _) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Service]),
-        Some(&id),
     )
     .await?;
     let at = state.now();
@@ -558,14 +569,7 @@ async fn change_plan(
     Path(id): Path<String>,
     payload: Result<Json<ChangePlan>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
-        &state,
-        &headers,
-        Allowed::roles(&[Role::Service]),
-        Some(&id),
-    )
-    .await?;
+    let (id, _) = admit_account(&state, &headers, &id, Allowed::roles(&[Role::Service])).await?;
     let request = body(payload)?;
     let at = state.now();
     let command = Command::ChangePlan {
@@ -588,12 +592,11 @@ async fn read_gate(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
+    let (id, _) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Service]),
-        Some(&id),
     )
     .await?;
     let gate = gate_from_memory(&state, &id)?;
@@ -607,12 +610,11 @@ async fn set_preference(
     Path(id): Path<String>,
     payload: Result<Json<ChoiceBody>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    let caller = admit(
+    let (id, caller) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Service]),
-        Some(&id),
     )
     .await?;
     let (allowed, channel) = body(payload)?.parse(&state)?;
@@ -647,12 +649,11 @@ async fn preference_history(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
+    let (id, _) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Service, Role::Auditor]),
-        Some(&id),
     )
     .await?;
     known_live(&state, &id)?;
@@ -705,12 +706,11 @@ async fn read_receipt(
     headers: HeaderMap,
     Path((id, receipt)): Path<(String, String)>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
+    let (id, _) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Auditor]),
-        Some(&id),
     )
     .await?;
     known_live(&state, &id)?;
@@ -732,12 +732,11 @@ async fn list_conversations(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    admit(
+    let (id, _) = admit_account(
         &state,
         &headers,
+        &id,
         Allowed::and_user_self(&[Role::Service]),
-        Some(&id),
     )
     .await?;
     let at = state.now();
