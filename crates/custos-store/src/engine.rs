@@ -1417,3 +1417,23 @@ pub fn revoke_token(tx: &mut dyn Tx, hash: &[u8; 32], now: Timestamp) -> Result<
     )?;
     Ok(changed > 0)
 }
+
+/// Fills the gate columns of accounts written before schema version 2, from each ledger as the
+/// core reads it (the latest plan and choice in event order).
+pub fn fill_gate_columns(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    for row in tx.query("SELECT account_id FROM accounts WHERE plan IS NULL", &[])? {
+        let id = row.text(0)?;
+        let Some(history) = history_from(&ledger_entries(tx, &id)?)? else {
+            continue;
+        };
+        tx.execute(
+            "UPDATE accounts SET plan = ?, preference = ? WHERE account_id = ?",
+            &[
+                history.plan_at(END).as_str().into(),
+                history.preference_at(END).as_str().into(),
+                id.into(),
+            ],
+        )?;
+    }
+    Ok(())
+}

@@ -160,7 +160,10 @@ impl Store {
             histories: engine::Histories::default(),
             unsigned_appends: std::sync::atomic::AtomicU64::new(0),
         };
-        store.write(&mut |tx| schema::migrate(tx))?;
+        let found = store.write(&mut |tx| schema::migrate(tx))?;
+        if found == 1 {
+            store.write(&mut |tx| engine::fill_gate_columns(tx))?;
+        }
         Ok(store)
     }
 

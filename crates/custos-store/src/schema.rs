@@ -115,17 +115,14 @@ CREATE TABLE event_ids (
 );
 CREATE INDEX accounts_unsealed ON accounts (account_id) WHERE ledger_len <> checkpointed_len;
 ALTER TABLE accounts ADD COLUMN plan TEXT;
-ALTER TABLE accounts ADD COLUMN preference TEXT;
-UPDATE accounts SET
-    plan = (SELECT l.plan FROM ledger l WHERE l.account_id = accounts.account_id AND l.plan IS NOT NULL
-            ORDER BY l.at DESC, l.seq DESC, l.idx DESC LIMIT 1),
-    preference = COALESCE((SELECT l.preference FROM ledger l WHERE l.account_id = accounts.account_id
-            AND l.kind = 'choice' ORDER BY l.at DESC, l.seq DESC, l.idx DESC LIMIT 1), 'unset')
+ALTER TABLE accounts ADD COLUMN preference TEXT
 ",
 ];
 
-/// Brings a database to [`SCHEMA_VERSION`], or refuses one made by a newer custos.
-pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
+/// Brings a database to [`SCHEMA_VERSION`], or refuses one made by a newer custos. Returns the
+/// version it found, so that the store can finish what SQL should not decide (version 2's
+/// gate columns are filled from each ledger by the core's own reading of it).
+pub fn migrate(tx: &mut dyn Tx) -> Result<i64, StoreError> {
     tx.execute(
         "CREATE TABLE IF NOT EXISTS custos_schema (version INT8 NOT NULL)",
         &[],
@@ -161,5 +158,5 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
             &[Value::Int(version)],
         )?;
     }
-    Ok(())
+    Ok(found)
 }

@@ -90,3 +90,68 @@ fn the_signing_key_is_made_once_and_kept() {
         "the secret key is readable by its owner only"
     );
 }
+
+#[test]
+fn a_version_1_database_is_upgraded_with_its_gate_columns_read_from_the_ledger() {
+    use custos_core::{AccountId, Channel, Command, Timestamp};
+    let folder = tempfile::tempdir().unwrap();
+    let location = Location::Sqlite {
+        data: folder.path().to_owned(),
+    };
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    let t = Timestamp::parse("2025-07-01T00:00:00Z").unwrap();
+    let a = AccountId::parse("a").unwrap();
+    store
+        .apply(
+            t,
+            &Command::CreateAccount {
+                account: a.clone(),
+                plan: "pro".into(),
+                choice: Some((true, Channel::Signup)),
+            },
+            "test",
+        )
+        .unwrap();
+    store
+        .apply(
+            t,
+            &Command::Choose {
+                account: a.clone(),
+                allowed: false,
+                channel: Channel::Settings,
+            },
+            "test",
+        )
+        .unwrap();
+    store
+        .apply(
+            t,
+            &Command::ChangePlan {
+                account: a.clone(),
+                plan: "max".into(),
+            },
+            "test",
+        )
+        .unwrap();
+    drop(store);
+    // Make it the version 1 database that custos wrote before the gate columns existed.
+    let db = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
+    db.execute_batch(
+        "DROP INDEX accounts_unsealed; ALTER TABLE accounts DROP COLUMN plan; ALTER TABLE accounts DROP COLUMN preference;
+         DROP TABLE tokens; DROP TABLE event_ids; UPDATE custos_schema SET version = 1;",
+    )
+    .unwrap();
+    drop(db);
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    let mut states = Vec::new();
+    store
+        .for_each_gate_state(&mut |id, state| states.push((id.to_owned(), state)))
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    let (_, state) = &states[0];
+    assert!(
+        state.consumer_plan && state.preference == custos_core::Preference::Declined,
+        "{state:?}"
+    );
+    assert_eq!(store.verify_ledger().unwrap().problem, None);
+}
