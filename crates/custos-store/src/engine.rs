@@ -181,7 +181,12 @@ pub fn load_account(
     id: &AccountId,
     lock: bool,
 ) -> Result<Option<(AccountRow, AccountHistory)>, StoreError> {
-    let lock = if lock { tx.dialect().lock_clause() } else { "" };
+    // A read-only transaction reads one snapshot and may not lock (PostgreSQL refuses it).
+    let lock = if lock && !tx.read_only() {
+        tx.dialect().lock_clause()
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT next_seq, ledger_len, ledger_head, erased_at FROM accounts WHERE account_id = ?{lock}"
     );
@@ -1270,21 +1275,27 @@ pub fn account_view(
     id: &AccountId,
     at: Timestamp,
 ) -> Result<AccountView, StoreError> {
-    let gate = gate_of(tx, histories, policy, id, at)?;
     let (row, history) = live_account(tx, histories, id)?;
     let as_of = next_key(&row, at)?;
-    let entries = ledger_entries(tx, id.as_str())?;
-    let decided = entries
-        .iter()
-        .rev()
-        .find(|e| e.kind == EntryKind::Choice && e.key < as_of)
-        .and_then(|e| Some((e.key.at, e.channel?, e.notice_id.clone())));
+    // The choice in force is the core's; the ledger adds the notice it was made under.
+    let decided = match history.latest_choice_before(as_of) {
+        Some(choice) => {
+            let entries = ledger_entries(tx, id.as_str())?;
+            let notice = entries
+                .iter()
+                .find(|e| e.kind == EntryKind::Choice && e.key == choice.key)
+                .map(|e| e.notice_id.clone())
+                .unwrap_or_default();
+            Some((choice.key.at, choice.channel, notice))
+        }
+        None => None,
+    };
     Ok(AccountView {
         id: id.clone(),
         plan: history.plan_at(as_of).as_str().to_owned(),
         preference: history.preference_at(as_of),
         decided,
-        gate,
+        gate: gate(policy, &history, as_of),
     })
 }
 

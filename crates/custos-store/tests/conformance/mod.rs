@@ -46,6 +46,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     the_expiry_index_follows_every_write,
     the_store_signs_checkpoints_by_itself,
     a_refused_event_in_a_batch_rolls_back_alone,
+    account_views_and_conversation_lists_are_read_without_locks,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -537,4 +538,55 @@ pub fn a_refused_event_in_a_batch_rolls_back_alone(open: Factory<'_>) {
     // The same ids again: nothing new.
     let again = store.apply_batch(&events[2..], "service").unwrap();
     assert!(matches!(again[0], Ok(custos_store::Applied::Duplicate)));
+}
+
+pub fn account_views_and_conversation_lists_are_read_without_locks(open: Factory<'_>) {
+    // These run in read-only transactions; a lock taken there is refused by PostgreSQL.
+    let store = open();
+    let t = ts("2025-10-01T00:00:00Z");
+    let create = Command::CreateAccount {
+        account: account("v"),
+        plan: "pro".into(),
+        choice: Some((true, Channel::Signup)),
+    };
+    store.apply(t, &create, "service").unwrap();
+    let message = Command::Message {
+        account: account("v"),
+        conversation: ConversationId::parse("c1").unwrap(),
+        surface: Surface::Chat,
+        role: Role::User,
+        text: "hello".into(),
+        incognito: false,
+    };
+    store.apply(t, &message, "service").unwrap();
+    let choose = Command::Choose {
+        account: account("v"),
+        allowed: false,
+        channel: Channel::Settings,
+    };
+    store
+        .apply(ts("2025-10-02T00:00:00Z"), &choose, "user:v")
+        .unwrap();
+    let view = store
+        .account_view(&account("v"), ts("2025-10-02T00:00:00Z"))
+        .unwrap();
+    assert_eq!(view.preference.as_str(), "declined");
+    let (at, channel, notice) = view.decided.unwrap();
+    assert_eq!(
+        (at, channel, notice.as_str()),
+        (
+            ts("2025-10-02T00:00:00Z"),
+            Channel::Settings,
+            "consumer-terms-2025"
+        )
+    );
+    assert_eq!(view.gate.reason.as_str(), "decided");
+    let list = store
+        .visible_conversations(&account("v"), ts("2025-10-02T00:00:00Z"))
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(matches!(
+        store.account_view(&account("nobody"), t),
+        Err(StoreError::Refused(_))
+    ));
 }
