@@ -209,11 +209,7 @@ impl Store {
                 actor,
             )
         })?;
-        // Committed: the histories it wrote may now be served from memory.
-        for (ledger_len, history) in &written {
-            self.histories.keep(*ledger_len, history);
-        }
-        self.checkpoint_periodically(at, written.len())?;
+        self.after_commit(written, at)?;
         Ok(report)
     }
 
@@ -239,6 +235,16 @@ impl Store {
         self.read(&mut |tx| engine::ledger_entries(tx, account.as_str()))
     }
 
+    /// After a commit: the histories it wrote may be served from memory (later entries of one
+    /// account supersede earlier ones), and the ledger is sealed if enough was appended.
+    fn after_commit(&self, written: engine::Written, at: Timestamp) -> Result<(), StoreError> {
+        let appended = written.len();
+        for (ledger_len, history) in &written {
+            self.histories.keep(*ledger_len, history);
+        }
+        self.checkpoint_periodically(at, appended)
+    }
+
     /// Every [`CHECKPOINT_EVERY`] committed ledger appends, signs a checkpoint as of the latest
     /// event's time, so that the ledger is sealed regularly even without a scheduler.
     fn checkpoint_periodically(&self, at: Timestamp, appended: usize) -> Result<(), StoreError> {
@@ -260,21 +266,6 @@ impl Store {
     /// Recomputes every ledger chain and checkpoint.
     pub fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
         self.read(&mut |tx| engine::verify(tx, &self.key))
-    }
-
-    /// Applies an event once: a second event with the same id is reported as a duplicate and
-    /// changes nothing. The id is recorded in the event's own transaction.
-    pub fn apply_once(
-        &self,
-        event_id: &str,
-        at: Timestamp,
-        command: &Command,
-        actor: &str,
-    ) -> Result<Applied, StoreError> {
-        let mut outcomes = self.apply_batch(&[(Some(event_id), at, command)], actor)?;
-        outcomes
-            .pop()
-            .unwrap_or(Err(StoreError::Database("no outcome".into())))
     }
 
     /// Applies many events in one transaction (one commit, one fsync), each inside its own
@@ -326,17 +317,12 @@ impl Store {
             }
             Ok(outcomes)
         })?;
-        let appended = written.len();
-        // Later entries of one account supersede earlier ones in the cache.
-        for (ledger_len, history) in written {
-            self.histories.keep(ledger_len, &history);
-        }
         let last = events
             .iter()
             .map(|(_, at, _)| *at)
             .max()
             .unwrap_or(Timestamp::MIN);
-        self.checkpoint_periodically(last, appended)?;
+        self.after_commit(written, last)?;
         Ok(outcomes)
     }
 
