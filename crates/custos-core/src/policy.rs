@@ -275,6 +275,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Exactly `N` bytes from `2 × N` hex digits (either case), or `None`.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// A policy file that is not valid, with the place of the first problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}:{line}:{column}: {message}")]
@@ -382,7 +394,7 @@ fn validate_notice(raw: Spanned<RawNotice>, at: &Locate<'_>) -> Result<Notice, P
     let raw = raw.into_inner();
     let sha256 = match (&raw.text, &raw.sha256) {
         (Some(text), None) => Sha256::digest(text.get_ref().as_bytes()).into(),
-        (None, Some(digest)) => parse_sha256(digest.get_ref()).ok_or_else(|| {
+        (None, Some(digest)) => from_hex::<32>(digest.get_ref()).ok_or_else(|| {
             at(
                 digest.span(),
                 "notice.sha256 must be 64 hexadecimal characters".to_owned(),
@@ -406,18 +418,6 @@ fn validate_notice(raw: Spanned<RawNotice>, at: &Locate<'_>) -> Result<Notice, P
         text: raw.text.map(Spanned::into_inner),
         sha256,
     })
-}
-
-fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(text.as_bytes().chunks(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(digest)
 }
 
 fn validate_plans(raw: &RawPlans, at: &Locate<'_>) -> Result<(Vec<Plan>, Vec<Plan>), PolicyError> {
@@ -633,6 +633,16 @@ mod tests {
     fn a_column_points_at_the_offending_value() {
         let error = error_after("\"team\"", "\"pro\"");
         assert_eq!(error.column, "business = [".len() + 1);
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_wrong_lengths_and_digits() {
+        let bytes = [0x00, 0xab, 0xff, 0x10];
+        assert_eq!(from_hex::<4>(&hex(&bytes)), Some(bytes));
+        assert_eq!(from_hex::<4>("00ABFF10"), Some(bytes));
+        for bad in ["00abff1", "00abff100", "00abffzz", "", "é0abff10"] {
+            assert_eq!(from_hex::<4>(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! and it always says exactly what the ledger holds. The signature covers the receipt's canonical
 //! JSON: compact, keys in sorted order.
 
-use custos_core::policy::hex;
+use custos_core::policy::{from_hex, hex};
 use custos_core::{Channel, Policy, Preference};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::{Value, json};
@@ -77,17 +77,6 @@ fn canonical(receipt: &Value) -> String {
     receipt.to_string()
 }
 
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Checks a signed receipt; with `trusted_key` (hex), also that this key signed it.
 pub fn verify(document: &Value, trusted_key: Option<&str>) -> Result<String, String> {
     let receipt = document.get("receipt").ok_or("no `receipt` object")?;
@@ -106,13 +95,13 @@ pub fn verify(document: &Value, trusted_key: Option<&str>) -> Result<String, Str
             "signed by key {key_hex}, not by the trusted key {trusted}"
         ));
     }
-    let key = unhex::<32>(key_hex)
+    let key = from_hex::<32>(key_hex)
         .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
         .ok_or("`signature.publicKey` is not an Ed25519 public key")?;
     let value = signature
         .get("value")
         .and_then(Value::as_str)
-        .and_then(unhex::<64>)
+        .and_then(from_hex::<64>)
         .ok_or("`signature.value` is not a 64-byte hex signature")?;
     key.verify(
         canonical(receipt).as_bytes(),

@@ -252,7 +252,7 @@ fn run(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Ledger(LedgerCommand::Checkpoint { store }) => {
-            let now = write_load::now();
+            let now = custos_http::system_now();
             match store
                 .open_existing()?
                 .checkpoint(now)
@@ -302,7 +302,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 Some(text) => {
                     custos_core::Timestamp::parse(&text).map_err(Failure::invalid_input)?
                 }
-                None => write_load::now(),
+                None => custos_http::system_now(),
             };
             let opened =
                 Store::open(&store.location(), Policy::bundled()).map_err(store_failure)?;
@@ -326,7 +326,7 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Token(TokenCommand::Revoke { store, token }) => {
             let opened = store.open_existing()?;
-            let now = write_load::now();
+            let now = custos_http::system_now();
             if opened
                 .revoke_token(&token, now)
                 .map_err(Failure::operational)?

@@ -8,16 +8,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use custos_core::{AccountId, Channel, Command, ConversationId, Role, Surface, Timestamp};
+use custos_core::{AccountId, Channel, Command, ConversationId, Role, Surface};
+use custos_http::system_now as now;
 use custos_store::{Store, StoreError};
-
-/// The wall clock, at millisecond precision: only the binary reads it, never the core.
-pub fn now() -> Timestamp {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Timestamp::from_unix_millis(millis).unwrap_or(Timestamp::MAX)
-}
 
 pub fn run(store: &Store, log: &Path, writes: Option<u64>) -> Result<(), StoreError> {
     let mut log = std::fs::OpenOptions::new()
