@@ -50,7 +50,7 @@ impl Histories {
 }
 
 /// A key that sees every recorded event: the stored expiry reflects all of them.
-const END: EventKey = EventKey {
+pub(crate) const END: EventKey = EventKey {
     at: Timestamp::MAX,
     seq: u64::MAX,
 };
@@ -331,20 +331,20 @@ fn holds_on(tx: &mut dyn Tx, conversation: &Conversation) -> Result<Vec<Hold>, S
 // ---- writing ----
 
 /// What the next ledger entry says; the chain fields are filled in by [`append_ledger`].
-struct NewEntry<'a> {
-    key: EventKey,
-    kind: EntryKind,
-    plan: Option<&'a str>,
-    choice: Option<(Preference, Channel)>,
+pub(crate) struct NewEntry<'a> {
+    pub(crate) key: EventKey,
+    pub(crate) kind: EntryKind,
+    pub(crate) plan: Option<&'a str>,
+    pub(crate) choice: Option<(Preference, Channel)>,
 }
 
-fn append_ledger(
-    tx: &mut dyn Tx,
+/// The next entry of `account`'s chain, with its hash; moves the account's head on to it.
+pub(crate) fn chain_entry(
     policy: &Policy,
     account: &mut AccountRow,
     actor: &str,
     new: NewEntry<'_>,
-) -> Result<(), StoreError> {
+) -> Entry {
     let mut entry = Entry {
         account: account.id.clone(),
         idx: account.ledger_len,
@@ -360,6 +360,12 @@ fn append_ledger(
         hash: GENESIS,
     };
     entry.hash = entry.chained_hash(&entry.prev_hash);
+    account.ledger_len += 1;
+    account.ledger_head = entry.hash;
+    entry
+}
+
+pub(crate) fn insert_entry(tx: &mut dyn Tx, entry: &Entry) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     );
@@ -381,8 +387,60 @@ fn append_ledger(
             entry.hash.as_slice().into(),
         ],
     )?;
-    account.ledger_len += 1;
-    account.ledger_head = entry.hash;
+    Ok(())
+}
+
+fn append_ledger(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    account: &mut AccountRow,
+    actor: &str,
+    new: NewEntry<'_>,
+) -> Result<(), StoreError> {
+    insert_entry(tx, &chain_entry(policy, account, actor, new))
+}
+
+pub(crate) fn insert_message(
+    tx: &mut dyn Tx,
+    account: &AccountId,
+    conversation: &ConversationId,
+    key: EventKey,
+    role: Role,
+    text: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO messages (account_id, conversation_id, seq, at, role, text) VALUES (?, ?, ?, ?, ?, ?)",
+        &[
+            account.as_str().into(),
+            conversation.as_str().into(),
+            as_i64(key.seq).into(),
+            key.at.unix_millis().into(),
+            role.as_str().into(),
+            text.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn insert_feedback(
+    tx: &mut dyn Tx,
+    account: &AccountId,
+    conversation: &ConversationId,
+    key: EventKey,
+    rating: Rating,
+    comment: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO feedback (account_id, conversation_id, seq, at, rating, comment) VALUES (?, ?, ?, ?, ?, ?)",
+        &[
+            account.as_str().into(),
+            conversation.as_str().into(),
+            as_i64(key.seq).into(),
+            key.at.unix_millis().into(),
+            rating.as_str().into(),
+            comment.into(),
+        ],
+    )?;
     Ok(())
 }
 
@@ -658,17 +716,7 @@ fn apply_command(
                     Conversation::new(conversation.clone(), account.clone(), *surface, *incognito)
                 }
             };
-            tx.execute(
-                "INSERT INTO messages (account_id, conversation_id, seq, at, role, text) VALUES (?, ?, ?, ?, ?, ?)",
-                &[
-                    account.as_str().into(),
-                    conversation.as_str().into(),
-                    as_i64(key.seq).into(),
-                    at.unix_millis().into(),
-                    role.as_str().into(),
-                    text.as_str().into(),
-                ],
-            )?;
+            insert_message(tx, account, conversation, key, *role, text)?;
             record.record_message(Message {
                 key,
                 role: *role,
@@ -687,17 +735,7 @@ fn apply_command(
             let mut record = load_conversation(tx, conversation, false)?
                 .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
             admission::admit_activity(policy, &history, &record, key)?;
-            tx.execute(
-                "INSERT INTO feedback (account_id, conversation_id, seq, at, rating, comment) VALUES (?, ?, ?, ?, ?, ?)",
-                &[
-                    account.as_str().into(),
-                    conversation.as_str().into(),
-                    as_i64(key.seq).into(),
-                    at.unix_millis().into(),
-                    rating.as_str().into(),
-                    comment.clone().into(),
-                ],
-            )?;
+            insert_feedback(tx, account, conversation, key, *rating, comment.as_deref())?;
             record.record_feedback(Feedback {
                 key,
                 rating: *rating,
@@ -1240,18 +1278,20 @@ pub fn for_each_gate_state(
         "SELECT account_id, plan, preference, erased_at FROM accounts",
         &[],
         &mut |row| {
-            let plan =
-                custos_core::policy::Plan::recorded(&row.optional_text(1)?.unwrap_or_default());
-            let preference = match row.optional_text(2)? {
-                Some(text) => parse_or_corrupt(&text, Preference::parse)?,
+            let plan = row.optional_str(1)?.unwrap_or_default();
+            let preference = match row.optional_str(2)? {
+                Some(text) => parse_or_corrupt(text, Preference::parse)?,
                 None => Preference::Unset,
             };
             let state = GateState {
-                consumer_plan: policy.is_consumer(&plan),
+                consumer_plan: policy.consumer_plans().iter().any(|p| p.as_str() == plan),
                 preference,
                 erased: row.optional_int(3)?.is_some(),
             };
-            each(&row.text(0)?, state);
+            let id = row
+                .optional_str(0)?
+                .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
+            each(id, state);
             Ok(())
         },
     )
@@ -1447,4 +1487,69 @@ pub fn fill_gate_columns(tx: &mut dyn Tx) -> Result<(), StoreError> {
         )?;
     }
     Ok(())
+}
+
+/// A legal hold with its audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRecord {
+    pub id: HoldId,
+    pub target: HoldTarget,
+    pub placed_at: Timestamp,
+    pub placed_by: String,
+    pub reason: String,
+    pub released_at: Option<Timestamp>,
+    pub released_by: Option<String>,
+}
+
+/// Every hold, active or released, oldest first.
+pub fn hold_records(tx: &mut dyn Tx) -> Result<Vec<HoldRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS}, actor, reason, released_by FROM holds ORDER BY placed_at, hold_id"
+    );
+    tx.query(&sql, &[])?
+        .iter()
+        .map(|row| {
+            let hold = hold_from_row(row)?;
+            Ok(HoldRecord {
+                id: hold.id,
+                target: hold.target,
+                placed_at: hold.placed.at,
+                placed_by: row.text(5)?,
+                reason: row.text(6)?,
+                released_at: hold.released.map(|k| k.at),
+                released_by: row.optional_text(7)?,
+            })
+        })
+        .collect()
+}
+
+/// Records why a hold was placed (after `apply` placed it, in the same transaction).
+pub fn note_hold_reason(tx: &mut dyn Tx, id: &HoldId, reason: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE holds SET reason = ? WHERE hold_id = ?",
+        &[reason.into(), id.as_str().into()],
+    )?;
+    Ok(())
+}
+
+/// Records who released a hold (after `apply` released it, in the same transaction).
+pub fn note_hold_release(tx: &mut dyn Tx, id: &HoldId, actor: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE holds SET released_by = ? WHERE hold_id = ?",
+        &[actor.into(), id.as_str().into()],
+    )?;
+    Ok(())
+}
+
+/// The account a conversation belongs to, if it was ever recorded.
+pub fn conversation_owner(
+    tx: &mut dyn Tx,
+    id: &ConversationId,
+) -> Result<Option<AccountId>, StoreError> {
+    tx.query_one(
+        "SELECT account_id FROM conversations WHERE conversation_id = ?",
+        &[id.as_str().into()],
+    )?
+    .map(|row| account_id(row.text(0)?))
+    .transpose()
 }

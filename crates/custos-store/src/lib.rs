@@ -5,6 +5,7 @@
 //! is the core's. A write is acknowledged only after it is committed; a refused or failed write
 //! leaves nothing behind.
 
+mod bulk;
 mod engine;
 pub mod ledger;
 mod postgres;
@@ -16,14 +17,14 @@ mod sqlite;
 use std::path::{Path, PathBuf};
 
 use custos_core::{
-    AccountId, Command, ConversationId, ConversationStatus, Gate, Policy, Refusal, SweepReport,
-    Timestamp,
+    AccountId, Command, ConversationId, ConversationStatus, Gate, HoldId, HoldTarget, Policy,
+    Refusal, SweepReport, Timestamp,
 };
 use sha2::{Digest, Sha256};
 
 pub use engine::{
-    AccountView, Checkpoint, ConversationSummary, GateState, IncludedConversation, Principal,
-    StoredSnapshot, VerifyReport,
+    AccountView, Checkpoint, ConversationSummary, GateState, HoldRecord, IncludedConversation,
+    Principal, StoredSnapshot, VerifyReport,
 };
 pub use ledger::{Entry, EntryKind, LedgerKey};
 pub use schema::SCHEMA_VERSION;
@@ -324,6 +325,104 @@ impl Store {
             .unwrap_or(Timestamp::MIN);
         self.after_commit(written, last)?;
         Ok(outcomes)
+    }
+
+    /// Loads new accounts with their whole histories (each list in time order, starting with
+    /// its creation) in one transaction: the core admits every command in memory, and each
+    /// account is then written once (see `bulk`). Returns each command's outcome; a refused
+    /// command is skipped alone. An account or conversation that exists fails the whole call.
+    pub fn load_new_accounts(
+        &self,
+        accounts: &[Vec<(Timestamp, Command)>],
+        actor: &str,
+    ) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
+        let mut written = engine::Written::new();
+        let outcomes = self.write(&mut |tx| {
+            written.clear();
+            accounts
+                .iter()
+                .map(|commands| {
+                    bulk::load_new_account(tx, &self.policy, actor, commands, &mut written)
+                })
+                .collect()
+        })?;
+        let last = accounts
+            .iter()
+            .flatten()
+            .map(|(at, _)| *at)
+            .max()
+            .unwrap_or(Timestamp::MIN);
+        self.after_commit(written, last)?;
+        Ok(outcomes)
+    }
+
+    /// Places a legal hold (R13) and records why, in one transaction.
+    pub fn place_hold(
+        &self,
+        at: Timestamp,
+        hold: &HoldId,
+        target: &HoldTarget,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let command = Command::PlaceHold {
+            hold: hold.clone(),
+            target: target.clone(),
+        };
+        self.apply_noting(at, &command, actor, &mut |tx| {
+            engine::note_hold_reason(tx, hold, reason)
+        })
+    }
+
+    /// Releases an active legal hold and records who released it, in one transaction.
+    pub fn release_hold(
+        &self,
+        at: Timestamp,
+        hold: &HoldId,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let command = Command::ReleaseHold { hold: hold.clone() };
+        self.apply_noting(at, &command, actor, &mut |tx| {
+            engine::note_hold_release(tx, hold, actor)
+        })
+    }
+
+    /// Applies a command and writes its audit notes in the same transaction.
+    fn apply_noting(
+        &self,
+        at: Timestamp,
+        command: &Command,
+        actor: &str,
+        note: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut written = engine::Written::new();
+        self.write(&mut |tx| {
+            written.clear();
+            engine::apply(
+                tx,
+                &self.histories,
+                &mut written,
+                &self.policy,
+                at,
+                command,
+                actor,
+            )?;
+            note(tx)
+        })?;
+        self.after_commit(written, at)
+    }
+
+    /// Every legal hold, active or released, with its audit trail.
+    pub fn holds(&self) -> Result<Vec<HoldRecord>, StoreError> {
+        self.read(&mut |tx| engine::hold_records(tx))
+    }
+
+    /// The account a conversation belongs to, if it was ever recorded.
+    pub fn conversation_owner(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<AccountId>, StoreError> {
+        self.read(&mut |tx| engine::conversation_owner(tx, conversation))
     }
 
     /// The gate inputs of one account (for the service's in-memory index).

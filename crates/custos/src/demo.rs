@@ -10,7 +10,7 @@
 use custos_core::{
     AccountId, Channel, Command, ConversationId, Policy, Rating, Role, Surface, Timestamp,
 };
-use custos_store::{Applied, Store};
+use custos_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// SplitMix64: small, fast, and enough for synthetic data.
@@ -50,6 +50,9 @@ impl Random {
             .unwrap_or("")
     }
 }
+
+/// Large enough that commits are rare, small enough to keep memory flat.
+const EVENTS_PER_TRANSACTION: usize = 50_000;
 
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 86_400_000;
@@ -98,7 +101,6 @@ pub fn run(
     seed: u64,
 ) -> Result<DemoReport, custos_store::StoreError> {
     let policy = store.policy().clone();
-    let mut random = Random(seed);
     let mut report = DemoReport::default();
     let progress = ProgressBar::new(conversations.max(1));
     progress.set_style(
@@ -109,9 +111,15 @@ pub fn run(
         .progress_chars("=> "),
     );
     let history_start = plus(policy.effective, -90 * DAY);
+    let mut random = Random(seed);
     let mut made_conversations = 0u64;
-    let mut pending: Vec<(Timestamp, Command)> = Vec::new();
+    // Whole account histories, loaded in large transactions through the bulk path (the core
+    // admits every event in memory; each account is written once). Making the histories costs
+    // little beside writing them, so one thread does both.
+    let mut pending: Vec<Vec<(Timestamp, Command)>> = Vec::new();
+    let mut pending_events = 0;
     for index in 0..accounts {
+        let mut events = Vec::new();
         events_of_account(
             &policy,
             &mut random,
@@ -121,19 +129,20 @@ pub fn run(
             &mut made_conversations,
             history_start,
             now,
-            &mut pending,
+            &mut events,
         );
+        pending_events += events.len();
+        pending.push(events);
         report.accounts += 1;
-        if pending.len() >= 4096 || index + 1 == accounts {
-            let batch: Vec<(Option<&str>, Timestamp, &Command)> =
-                pending.iter().map(|(at, c)| (None, *at, c)).collect();
-            for outcome in store.apply_batch(&batch, "demo")? {
+        if pending_events >= EVENTS_PER_TRANSACTION || index + 1 == accounts {
+            for outcome in store.load_new_accounts(&pending, "demo")?.iter().flatten() {
                 match outcome {
-                    Ok(Applied::Accepted | Applied::Duplicate) => report.events += 1,
+                    Ok(()) => report.events += 1,
                     Err(_) => report.refused += 1,
                 }
             }
             pending.clear();
+            pending_events = 0;
             progress.set_position(made_conversations);
             progress.set_message(format!("{} accounts", report.accounts));
         }

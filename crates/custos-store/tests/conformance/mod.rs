@@ -47,6 +47,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     the_store_signs_checkpoints_by_itself,
     a_refused_event_in_a_batch_rolls_back_alone,
     account_views_and_conversation_lists_are_read_without_locks,
+    bulk_loaded_accounts_answer_like_the_reference_model,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -589,4 +590,77 @@ pub fn account_views_and_conversation_lists_are_read_without_locks(open: Factory
         store.account_view(&account("nobody"), t),
         Err(StoreError::Refused(_))
     ));
+}
+
+/// `Store::load_new_accounts` admits each account's history in memory and writes it once; it
+/// must refuse the same commands as the reference model and leave a store that answers alike.
+/// Holds and sweeps are not bulk-loaded, so they are left out of these timelines, as are
+/// events on a conversation another account started.
+pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
+    use std::collections::BTreeMap;
+    let mut runner = TestRunner::deterministic();
+    let strategy = timelines::timeline(60);
+    for case in 0..TIMELINES {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let store = open();
+        let mut model = Timeline::new(Policy::bundled());
+        let mut now = timelines::start();
+        let mut histories: BTreeMap<AccountId, Vec<(Timestamp, Command)>> = BTreeMap::new();
+        let mut expected: BTreeMap<AccountId, Vec<Option<&'static str>>> = BTreeMap::new();
+        let mut owners: BTreeMap<ConversationId, AccountId> = BTreeMap::new();
+        for op in &ops {
+            now = Timestamp::from_unix_millis(now.unix_millis() + op.advance_ms).unwrap_or(now);
+            let command = timelines::command(&op.event);
+            let account = match &command {
+                Command::CreateAccount { account, .. }
+                | Command::Choose { account, .. }
+                | Command::NoticeShown { account }
+                | Command::ChangePlan { account, .. }
+                | Command::EraseAccount { account } => account.clone(),
+                Command::Message {
+                    account,
+                    conversation,
+                    ..
+                }
+                | Command::Feedback {
+                    account,
+                    conversation,
+                    ..
+                } => match owners.get(conversation) {
+                    Some(owner) if owner != account => continue,
+                    _ => account.clone(),
+                },
+                Command::DeleteConversation { conversation } => match owners.get(conversation) {
+                    Some(owner) => owner.clone(),
+                    None => continue,
+                },
+                Command::PlaceHold { .. } | Command::ReleaseHold { .. } | Command::Sweep => {
+                    continue;
+                }
+            };
+            let outcome = model.apply(now, command.clone());
+            if let (Ok(_), Command::Message { conversation, .. }) = (&outcome, &command) {
+                owners
+                    .entry(conversation.clone())
+                    .or_insert(account.clone());
+            }
+            expected
+                .entry(account.clone())
+                .or_default()
+                .push(outcome.err().map(|refusal| refusal.slug()));
+            histories.entry(account).or_default().push((now, command));
+        }
+        let lists: Vec<_> = histories.values().cloned().collect();
+        let outcomes = store.load_new_accounts(&lists, "conformance").unwrap();
+        for ((account, expected), got) in expected.iter().zip(&outcomes) {
+            let got: Vec<_> = got
+                .iter()
+                .map(|outcome| outcome.as_ref().err().map(|refusal| refusal.slug()))
+                .collect();
+            assert_eq!(expected, &got, "case {case}: outcomes of {account}");
+        }
+        assert_same_answers(&model, &store, now, &format!("case {case}, bulk-loaded"));
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.problem, None, "case {case}");
+    }
 }
