@@ -110,7 +110,11 @@ impl Table {
     }
 
     fn grow(&mut self) {
-        let capacity = (self.slots.len() * 2).max(1024);
+        self.rebuild_slots((self.slots.len() * 2).max(1024));
+    }
+
+    /// Rebuilds the slots at `capacity` (a power of two) from the entries.
+    fn rebuild_slots(&mut self, capacity: usize) {
         self.slots = vec![EMPTY; capacity];
         let mask = capacity - 1;
         for (number, entry) in self.entries.iter().enumerate() {
@@ -127,6 +131,29 @@ impl Table {
                 *free = u32::try_from(number).unwrap_or(EMPTY);
             }
         }
+    }
+
+    /// Adds an entry for an id known to be new, without a slot: for the load at start, which
+    /// reads each account once and then builds the slots in one pass ([`Table::index`]).
+    fn push_new(&mut self, id: &[u8], state: GateState) {
+        let (Ok(offset), Ok(length)) = (u32::try_from(self.ids.len()), u8::try_from(id.len()))
+        else {
+            return;
+        };
+        self.ids.extend_from_slice(id);
+        self.entries.push(Entry {
+            offset,
+            length,
+            state: pack(state),
+        });
+    }
+
+    /// Sizes the slots for the entries (at most 70% full) and fills them.
+    fn index(&mut self) {
+        let capacity = (self.entries.len() * 10 / 7 + 1)
+            .next_power_of_two()
+            .max(1024);
+        self.rebuild_slots(capacity);
     }
 
     fn set(&mut self, id: &[u8], state: GateState) {
@@ -172,9 +199,12 @@ impl GateIndex {
     /// Builds the index by streaming every account's gate state from the store.
     pub fn load(store: &custos_store::Store) -> Result<GateIndex, custos_store::StoreError> {
         let mut table = Table::default();
-        store.for_each_gate_state(&mut |id, state| table.set(id.as_bytes(), state))?;
+        // Account ids are unique in the store, so each row is appended without a lookup and
+        // the hash slots are built once at the end, at their final size.
+        store.for_each_gate_state(&mut |id, state| table.push_new(id.as_bytes(), state))?;
         table.ids.shrink_to_fit();
         table.entries.shrink_to_fit();
+        table.index();
         Ok(GateIndex {
             table: RwLock::new(table),
         })
@@ -256,6 +286,20 @@ mod tests {
             );
         }
         assert_eq!(table.get(b"account-50000"), None);
+        let mut loaded = Table::default();
+        for i in 0..50_000 {
+            loaded.push_new(format!("account-{i}").as_bytes(), state(i));
+        }
+        loaded.index();
+        for i in (0..50_000).step_by(7) {
+            assert_eq!(
+                loaded.get(format!("account-{i}").as_bytes()),
+                Some(state(i))
+            );
+        }
+        assert_eq!(loaded.get(b"account-50000"), None);
+        loaded.set(b"account-50000", state(1));
+        assert_eq!(loaded.get(b"account-50000"), Some(state(1)));
         assert_eq!(table.get(b""), None);
         assert_eq!(table.entries.len(), 50_000);
     }

@@ -13,6 +13,7 @@ use std::error::Error;
 
 use bytes::BytesMut;
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
@@ -190,19 +191,20 @@ impl Tx for PostgresTx<'_, '_> {
         &mut self,
         sql: &str,
         params: &[Value],
-        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let boxed: Vec<_> = params.iter().map(to_postgres).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
-        let rows = self
+        // A portal, read as the rows arrive: a scan of every account never holds them all.
+        let mut rows = self
             .transaction
-            .query(&Dialect::Postgres.rewrite(sql), &refs)
+            .query_raw(&Dialect::Postgres.rewrite(sql), refs)
             .map_err(|e| map_error(&e))?;
-        for row in &rows {
+        while let Some(row) = rows.next().map_err(|e| map_error(&e))? {
             let values = (0..row.len())
-                .map(|i| from_postgres(row, i))
+                .map(|i| from_postgres(&row, i))
                 .collect::<Result<Vec<_>, _>>()?;
-            each(Row(values))?;
+            each(&Row(values))?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use crate::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -116,6 +116,11 @@ CREATE TABLE event_ids (
 CREATE INDEX accounts_unsealed ON accounts (account_id) WHERE ledger_len <> checkpointed_len;
 ALTER TABLE accounts ADD COLUMN plan TEXT;
 ALTER TABLE accounts ADD COLUMN preference TEXT
+",
+    // A legal hold's audit trail: why it was placed, and who released it.
+    r"
+ALTER TABLE holds ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE holds ADD COLUMN released_by TEXT
 ",
 ];
 

@@ -92,6 +92,17 @@ impl Row {
         }
     }
 
+    /// Like [`Row::optional_text`], borrowed: no copy for scans.
+    pub fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
+        match self.get(index)? {
+            Value::Null => Ok(None),
+            Value::Text(value) => Ok(Some(value)),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not text: {other:?}"
+            ))),
+        }
+    }
+
     pub fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError> {
         match self.get(index)? {
             Value::Bytes(value) => Ok(value.clone()),
@@ -109,6 +120,30 @@ impl Row {
             other => Err(StoreError::corrupt(format!(
                 "column {index} is not a boolean: {other:?}"
             ))),
+        }
+    }
+}
+
+impl Value {
+    /// Sets a text value, reusing this value's buffer when it holds one already.
+    pub fn set_text(&mut self, text: &str) {
+        match self {
+            Value::Text(buffer) => {
+                buffer.clear();
+                buffer.push_str(text);
+            }
+            other => *other = Value::Text(text.to_owned()),
+        }
+    }
+
+    /// Sets a bytes value, reusing this value's buffer when it holds one already.
+    pub fn set_bytes(&mut self, bytes: &[u8]) {
+        match self {
+            Value::Bytes(buffer) => {
+                buffer.clear();
+                buffer.extend_from_slice(bytes);
+            }
+            other => *other = Value::Bytes(bytes.to_vec()),
         }
     }
 }
@@ -159,18 +194,20 @@ pub trait Tx {
     /// uncommitted writes.
     fn read_only(&self) -> bool;
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
-    /// Calls `each` for every row without holding them all in memory (for large scans).
+    /// Calls `each` for every row without holding them all in memory (for large scans). The
+    /// row is lent, and its buffers are reused for the next one: a scan allocates per column,
+    /// not per row.
     fn query_each(
         &mut self,
         sql: &str,
         params: &[Value],
-        each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let mut rows = Vec::new();
         self.query_each(sql, params, &mut |row| {
-            rows.push(row);
+            rows.push(row.clone());
             Ok(())
         })?;
         Ok(rows)

@@ -138,7 +138,8 @@ fn a_version_1_database_is_upgraded_with_its_gate_columns_read_from_the_ledger()
     let db = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
     db.execute_batch(
         "DROP INDEX accounts_unsealed; ALTER TABLE accounts DROP COLUMN plan; ALTER TABLE accounts DROP COLUMN preference;
-         DROP TABLE tokens; DROP TABLE event_ids; UPDATE custos_schema SET version = 1;",
+         DROP TABLE tokens; DROP TABLE event_ids; UPDATE custos_schema SET version = 1;
+         ALTER TABLE holds DROP COLUMN reason; ALTER TABLE holds DROP COLUMN released_by;",
     )
     .unwrap();
     drop(db);
