@@ -50,6 +50,19 @@ pub struct Caller {
     pub role: Role,
     /// The account a `user` token is bound to.
     pub account: Option<AccountId>,
+    /// A public handle of the token (the start of its hash), for audit trails.
+    pub token: String,
+}
+
+impl Caller {
+    /// Who did it, as recorded in the ledger and audit trails: `user:<account>` for a user,
+    /// `<role>:<token handle>` otherwise. Never the token itself.
+    pub fn actor(&self) -> String {
+        match (&self.role, &self.account) {
+            (Role::User, Some(account)) => format!("user:{account}"),
+            (role, _) => format!("{}:{}", role.as_str(), self.token),
+        }
+    }
 }
 
 /// The bearer token of a request, if it sent one in the right form.

@@ -6,9 +6,11 @@
 
 mod access;
 mod clock;
+mod exports;
 mod gate_index;
 mod metrics;
 mod problem;
+mod retention;
 mod routes;
 
 use std::net::SocketAddr;

@@ -72,7 +72,9 @@ impl From<Refusal> for Problem {
         let status = match refusal {
             Refusal::UnknownAccount(_) | Refusal::UnknownConversation(_) => StatusCode::NOT_FOUND,
             Refusal::AccountErased(_) | Refusal::ConversationPurged(_) => StatusCode::NOT_FOUND,
-            Refusal::AccountExists(_) | Refusal::HoldExists(_) => StatusCode::CONFLICT,
+            Refusal::AccountExists(_) | Refusal::HoldExists(_) | Refusal::HoldNotActive(_) => {
+                StatusCode::CONFLICT
+            }
             Refusal::ConversationDeleted(_) | Refusal::ConversationExpired { .. } => {
                 StatusCode::CONFLICT
             }

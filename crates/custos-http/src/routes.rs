@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::access::{Allowed, Caller, Role, bearer};
 use crate::gate_index::Lookup;
 use crate::problem::Problem;
+use crate::{exports, retention};
 
 type Shared = State<Arc<AppState>>;
 
@@ -155,6 +156,22 @@ pub fn routes() -> Vec<RouteSpec> {
             get(preference_history),
         ),
         spec(
+            "POST",
+            "/v1/accounts/{id}/notice-shown",
+            "Record that the notice was shown and the user chose \"Not now\"",
+            "service, user (self)",
+            204,
+            post(notice_shown),
+        ),
+        spec(
+            "GET",
+            "/v1/exports/preview",
+            "What a training export cut now would hold: eligible conversations and counts",
+            "trainer",
+            200,
+            get(exports::preview),
+        ),
+        spec(
             "GET",
             "/v1/accounts/{id}/receipts/{receipt}",
             "A signed consent receipt",
@@ -191,6 +208,60 @@ pub fn routes() -> Vec<RouteSpec> {
                 post(record_events),
             )
         },
+        spec(
+            "GET",
+            "/v1/conversations/{id}",
+            "A conversation's retention and training status (metadata only)",
+            "service, user (owner), auditor",
+            200,
+            get(retention::conversation_status),
+        ),
+        spec(
+            "DELETE",
+            "/v1/accounts/{id}",
+            "Erase an account (R14); the next sweep purges what no hold covers",
+            "user (self), admin",
+            204,
+            delete(retention::erase_account),
+        ),
+        spec(
+            "POST",
+            "/v1/retention/sweeps",
+            "Run a retention sweep now and report what it purged",
+            "admin",
+            200,
+            post(retention::run_sweep),
+        ),
+        RouteSpec {
+            body: Some(
+                json!({"type": "object", "additionalProperties": false, "required": ["id", "reason"],
+                "properties": {"id": id, "account": id, "conversation": id, "reason": {"type": "string", "minLength": 1}}}),
+            ),
+            ..spec(
+                "POST",
+                "/v1/legal-holds",
+                "Place a legal hold on an account or a conversation (R13)",
+                "admin",
+                201,
+                post(retention::place_hold),
+            )
+        },
+        spec(
+            "GET",
+            "/v1/legal-holds",
+            "Every legal hold with its audit trail",
+            "admin",
+            200,
+            get(retention::list_holds),
+        ),
+        spec(
+            "DELETE",
+            "/v1/legal-holds/{id}",
+            "Release a legal hold",
+            "admin",
+            200,
+            delete(retention::release_hold),
+        ),
         spec(
             "GET",
             "/v1/ledger/verify",
@@ -346,7 +417,7 @@ async fn openapi() -> Json<Value> {
 
 // ---- helpers ----
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
     let token = bearer(headers)
         .ok_or_else(Problem::unauthorized)?
         .to_owned();
@@ -362,6 +433,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem
     let caller = Caller {
         role,
         account: principal.account,
+        token: custos_core::policy::hex(hash.get(..6).unwrap_or_default()),
     };
     state
         .tokens
@@ -370,7 +442,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem
 }
 
 /// Authenticates and checks the route's roles, for a request about `account`.
-async fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     allowed: Allowed,
@@ -382,7 +454,7 @@ async fn admit(
 }
 
 /// Parses the account id of a route and admits the caller for that account.
-async fn admit_account(
+pub(crate) async fn admit_account(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
@@ -394,7 +466,7 @@ async fn admit_account(
 }
 
 /// Runs store work on a blocking thread: SQLite and the PostgreSQL client both block.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Problem> {
@@ -405,18 +477,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(Problem::from)
 }
 
-fn account_id(text: &str) -> Result<AccountId, Problem> {
+pub(crate) fn account_id(text: &str) -> Result<AccountId, Problem> {
     AccountId::parse(text)
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", e.to_string()))
 }
 
-fn conversation_id(text: &str) -> Result<ConversationId, Problem> {
+pub(crate) fn conversation_id(text: &str) -> Result<ConversationId, Problem> {
     ConversationId::parse(text)
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", e.to_string()))
 }
 
 /// A JSON body, or a problem that says what was wrong with it and where.
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     payload.map(|Json(value)| value).map_err(|rejection| {
         let status = rejection.status();
         let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -569,7 +641,8 @@ async fn change_plan(
     Path(id): Path<String>,
     payload: Result<Json<ChangePlan>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let (id, _) = admit_account(&state, &headers, &id, Allowed::roles(&[Role::Service])).await?;
+    let (id, caller) =
+        admit_account(&state, &headers, &id, Allowed::roles(&[Role::Service])).await?;
     let request = body(payload)?;
     let at = state.now();
     let command = Command::ChangePlan {
@@ -577,13 +650,34 @@ async fn change_plan(
         plan: request.plan,
     };
     let account = id.clone();
+    let actor = caller.actor();
     let view = blocking(&state, move |store| {
-        store.apply(at, &command, "service")?;
+        store.apply(at, &command, &actor)?;
         store.account_view(&account, at)
     })
     .await?;
     state.refresh_gate_blocking(&id).await?;
     Ok(Json(account_json(&view, &state)))
+}
+
+/// The notice was shown and the user chose "Not now": recorded as evidence that it was shown.
+async fn notice_shown(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let (id, caller) = admit_account(
+        &state,
+        &headers,
+        &id,
+        Allowed::and_user_self(&[Role::Service]),
+    )
+    .await?;
+    let at = state.now();
+    let command = Command::NoticeShown { account: id };
+    let actor = caller.actor();
+    blocking(&state, move |store| store.apply(at, &command, &actor)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The hot path: answered from memory once the caller is known.
@@ -619,10 +713,7 @@ async fn set_preference(
     .await?;
     let (allowed, channel) = body(payload)?.parse(&state)?;
     let at = state.now();
-    let actor = match caller.role {
-        Role::User => format!("user:{id}"),
-        role => role.as_str().to_owned(),
-    };
+    let actor = caller.actor();
     let command = Command::Choose {
         account: id.clone(),
         allowed,
@@ -772,7 +863,7 @@ async fn delete_conversation(
     let id = conversation_id(&id)?;
     let caller = caller(&state, &headers).await?;
     let at = state.now();
-    let actor = caller.role.as_str().to_owned();
+    let actor = caller.actor();
     let owner_must_be = match caller.role {
         Role::Service | Role::Admin => None,
         Role::User => Some(caller.account.clone().ok_or_else(Problem::forbidden)?),
@@ -781,11 +872,7 @@ async fn delete_conversation(
     blocking(&state, move |store| {
         if let Some(owner) = owner_must_be {
             // A user may delete only its own conversations; another's looks the same as none.
-            let own = store
-                .visible_conversations(&owner, at)?
-                .iter()
-                .any(|c| c.id == id);
-            if !own {
+            if store.conversation_owner(&id)? != Some(owner) {
                 return Err(custos_core::Refusal::UnknownConversation(id).into());
             }
         }
@@ -1031,7 +1118,10 @@ async fn set_clock(
 }
 
 impl AppState {
-    async fn refresh_gate_blocking(self: &Arc<Self>, account: &AccountId) -> Result<(), Problem> {
+    pub(crate) async fn refresh_gate_blocking(
+        self: &Arc<Self>,
+        account: &AccountId,
+    ) -> Result<(), Problem> {
         let state = Arc::clone(self);
         let account = account.clone();
         tokio::task::spawn_blocking(move || state.refresh_gate(&account))

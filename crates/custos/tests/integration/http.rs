@@ -355,6 +355,96 @@ fn every_route_checks_its_role() {
             &["admin"],
         ),
         (
+            "POST /v1/accounts/{id}/notice-shown",
+            Box::new(|| ("/v1/accounts/u1/notice-shown".into(), None)),
+            &["service", "user", "admin"],
+        ),
+        (
+            "GET /v1/conversations/{id}",
+            Box::new(|| {
+                let id = fresh("c");
+                message(&id);
+                (format!("/v1/conversations/{id}"), None)
+            }),
+            &["service", "user", "auditor", "admin"],
+        ),
+        (
+            // A fresh account each time, so "user" (u1's token) is never its owner here; a
+            // user erasing its own account is shown in its own test.
+            "DELETE /v1/accounts/{id}",
+            Box::new(|| {
+                let id = fresh("gone");
+                assert_eq!(signup(&server, &id, "team", None).status, 201);
+                (format!("/v1/accounts/{id}"), None)
+            }),
+            &["admin"],
+        ),
+        (
+            "POST /v1/retention/sweeps",
+            Box::new(|| ("/v1/retention/sweeps".into(), None)),
+            &["admin"],
+        ),
+        (
+            "POST /v1/legal-holds",
+            Box::new(|| {
+                let body = json!({"id": fresh("h"), "account": "u2", "reason": "litigation"});
+                ("/v1/legal-holds".into(), Some(body.to_string()))
+            }),
+            &["admin"],
+        ),
+        (
+            "GET /v1/legal-holds",
+            Box::new(|| ("/v1/legal-holds".into(), None)),
+            &["admin"],
+        ),
+        (
+            "DELETE /v1/legal-holds/{id}",
+            Box::new(|| {
+                let id = fresh("h");
+                let body = json!({"id": id, "account": "u2", "reason": "litigation"});
+                let reply = server.call(
+                    "POST",
+                    "/v1/legal-holds",
+                    Some("admin"),
+                    Some(&body.to_string()),
+                );
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                (format!("/v1/legal-holds/{id}"), None)
+            }),
+            &["admin"],
+        ),
+        (
+            "GET /v1/exports/preview",
+            Box::new(|| ("/v1/exports/preview".into(), None)),
+            &["trainer", "admin"],
+        ),
+        (
+            "GET /metrics",
+            Box::new(|| ("/metrics".into(), None)),
+            &[
+                "none",
+                "service",
+                "user",
+                "other-user",
+                "trainer",
+                "auditor",
+                "admin",
+            ],
+        ),
+        (
+            "GET /openapi.json",
+            Box::new(|| ("/openapi.json".into(), None)),
+            &[
+                "none",
+                "service",
+                "user",
+                "other-user",
+                "trainer",
+                "auditor",
+                "admin",
+            ],
+        ),
+        (
             "GET /healthz",
             Box::new(|| ("/healthz".into(), None)),
             &[
@@ -379,7 +469,7 @@ fn every_route_checks_its_role() {
                 &[200, 201, 204]
             } else if caller == "none" {
                 &[401]
-            } else if caller == "other-user" && name.starts_with("DELETE /v1/conversations") {
+            } else if caller == "other-user" && name.contains(" /v1/conversations/") {
                 &[404] // another account's conversation looks like none at all
             } else {
                 &[403]
@@ -399,6 +489,27 @@ fn every_route_checks_its_role() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The matrix covers every operation the service documents, and no other.
+    let document = server.call("GET", "/openapi.json", None, None).body;
+    let mut documented: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    let mut tested: Vec<String> = routes
+        .iter()
+        .map(|(name, _, _)| (*name).to_owned())
+        .collect();
+    documented.sort();
+    tested.sort();
+    assert_eq!(documented, tested);
     let reply = server.call(
         "GET",
         "/v1/accounts/u1/gate",
@@ -413,30 +524,40 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let server = Server::start("2025-10-01T00:00:00Z");
     assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
     let huge = json!({"id": "x", "plan": "pro", "pad": "a".repeat(2 << 20)}).to_string();
-    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
-        ("POST", "/v1/accounts", "{not json".into(), 400, "invalid-body"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "colour": "blue"}).to_string(), 422, "invalid-body"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": 7}).to_string(), 422, "invalid-body"),
-        ("POST", "/v1/accounts", json!({"id": "x y", "plan": "pro"}).to_string(), 400, "invalid-id"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": "platinum"}).to_string(), 422, "unknown-plan"),
-        ("POST", "/v1/accounts", json!({"id": "u1", "plan": "team"}).to_string(), 409, "account-exists"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "email", "notice": NOTICE}}).to_string(), 422, "invalid-body"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": "old-terms"}}).to_string(), 422, "unknown-notice"),
-        ("POST", "/v1/accounts", json!({"id": "x", "plan": "team", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}}).to_string(), 422, "no-choice-on-business-plan"),
-        ("POST", "/v1/accounts", huge, 413, "body-too-large"),
-        ("PATCH", "/v1/accounts/u1", json!({"plan": "Pro"}).to_string(), 422, "unknown-plan"),
-        ("PATCH", "/v1/accounts/nobody", json!({"plan": "pro"}).to_string(), 404, "unknown-account"),
-        ("PUT", "/v1/accounts/u1/training-preference", json!({"allowed": "yes", "channel": "settings", "notice": NOTICE}).to_string(), 422, "invalid-body"),
-        ("PUT", "/v1/accounts/u1/training-preference", json!({"allowed": true, "channel": "settings"}).to_string(), 422, "invalid-body"),
-        ("POST", "/v1/events", json!({"events": "none"}).to_string(), 422, "invalid-body"),
-        ("GET", "/v1/accounts/%20bad/gate", String::new(), 400, "invalid-id"),
-        ("GET", "/v1/nothing-here", String::new(), 404, "no-such-route"),
+    let cases: Vec<(&str, &str, &str, String, u16, &str)> = vec![
+        ("service", "POST", "/v1/accounts", "{not json".into(), 400, "invalid-body"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "colour": "blue"}).to_string(), 422, "invalid-body"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": 7}).to_string(), 422, "invalid-body"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x y", "plan": "pro"}).to_string(), 400, "invalid-id"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": "platinum"}).to_string(), 422, "unknown-plan"),
+        ("service", "POST", "/v1/accounts", json!({"id": "u1", "plan": "team"}).to_string(), 409, "account-exists"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "email", "notice": NOTICE}}).to_string(), 422, "invalid-body"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": "old-terms"}}).to_string(), 422, "unknown-notice"),
+        ("service", "POST", "/v1/accounts", json!({"id": "x", "plan": "team", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}}).to_string(), 422, "no-choice-on-business-plan"),
+        ("service", "POST", "/v1/accounts", huge, 413, "body-too-large"),
+        ("service", "PATCH", "/v1/accounts/u1", json!({"plan": "Pro"}).to_string(), 422, "unknown-plan"),
+        ("service", "PATCH", "/v1/accounts/nobody", json!({"plan": "pro"}).to_string(), 404, "unknown-account"),
+        ("service", "PUT", "/v1/accounts/u1/training-preference", json!({"allowed": "yes", "channel": "settings", "notice": NOTICE}).to_string(), 422, "invalid-body"),
+        ("service", "PUT", "/v1/accounts/u1/training-preference", json!({"allowed": true, "channel": "settings"}).to_string(), 422, "invalid-body"),
+        ("service", "POST", "/v1/events", json!({"events": "none"}).to_string(), 422, "invalid-body"),
+        ("service", "GET", "/v1/accounts/%20bad/gate", String::new(), 400, "invalid-id"),
+        ("service", "GET", "/v1/nothing-here", String::new(), 404, "no-such-route"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h1", "reason": "court order"}).to_string(), 422, "invalid-body"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h1", "account": "u1", "conversation": "c1", "reason": "court order"}).to_string(), 422, "invalid-body"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h1", "account": "u1", "reason": " "}).to_string(), 422, "invalid-body"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h 1", "account": "u1", "reason": "court order"}).to_string(), 422, "invalid-body"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h1", "account": "nobody", "reason": "court order"}).to_string(), 404, "unknown-account"),
+        ("admin", "POST", "/v1/legal-holds", json!({"id": "h1", "account": "u1", "reason": "court order", "until": "forever"}).to_string(), 422, "invalid-body"),
+        ("admin", "DELETE", "/v1/legal-holds/never-placed", String::new(), 409, "hold-not-active"),
+        ("admin", "PUT", "/v1/admin/clock", json!({"now": "yesterday"}).to_string(), 422, "invalid-body"),
+        ("auditor", "GET", "/v1/conversations/never-seen", String::new(), 404, "unknown-conversation"),
+        ("service", "DELETE", "/v1/accounts/u1", String::new(), 403, "forbidden"),
     ];
-    for (method, path, body, status, kind) in cases {
+    for (token, method, path, body, status, kind) in cases {
         let reply = server.call(
             method,
             path,
-            Some("service"),
+            Some(token),
             (!body.is_empty()).then_some(body.as_str()),
         );
         assert_eq!(
@@ -467,6 +588,8 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
     let reply = server.call("GET", "/v1/accounts/x", Some("service"), None);
     assert_eq!(reply.status, 404);
+    let holds = server.call("GET", "/v1/legal-holds", Some("admin"), None);
+    assert_eq!(holds.body["holds"], json!([]), "{}", holds.body);
 }
 
 #[test]
@@ -759,6 +882,11 @@ fn the_openapi_document_covers_every_route_and_every_documented_route_is_served(
         ("get", "/v1/accounts/{id}/conversations"),
         ("delete", "/v1/conversations/{id}"),
         ("get", "/v1/ledger/verify"),
+        ("get", "/v1/conversations/{id}"),
+        ("delete", "/v1/accounts/{id}"),
+        ("post", "/v1/retention/sweeps"),
+        ("post", "/v1/legal-holds"),
+        ("delete", "/v1/legal-holds/{id}"),
         ("get", "/healthz"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
@@ -1044,4 +1172,122 @@ fn a_revoked_token_stops_working_within_seconds() {
         Some(2),
         "revoking twice says there is no such active token"
     );
+}
+
+#[test]
+fn a_user_erases_its_account_and_a_sweep_purges_all_but_what_a_hold_keeps() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    let events = json!({"events": [
+        {"id": "e1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "kept", "text": "hello"},
+        {"id": "e2", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u1", "conversation": "gone", "text": "hello"},
+    ]});
+    let reply = server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&events.to_string()),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let hold = json!({"id": "case-7", "conversation": "kept", "reason": "case 7: preserve"});
+    let reply = server.call(
+        "POST",
+        "/v1/legal-holds",
+        Some("admin"),
+        Some(&hold.to_string()),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.body["reason"], "case 7: preserve");
+    assert!(
+        reply.body["placed_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin:")
+    );
+
+    // Another user may not erase u1; u1 may.
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/accounts/u1", Some("other-user"), None)
+            .status,
+        403
+    );
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/accounts/u1", Some("user"), None)
+            .status,
+        204
+    );
+    for path in [
+        "/v1/accounts/u1/gate",
+        "/v1/accounts/u1",
+        "/v1/accounts/u1/conversations",
+    ] {
+        let reply = server.call("GET", path, Some("service"), None);
+        assert_eq!(
+            (reply.status, reply.body["type"].as_str()),
+            (404, Some("account-erased")),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/accounts/u1", Some("admin"), None)
+            .status,
+        404
+    );
+    let status = |id: &str| {
+        server
+            .call(
+                "GET",
+                &format!("/v1/conversations/{id}"),
+                Some("auditor"),
+                None,
+            )
+            .body
+    };
+    assert_eq!(status("gone")["visible"], false);
+    assert_eq!(status("gone")["reason"], "account_erased");
+
+    let sweep = server.call("POST", "/v1/retention/sweeps", Some("admin"), None);
+    assert_eq!(sweep.status, 200, "{}", sweep.body);
+    assert_eq!(
+        (
+            sweep.body["purged"].as_u64(),
+            sweep.body["held_back"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{}",
+        sweep.body
+    );
+    assert_eq!(status("gone")["exists"], false);
+    assert_eq!(status("kept")["exists"], true);
+    assert_eq!(status("kept")["held"], true);
+
+    // Released, the held conversation goes at the next sweep; the audit trail keeps both acts.
+    let reply = server.call("DELETE", "/v1/legal-holds/case-7", Some("admin"), None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/legal-holds/case-7", Some("admin"), None)
+            .status,
+        409
+    );
+    let sweep = server.call("POST", "/v1/retention/sweeps", Some("admin"), None);
+    assert_eq!(sweep.body["purged"].as_u64(), Some(1), "{}", sweep.body);
+    assert_eq!(status("kept")["exists"], false);
+    let holds = server
+        .call("GET", "/v1/legal-holds", Some("admin"), None)
+        .body;
+    let trail = &holds["holds"][0];
+    assert_eq!(
+        (trail["active"].as_bool(), trail["reason"].as_str()),
+        (Some(false), Some("case 7: preserve"))
+    );
+    assert!(
+        trail["released_by"].as_str().unwrap().starts_with("admin:"),
+        "{trail}"
+    );
+    let verify = server.call("GET", "/v1/ledger/verify", Some("auditor"), None);
+    assert_eq!(verify.body["intact"], true, "{}", verify.body);
 }

@@ -10,6 +10,7 @@
 
 mod architecture;
 mod http;
+mod http_replay;
 mod invalid_steps;
 mod policy_check;
 mod scenarios;

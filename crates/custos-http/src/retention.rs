@@ -1,0 +1,206 @@
+//! Routes of retention and data-subject rights: a conversation's status, sweeps, legal holds,
+//! and account erasure. Every decision is the core's, through the store.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use custos_core::{Command, HoldId, HoldTarget};
+use custos_store::HoldRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::{Allowed, Role};
+use crate::problem::Problem;
+use crate::routes::{account_id, admit, admit_account, blocking, body, caller, conversation_id};
+
+type Shared = State<Arc<AppState>>;
+
+/// API.md §1's `conversation` answer, as of the service's clock: metadata only, never content.
+pub async fn conversation_status(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = conversation_id(&id)?;
+    let caller = caller(&state, &headers).await?;
+    let at = state.now();
+    let lookup = id.clone();
+    let (owner, status) = blocking(&state, move |store| {
+        let owner = store.conversation_owner(&lookup)?;
+        let status = match owner {
+            Some(_) => Some(store.conversation_status(&lookup, at)?),
+            None => None,
+        };
+        Ok((owner, status))
+    })
+    .await?;
+    // A user asking about another's conversation learns no more than about an unknown one.
+    let allowed = Allowed::and_user_self(&[Role::Service, Role::Auditor]);
+    let unknown = || Problem::from(custos_core::Refusal::UnknownConversation(id.clone()));
+    let (Some(owner), Some(status)) = (owner, status) else {
+        allowed.check(&caller, None).map_err(|_| unknown())?;
+        return Err(unknown());
+    };
+    allowed.check(&caller, Some(&owner)).map_err(|problem| {
+        if caller.role == Role::User {
+            unknown()
+        } else {
+            problem
+        }
+    })?;
+    Ok(Json(json!({
+        "id": id.as_str(),
+        "exists": status.exists,
+        "visible": status.visible,
+        "retention_class": status.expiry.map(|e| e.class.as_str()),
+        "expires_at": status.expiry.map(|e| e.at.to_string()),
+        "held": status.held,
+        "eligible": status.eligibility.is_eligible(),
+        "reason": status.eligibility.as_str(),
+    })))
+}
+
+/// Runs a retention sweep now and reports what it did.
+pub async fn run_sweep(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    let caller = admit(&state, &headers, Allowed::roles(&[]), None).await?;
+    let at = state.now();
+    let actor = caller.actor();
+    let report = blocking(&state, move |store| {
+        store.apply(at, &Command::Sweep, &actor)
+    })
+    .await?
+    .unwrap_or_default();
+    let purged: usize = report.purged.values().sum();
+    Ok(Json(json!({
+        "at": at.to_string(),
+        "purged": purged,
+        "purged_by_reason": report.purged,
+        "held_back": report.held_back,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewHold {
+    id: String,
+    account: Option<String>,
+    conversation: Option<String>,
+    reason: String,
+}
+
+pub fn hold_json(hold: &HoldRecord) -> Value {
+    let (account, conversation) = match &hold.target {
+        HoldTarget::Account(account) => (Some(account.as_str()), None),
+        HoldTarget::Conversation(conversation) => (None, Some(conversation.as_str())),
+    };
+    json!({
+        "id": hold.id.as_str(),
+        "account": account,
+        "conversation": conversation,
+        "reason": hold.reason,
+        "placed_at": hold.placed_at.to_string(),
+        "placed_by": hold.placed_by,
+        "released_at": hold.released_at.map(|t| t.to_string()),
+        "released_by": hold.released_by,
+        "active": hold.released_at.is_none(),
+    })
+}
+
+fn hold_id(text: &str) -> Result<HoldId, Problem> {
+    HoldId::parse(text)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid-id", e.to_string()))
+}
+
+/// Places a legal hold on an account or a conversation (R13), with its reason.
+pub async fn place_hold(
+    State(state): Shared,
+    headers: HeaderMap,
+    payload: Result<Json<NewHold>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let caller = admit(&state, &headers, Allowed::roles(&[]), None).await?;
+    let request = body(payload)?;
+    let id =
+        hold_id(&request.id).map_err(|p| Problem::invalid_body(format!("`id`: {}", p.detail)))?;
+    let target = match (&request.account, &request.conversation) {
+        (Some(account), None) => HoldTarget::Account(
+            account_id(account)
+                .map_err(|p| Problem::invalid_body(format!("`account`: {}", p.detail)))?,
+        ),
+        (None, Some(conversation)) => HoldTarget::Conversation(
+            conversation_id(conversation)
+                .map_err(|p| Problem::invalid_body(format!("`conversation`: {}", p.detail)))?,
+        ),
+        _ => {
+            return Err(Problem::invalid_body(
+                "a hold names exactly one of `account` and `conversation`",
+            ));
+        }
+    };
+    if request.reason.trim().is_empty() {
+        return Err(Problem::invalid_body(
+            "`reason`: say why the hold is placed (it is kept in the audit trail)",
+        ));
+    }
+    let at = state.now();
+    let actor = caller.actor();
+    let wanted = id.clone();
+    let hold = blocking(&state, move |store| {
+        store.place_hold(at, &id, &target, request.reason.trim(), &actor)?;
+        Ok(store.holds()?.into_iter().find(|h| h.id == id))
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found("unknown-hold", format!("hold `{wanted}` was not kept")))?;
+    Ok((StatusCode::CREATED, Json(hold_json(&hold))))
+}
+
+/// Every legal hold, active or released, with its audit trail.
+pub async fn list_holds(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
+    admit(&state, &headers, Allowed::roles(&[]), None).await?;
+    let holds = blocking(&state, |store| store.holds()).await?;
+    Ok(Json(
+        json!({"holds": holds.iter().map(hold_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Releases an active legal hold; what it held is purged by the next sweep once expired.
+pub async fn release_hold(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let caller = admit(&state, &headers, Allowed::roles(&[]), None).await?;
+    let id = hold_id(&id)?;
+    let at = state.now();
+    let actor = caller.actor();
+    let wanted = id.clone();
+    let hold = blocking(&state, move |store| {
+        store.release_hold(at, &id, &actor)?;
+        Ok(store.holds()?.into_iter().find(|h| h.id == id))
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found("unknown-hold", format!("no hold `{wanted}`")))?;
+    Ok(Json(hold_json(&hold)))
+}
+
+/// Erases an account (R14): everything is hidden at once and the next sweep purges what no
+/// hold covers. The gate and the account's routes then answer 404 `account-erased`.
+pub async fn erase_account(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let (id, caller) = admit_account(&state, &headers, &id, Allowed::and_user_self(&[])).await?;
+    let at = state.now();
+    let actor = caller.actor();
+    let account = id.clone();
+    blocking(&state, move |store| {
+        store.apply(at, &Command::EraseAccount { account }, &actor)
+    })
+    .await?;
+    state.refresh_gate_blocking(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
