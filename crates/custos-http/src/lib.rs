@@ -12,6 +12,7 @@ mod metrics;
 mod problem;
 mod retention;
 mod routes;
+mod schemas;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::access::{Allowed, Caller, Role, bearer};
 use crate::gate_index::Lookup;
 use crate::problem::Problem;
-use crate::{exports, retention};
+use crate::{exports, retention, schemas};
 
 type Shared = State<Arc<AppState>>;
 
@@ -41,6 +41,8 @@ pub struct RouteSpec {
     pub body: Option<Value>,
     /// The success status.
     pub ok: u16,
+    /// JSON Schema of the success body, if it has a JSON one.
+    pub response: Option<Value>,
     pub handler: MethodRouter<Arc<AppState>>,
 }
 
@@ -59,7 +61,17 @@ fn spec(
         access,
         body: None,
         ok,
+        response: None,
         handler,
+    }
+}
+
+impl RouteSpec {
+    fn returns(self, schema: Value) -> RouteSpec {
+        RouteSpec {
+            response: Some(schema),
+            ..self
+        }
     }
 }
 
@@ -76,7 +88,7 @@ pub fn routes() -> Vec<RouteSpec> {
         "surface": {"enum": ["chat", "code"]}, "role": {"enum": ["user", "assistant"]}, "text": {"type": "string"},
         "incognito": {"type": "boolean"}, "rating": {"enum": ["up", "down"]}, "comment": {"type": "string"}}});
     vec![
-        spec("GET", "/healthz", "Liveness", "anyone", 200, get(healthz)),
+        spec("GET", "/healthz", "Liveness", "anyone", 200, get(healthz)).returns(schemas::health()),
         spec(
             "GET",
             "/metrics",
@@ -106,7 +118,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 201,
                 post(create_account),
             )
-        },
+        }
+        .returns(schemas::account()),
         spec(
             "GET",
             "/v1/accounts/{id}",
@@ -114,7 +127,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "service, user (self)",
             200,
             get(read_account),
-        ),
+        )
+        .returns(schemas::account()),
         RouteSpec {
             body: Some(
                 json!({"type": "object", "additionalProperties": false, "required": ["plan"], "properties": {"plan": {"type": "string"}}}),
@@ -127,7 +141,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 200,
                 patch(change_plan),
             )
-        },
+        }
+        .returns(schemas::account()),
         spec(
             "GET",
             "/v1/accounts/{id}/gate",
@@ -135,7 +150,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "service, user (self)",
             200,
             get(read_gate),
-        ),
+        )
+        .returns(schemas::gate()),
         RouteSpec {
             body: Some(choice_schema()),
             ..spec(
@@ -146,7 +162,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 200,
                 put(set_preference),
             )
-        },
+        }
+        .returns(schemas::preference_set()),
         spec(
             "GET",
             "/v1/accounts/{id}/training-preference/history",
@@ -154,7 +171,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "service, user (self), auditor",
             200,
             get(preference_history),
-        ),
+        )
+        .returns(schemas::history()),
         spec(
             "POST",
             "/v1/accounts/{id}/notice-shown",
@@ -170,7 +188,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "trainer",
             200,
             get(exports::preview),
-        ),
+        )
+        .returns(schemas::export_preview()),
         spec(
             "GET",
             "/v1/accounts/{id}/receipts/{receipt}",
@@ -178,7 +197,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "user (self), auditor",
             200,
             get(read_receipt),
-        ),
+        )
+        .returns(schemas::receipt()),
         spec(
             "GET",
             "/v1/accounts/{id}/conversations",
@@ -186,7 +206,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "service, user (self)",
             200,
             get(list_conversations),
-        ),
+        )
+        .returns(schemas::conversation_list()),
         spec(
             "DELETE",
             "/v1/conversations/{id}",
@@ -207,7 +228,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 200,
                 post(record_events),
             )
-        },
+        }
+        .returns(schemas::event_results()),
         spec(
             "GET",
             "/v1/conversations/{id}",
@@ -215,7 +237,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "service, user (owner), auditor",
             200,
             get(retention::conversation_status),
-        ),
+        )
+        .returns(schemas::conversation_status()),
         spec(
             "DELETE",
             "/v1/accounts/{id}",
@@ -231,7 +254,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "admin",
             200,
             post(retention::run_sweep),
-        ),
+        )
+        .returns(schemas::sweep()),
         RouteSpec {
             body: Some(
                 json!({"type": "object", "additionalProperties": false, "required": ["id", "reason"],
@@ -245,7 +269,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 201,
                 post(retention::place_hold),
             )
-        },
+        }
+        .returns(schemas::hold()),
         spec(
             "GET",
             "/v1/legal-holds",
@@ -253,7 +278,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "admin",
             200,
             get(retention::list_holds),
-        ),
+        )
+        .returns(schemas::holds()),
         spec(
             "DELETE",
             "/v1/legal-holds/{id}",
@@ -261,7 +287,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "admin",
             200,
             delete(retention::release_hold),
-        ),
+        )
+        .returns(schemas::hold()),
         spec(
             "GET",
             "/v1/ledger/verify",
@@ -269,7 +296,8 @@ pub fn routes() -> Vec<RouteSpec> {
             "auditor",
             200,
             get(verify_ledger),
-        ),
+        )
+        .returns(schemas::ledger_verification()),
         RouteSpec {
             body: Some(
                 json!({"type": "object", "additionalProperties": false, "required": ["now"], "properties": {"now": {"type": "string", "format": "date-time"}}}),
@@ -282,7 +310,8 @@ pub fn routes() -> Vec<RouteSpec> {
                 200,
                 put(set_clock),
             )
-        },
+        }
+        .returns(schemas::clock()),
     ]
 }
 
@@ -366,7 +395,19 @@ pub fn openapi_document() -> Value {
             .collect();
         let public = route.access == "anyone";
         let mut responses = serde_json::Map::new();
-        responses.insert(route.ok.to_string(), json!({"description": "Success"}));
+        let success = match (&route.response, route.path) {
+            (Some(schema), _) => {
+                json!({"description": "Success", "content": {"application/json": {"schema": schema}}})
+            }
+            (None, "/metrics") => {
+                json!({"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            (None, "/openapi.json") => {
+                json!({"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
+            (None, _) => json!({"description": "Success, with no body"}),
+        };
+        responses.insert(route.ok.to_string(), success);
         let problem = json!({"description": "A problem (RFC 9457)", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
         for status in ["400", "401", "403", "404", "409", "413", "422", "500"] {
             if !public || status == "500" {
@@ -1028,7 +1069,8 @@ async fn record_events(
     headers: HeaderMap,
     payload: Result<Json<EventBatch>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
-    admit(&state, &headers, Allowed::roles(&[Role::Service]), None).await?;
+    let caller = admit(&state, &headers, Allowed::roles(&[Role::Service]), None).await?;
+    let actor = caller.actor();
     let batch = body(payload)?;
     let now = state.now();
     // Parse every event first; the valid ones are applied in one transaction (one commit),
@@ -1048,7 +1090,7 @@ async fn record_events(
             .iter()
             .filter_map(|(_, p)| p.as_ref().ok().map(|(id, at, command)| (Some(id.as_str()), *at, command)))
             .collect();
-        let mut applied = store.apply_batch(&valid, "service")?.into_iter();
+        let mut applied = store.apply_batch(&valid, &actor)?.into_iter();
         let rejected = |index: usize, id: &Option<String>, problem: Problem| {
             json!({"index": index, "id": id, "status": "rejected",
                 "problem": {"type": problem.kind, "status": problem.status.as_u16(), "detail": problem.detail}})

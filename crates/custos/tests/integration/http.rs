@@ -458,9 +458,10 @@ fn every_route_checks_its_role() {
             ],
         ),
     ];
+    let document = server.call("GET", "/openapi.json", None, None).body;
     let mut wrong = Vec::new();
     for (name, make, allowed) in &routes {
-        let method = name.split(' ').next().unwrap();
+        let (method, template) = name.split_once(' ').unwrap();
         for caller in callers {
             let (path, body) = make();
             let token = (caller != "none").then_some(caller);
@@ -480,6 +481,14 @@ fn every_route_checks_its_role() {
                     reply.status, reply.body
                 ));
             }
+            // Every success body matches the schema documented for it.
+            let documented = &document["paths"][template][method.to_lowercase()]["responses"]
+                [reply.status.to_string()]["content"]["application/json"]["schema"];
+            if (200..300).contains(&reply.status) && !documented.is_null() {
+                for problem in schema_problems(&reply.body, documented, &document, "body") {
+                    wrong.push(format!("{name} as {caller}: {problem}"));
+                }
+            }
             if reply.status >= 400 && reply.content_type != "application/problem+json" {
                 wrong.push(format!(
                     "{name} as {caller}: error without problem+json ({})",
@@ -490,7 +499,6 @@ fn every_route_checks_its_role() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // The matrix covers every operation the service documents, and no other.
-    let document = server.call("GET", "/openapi.json", None, None).body;
     let mut documented: Vec<String> = document["paths"]
         .as_object()
         .unwrap()
@@ -1290,4 +1298,82 @@ fn a_user_erases_its_account_and_a_sweep_purges_all_but_what_a_hold_keeps() {
     );
     let verify = server.call("GET", "/v1/ledger/verify", Some("auditor"), None);
     assert_eq!(verify.body["intact"], true, "{}", verify.body);
+}
+
+/// Where `value` departs from `schema`: the subset of JSON Schema the service's document uses
+/// (`type`, `const`, `enum`, `required`, `properties`, `additionalProperties`, `items`, `$ref`).
+fn schema_problems(value: &Value, schema: &Value, document: &Value, at: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return schema_problems(
+            value,
+            &document["components"]["schemas"][name],
+            document,
+            at,
+        );
+    }
+    let type_of = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.contains(&type_of(value)) {
+        problems.push(format!("{at} is {value}, not of type {types:?}"));
+    }
+    if let Some(constant) = schema.get("const")
+        && constant != value
+    {
+        problems.push(format!("{at} is {value}, not {constant}"));
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(value)
+    {
+        problems.push(format!("{at} is {value}, not one of {options:?}"));
+    }
+    if let Value::Object(fields) = value {
+        for key in schema["required"].as_array().into_iter().flatten() {
+            if !fields.contains_key(key.as_str().unwrap_or_default()) {
+                problems.push(format!("{at} lacks `{key}`"));
+            }
+        }
+        for (key, field) in fields {
+            let path = format!("{at}.{key}");
+            match schema["properties"].get(key) {
+                Some(property) => {
+                    problems.extend(schema_problems(field, property, document, &path))
+                }
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => problems.push(format!("{path} is not documented")),
+                    Value::Object(_) => problems.extend(schema_problems(
+                        field,
+                        &schema["additionalProperties"],
+                        document,
+                        &path,
+                    )),
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (index, item) in items.iter().enumerate() {
+            problems.extend(schema_problems(
+                item,
+                item_schema,
+                document,
+                &format!("{at}[{index}]"),
+            ));
+        }
+    }
+    problems
 }

@@ -1,0 +1,181 @@
+//! JSON Schemas of the success bodies, for `/openapi.json`. The integration tests check every
+//! answer the authorization matrix gets against the schema documented for its route.
+
+use serde_json::{Value, json};
+
+/// A string or null.
+fn optional_string() -> Value {
+    json!({"type": ["string", "null"]})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+/// An object whose every listed property is required and no other is allowed.
+fn object(properties: Value) -> Value {
+    let required: Vec<Value> = properties
+        .as_object()
+        .map(|p| p.keys().map(|k| json!(k)).collect())
+        .unwrap_or_default();
+    json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
+}
+
+pub fn health() -> Value {
+    object(json!({"status": {"const": "ok"}}))
+}
+
+pub fn gate() -> Value {
+    object(json!({
+        "decision": {"enum": ["allow", "prompt", "block"]},
+        "reason": {"type": "string", "description": "A reason code of SPEC §3 Gate"},
+        "notice": object(json!({"id": {"type": "string"}, "choose_by": time()})),
+    }))
+}
+
+fn preference_properties() -> serde_json::Map<String, Value> {
+    let properties = json!({
+        "state": {"enum": ["unset", "allowed", "declined"]},
+        "decided_at": optional_string(),
+        "channel": {"enum": ["signup", "notice", "settings", null]},
+        "notice": optional_string(),
+    });
+    properties.as_object().cloned().unwrap_or_default()
+}
+
+pub fn account() -> Value {
+    object(json!({
+        "id": {"type": "string"},
+        "plan": {"type": "string"},
+        "preference": object(Value::Object(preference_properties())),
+        "gate": gate(),
+    }))
+}
+
+pub fn preference_set() -> Value {
+    let mut properties = preference_properties();
+    properties.insert(
+        "receipt".into(),
+        json!({"type": "string", "description": "The receipt id: the ledger entry's hash"}),
+    );
+    object(Value::Object(properties))
+}
+
+pub fn history() -> Value {
+    let hash = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+    object(json!({
+        "account": {"type": "string"},
+        "entries": {"type": "array", "items": object(json!({
+            "index": {"type": "integer"},
+            "kind": {"enum": ["created", "choice", "notice_shown", "plan_changed", "erased"]},
+            "at": time(),
+            "preference": {"enum": ["allowed", "declined", null]},
+            "channel": {"enum": ["signup", "notice", "settings", null]},
+            "plan": optional_string(),
+            "notice": {"type": "string"},
+            "policy": {"type": "string"},
+            "actor": {"type": "string"},
+            "prev_hash": hash,
+            "hash": hash,
+        }))},
+    }))
+}
+
+pub fn receipt() -> Value {
+    json!({"type": "object", "required": ["receipt", "signature"],
+    "description": "An ISO/IEC TS 27560 / Kantara v1.1 consent receipt and its Ed25519 signature over the receipt's canonical JSON",
+    "properties": {
+        "receipt": {"type": "object", "required": ["version", "schema", "piiPrincipalId", "services", "evidence"]},
+        "signature": object(json!({"alg": {"const": "Ed25519"}, "publicKey": {"type": "string"}, "value": {"type": "string"}})),
+    }})
+}
+
+pub fn event_results() -> Value {
+    object(json!({"results": {"type": "array", "items": {
+    "type": "object", "required": ["index", "id", "status"], "additionalProperties": false,
+    "properties": {
+        "index": {"type": "integer"},
+        "id": optional_string(),
+        "status": {"enum": ["accepted", "duplicate", "rejected"]},
+        "problem": {"$ref": "#/components/schemas/Problem"},
+    }}}}))
+}
+
+fn status_properties() -> serde_json::Map<String, Value> {
+    let properties = json!({
+        "id": {"type": "string"},
+        "retention_class": {"enum": ["extended", "standard", null]},
+        "expires_at": optional_string(),
+        "held": {"type": "boolean"},
+        "eligible": {"type": "boolean"},
+        "reason": {"type": "string", "description": "A reason code of SPEC §3 Eligible"},
+    });
+    properties.as_object().cloned().unwrap_or_default()
+}
+
+pub fn conversation_list() -> Value {
+    let mut properties = status_properties();
+    properties.insert("surface".into(), json!({"enum": ["chat", "code"]}));
+    object(json!({
+        "account": {"type": "string"},
+        "conversations": {"type": "array", "items": object(Value::Object(properties))},
+    }))
+}
+
+pub fn conversation_status() -> Value {
+    let mut properties = status_properties();
+    properties.insert("exists".into(), json!({"type": "boolean"}));
+    properties.insert("visible".into(), json!({"type": "boolean"}));
+    object(Value::Object(properties))
+}
+
+pub fn ledger_verification() -> Value {
+    object(json!({
+        "intact": {"type": "boolean"},
+        "accounts": {"type": "integer"},
+        "entries": {"type": "integer"},
+        "checkpoints": {"type": "integer"},
+        "problem": optional_string(),
+    }))
+}
+
+pub fn clock() -> Value {
+    object(json!({"now": time()}))
+}
+
+pub fn sweep() -> Value {
+    object(json!({
+        "at": time(),
+        "purged": {"type": "integer"},
+        "purged_by_reason": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "held_back": {"type": "integer"},
+    }))
+}
+
+pub fn hold() -> Value {
+    object(json!({
+        "id": {"type": "string"},
+        "account": optional_string(),
+        "conversation": optional_string(),
+        "reason": {"type": "string"},
+        "placed_at": time(),
+        "placed_by": {"type": "string"},
+        "released_at": optional_string(),
+        "released_by": optional_string(),
+        "active": {"type": "boolean"},
+    }))
+}
+
+pub fn holds() -> Value {
+    object(json!({"holds": {"type": "array", "items": hold()}}))
+}
+
+pub fn export_preview() -> Value {
+    object(json!({
+        "cutoff": time(),
+        "conversations": {"type": "array", "items": {"type": "string"}},
+        "messages": {"type": "integer"},
+        "feedback": {"type": "integer"},
+        "excluded": {"type": "object", "additionalProperties": {"type": "integer"}},
+    }))
+}
