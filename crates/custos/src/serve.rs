@@ -103,7 +103,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let state = Arc::new(AppState::open(Arc::new(store), clock)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    // The store is dropped only after the runtime, outside it: closing a PostgreSQL connection
+    // blocks, which panics on a runtime thread.
+    let keep = Arc::clone(&state);
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("listening on {address}"))?;
@@ -115,9 +118,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data.display()
         );
         custos_http::serve(state, listener, custos_http::shutdown_signal()).await?;
-        eprintln!("custos: stopped; every acknowledged write is committed");
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    });
+    drop(runtime);
+    drop(keep);
+    served?;
+    eprintln!("custos: stopped; every acknowledged write is committed");
+    Ok(())
 }
 
 /// Demo data and one token per role, printed for the person trying custos.

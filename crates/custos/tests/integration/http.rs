@@ -14,6 +14,7 @@ pub struct Server {
     child: Child,
     pub address: String,
     pub tokens: std::collections::HashMap<&'static str, String>,
+    database: Option<FreshDatabase>,
     _folder: tempfile::TempDir,
 }
 
@@ -21,6 +22,48 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(self.database.take());
+    }
+}
+
+/// With `CUSTOS_TEST_HTTP_DATABASE_URL` (libpq key=value form) set, every server of these tests
+/// runs on a fresh PostgreSQL database of its own instead of SQLite; CI runs them both ways.
+const POSTGRES_URL: &str = "CUSTOS_TEST_HTTP_DATABASE_URL";
+
+/// A PostgreSQL database made for one server and dropped with it.
+struct FreshDatabase {
+    base: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    fn create() -> Option<FreshDatabase> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = std::env::var(POSTGRES_URL).ok()?;
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("custos_http_{}_{number}", std::process::id());
+        let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap_or_else(|e| {
+            panic!("{POSTGRES_URL} is set but PostgreSQL can't be reached: {e}")
+        });
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        Some(FreshDatabase { base, name })
+    }
+
+    fn url(&self) -> String {
+        format!("{} dbname={}", self.base, self.name)
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&self.base, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
     }
 }
 
@@ -36,6 +79,11 @@ impl Server {
     pub fn start(now: &str) -> Server {
         let folder = tempfile::tempdir().unwrap();
         let data = folder.path().join("data");
+        let database = FreshDatabase::create();
+        let database_args: Vec<String> = database
+            .iter()
+            .flat_map(|d| ["--database".to_owned(), d.url()])
+            .collect();
         let mut tokens = std::collections::HashMap::new();
         for (name, role, account) in [
             ("service", "service", None),
@@ -49,7 +97,8 @@ impl Server {
             command
                 .args(["token", "create", "--data"])
                 .arg(&data)
-                .args(["--role", role]);
+                .args(["--role", role])
+                .args(&database_args);
             if let Some(account) = account {
                 command.args(["--account", account]);
             }
@@ -76,6 +125,7 @@ impl Server {
                 "--data",
             ])
             .arg(&data)
+            .args(&database_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -93,6 +143,7 @@ impl Server {
             child,
             address,
             tokens,
+            database,
             _folder: folder,
         }
     }
@@ -141,6 +192,15 @@ impl Server {
             content_type,
             body,
         }
+    }
+
+    /// The arguments that point a `custos` command at this server's store.
+    pub fn store_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--data".into(), self._folder.path().join("data").into()];
+        if let Some(database) = &self.database {
+            args.extend(["--database".into(), database.url().into()]);
+        }
+        args
     }
 
     pub fn set_clock(&self, now: &str) {
@@ -720,6 +780,7 @@ fn the_clock_can_be_set_only_in_manual_mode() {
             .unwrap()
             .to_owned(),
         tokens: Default::default(),
+        database: None,
         _folder: folder,
     };
     let reply = system.call(
@@ -742,10 +803,9 @@ fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
     assert!(status.success());
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit}");
-    let data = server._folder.path().join("data");
     let output = custos()
-        .args(["ledger", "verify", "--data"])
-        .arg(&data)
+        .args(["ledger", "verify"])
+        .args(server.store_args())
         .output()
         .unwrap();
     assert!(
@@ -1016,6 +1076,7 @@ fn serve_demo_starts_on_fresh_demo_data_and_prints_working_tokens() {
         child,
         address,
         tokens: Default::default(),
+        database: None,
         _folder: folder,
     };
     let reply = server.call(
@@ -1142,10 +1203,9 @@ fn a_revoked_token_stops_working_within_seconds() {
             .status,
         200
     );
-    let data = server._folder.path().join("data");
     let output = custos()
-        .args(["token", "revoke", "--data"])
-        .arg(&data)
+        .args(["token", "revoke"])
+        .args(server.store_args())
         .arg(&server.tokens["service"])
         .output()
         .unwrap();
@@ -1170,8 +1230,8 @@ fn a_revoked_token_stops_working_within_seconds() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let again = custos()
-        .args(["token", "revoke", "--data"])
-        .arg(&data)
+        .args(["token", "revoke"])
+        .args(server.store_args())
         .arg(&server.tokens["service"])
         .output()
         .unwrap();
