@@ -48,6 +48,14 @@ pub enum Refusal {
         conversation: ConversationId,
         expired_at: Timestamp,
     },
+    #[error(
+        "this event on account `{account}` is timed at {at}, before the account was created ({created})"
+    )]
+    BeforeAccountCreated {
+        account: AccountId,
+        at: Timestamp,
+        created: Timestamp,
+    },
     #[error("hold id `{0}` is already used; hold ids are unique for the life of the store")]
     HoldExists(HoldId),
     #[error("hold `{0}` is not active (unknown or already released)")]
@@ -69,6 +77,7 @@ impl Refusal {
             Refusal::ConversationDeleted(_) => "conversation-deleted",
             Refusal::ConversationPurged(_) => "conversation-purged",
             Refusal::ConversationExpired { .. } => "conversation-expired",
+            Refusal::BeforeAccountCreated { .. } => "before-account-created",
             Refusal::HoldExists(_) => "hold-exists",
             Refusal::HoldNotActive(_) => "hold-not-active",
         }
@@ -141,6 +150,7 @@ pub fn admit_activity(
     conversation: &Conversation,
     key: EventKey,
 ) -> Result<(), Refusal> {
+    admit_new_conversation(account, key)?;
     if conversation.owner != account.id {
         return Err(Refusal::NotOwner {
             conversation: conversation.id.clone(),
@@ -157,6 +167,19 @@ pub fn admit_activity(
         return Err(Refusal::ConversationExpired {
             conversation: conversation.id.clone(),
             expired_at: expiry.at,
+        });
+    }
+    Ok(())
+}
+
+/// Activity that starts a conversation: it can't be timed before its account was created (an
+/// event that arrives late may carry an earlier time, never one before the account existed).
+pub fn admit_new_conversation(account: &AccountHistory, key: EventKey) -> Result<(), Refusal> {
+    if key.at < account.created().at {
+        return Err(Refusal::BeforeAccountCreated {
+            account: account.id.clone(),
+            at: key.at,
+            created: account.created().at,
         });
     }
     Ok(())

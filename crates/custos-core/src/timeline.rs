@@ -242,6 +242,7 @@ impl Timeline {
                         admission::admit_activity(&self.policy, owner, existing, key)?
                     }
                     None => {
+                        admission::admit_new_conversation(owner, key)?;
                         let new =
                             Conversation::new(conversation.clone(), account, surface, incognito);
                         self.conversations.insert(conversation.clone(), new);

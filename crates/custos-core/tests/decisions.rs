@@ -696,6 +696,42 @@ fn content_excludes_activity_after_the_cutoff() {
     assert_eq!(later.included[0].1.messages.len(), 2);
 }
 
+/// Events can arrive late and carry an earlier time, but never one before their account existed.
+#[test]
+fn activity_timed_before_the_account_was_created_is_refused() {
+    let mut model = Timeline::new(Policy::bundled());
+    let a = account("a");
+    model
+        .apply(
+            ts("2025-10-01T00:00:00Z"),
+            Command::CreateAccount {
+                account: a.clone(),
+                plan: "pro".into(),
+                choice: Some((true, Channel::Signup)),
+            },
+        )
+        .unwrap();
+    let message = |at: &str, id: &str| {
+        (
+            ts(at),
+            Command::Message {
+                account: a.clone(),
+                conversation: conversation(id),
+                surface: Surface::Chat,
+                role: Role::User,
+                text: "hi".into(),
+                incognito: false,
+            },
+        )
+    };
+    let (at, early) = message("2025-09-30T23:59:59.999Z", "c1");
+    let refused = model.apply(at, early).unwrap_err();
+    assert_eq!(refused.slug(), "before-account-created");
+    assert!(model.conversation_status(&conversation("c1"), at).is_err());
+    let (at, on_time) = message("2025-10-01T00:00:00Z", "c1");
+    model.apply(at, on_time).unwrap();
+}
+
 // ---- Refusal slugs ----
 
 #[test]
@@ -729,6 +765,11 @@ fn refusal_slugs_are_distinct_and_kebab_case() {
         Refusal::ConversationExpired {
             conversation: c,
             expired_at: ts("2025-08-28T00:00:00Z"),
+        },
+        Refusal::BeforeAccountCreated {
+            account: account("a"),
+            at: ts("2025-08-27T00:00:00Z"),
+            created: ts("2025-08-28T00:00:00Z"),
         },
         Refusal::HoldExists(h.clone()),
         Refusal::HoldNotActive(h),

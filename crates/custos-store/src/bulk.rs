@@ -245,7 +245,7 @@ fn admit<'a>(
                     Some(existing) => {
                         admission::admit_activity(policy, &state.history, existing, key)
                     }
-                    None => Ok(()),
+                    None => admission::admit_new_conversation(&state.history, key),
                 }
             });
             admitted.map(|()| {

@@ -709,6 +709,7 @@ fn apply_command(
                     existing
                 }
                 None => {
+                    admission::admit_new_conversation(&history, key)?;
                     tx.execute(
                         "INSERT INTO conversations (account_id, conversation_id, surface, incognito) VALUES (?, ?, ?, ?)",
                         &[account.as_str().into(), conversation.as_str().into(), surface.as_str().into(), (*incognito).into()],
