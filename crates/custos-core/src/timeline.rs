@@ -78,6 +78,20 @@ pub struct SweepReport {
     pub held_back: usize,
 }
 
+impl SweepReport {
+    /// Adds another part of the same sweep (sweeps run in batches).
+    pub fn add(&mut self, other: &SweepReport) {
+        for (reason, count) in &other.purged {
+            *self.purged.entry(reason).or_default() += count;
+        }
+        self.held_back += other.held_back;
+    }
+
+    pub fn purged_total(&self) -> usize {
+        self.purged.values().sum()
+    }
+}
+
 /// The state of one conversation as the product and the user see it (API.md §1 `conversation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConversationStatus {

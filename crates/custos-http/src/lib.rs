@@ -69,14 +69,23 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 }
 
 /// Serves until `shutdown` resolves; requests in flight then finish before this returns.
+/// With `sweep_every`, a retention sweep also runs at that interval (a sweep in progress at
+/// shutdown stops between two batches of the next; each batch is whole).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    sweep_every: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service())
+    let sweeper = sweep_every
+        .map(|interval| tokio::spawn(retention::sweep_periodically(Arc::clone(&state), interval)));
+    let served = axum::serve(listener, router(state).into_make_service())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -19,6 +19,32 @@ use crate::routes::{account_id, admit, admit_account, blocking, body, caller, co
 
 type Shared = State<Arc<AppState>>;
 
+/// Conversations per sweep transaction: writers wait at most one batch behind a sweep.
+pub const SWEEP_BATCH: usize = 500;
+
+/// Sweeps every `interval` on a blocking thread, for as long as the service runs, and logs
+/// what each sweep did. The first sweep runs one interval after start.
+pub async fn sweep_periodically(state: Arc<AppState>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let at = state.now();
+        match blocking(&state, move |store| {
+            store.sweep(at, SWEEP_BATCH, &mut |_, _| {})
+        })
+        .await
+        {
+            Ok(report) => eprintln!(
+                "custos: scheduled sweep at {at}: purged {}, held back {}",
+                report.purged_total(),
+                report.held_back
+            ),
+            Err(problem) => eprintln!("custos: scheduled sweep at {at} failed: {}", problem.detail),
+        }
+    }
+}
+
 /// API.md §1's `conversation` answer, as of the service's clock: metadata only, never content.
 pub async fn conversation_status(
     State(state): Shared,
@@ -68,16 +94,19 @@ pub async fn conversation_status(
 pub async fn run_sweep(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
     let caller = admit(&state, &headers, Allowed::roles(&[]), None).await?;
     let at = state.now();
-    let actor = caller.actor();
     let report = blocking(&state, move |store| {
-        store.apply(at, &Command::Sweep, &actor)
+        store.sweep(at, SWEEP_BATCH, &mut |_, _| {})
     })
-    .await?
-    .unwrap_or_default();
-    let purged: usize = report.purged.values().sum();
+    .await?;
+    eprintln!(
+        "custos: sweep by {} at {at}: purged {}, held back {}",
+        caller.actor(),
+        report.purged_total(),
+        report.held_back
+    );
     Ok(Json(json!({
         "at": at.to_string(),
-        "purged": purged,
+        "purged": report.purged_total(),
         "purged_by_reason": report.purged,
         "held_back": report.held_back,
     })))

@@ -815,21 +815,83 @@ fn apply_command(
     Ok(None)
 }
 
-/// Purges every due conversation that no hold covers, found through the expiry index. The
-/// stored expiry only nominates candidates: the core decides each one again as of `now`.
+/// Purges every due conversation that no hold covers, in one transaction (the scenario
+/// runner's `sweep` step). The service sweeps in batches instead ([`sweep_batch`]).
 fn sweep(
     tx: &mut dyn Tx,
     histories: &Histories,
     policy: &Policy,
     now: Timestamp,
 ) -> Result<SweepReport, StoreError> {
-    let due = tx.query(
-        "SELECT conversation_id FROM conversations WHERE purged_at IS NULL AND expires_at <= ? ORDER BY expires_at, conversation_id",
+    let mut report = SweepReport::default();
+    let mut cursor = None;
+    loop {
+        let (part, next, _) = sweep_batch(tx, histories, policy, now, cursor.as_ref(), 1000)?;
+        report.add(&part);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(report),
+        }
+    }
+}
+
+/// Where a batched sweep goes on from: the last conversation it looked at, in expiry order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepCursor {
+    expires_at: i64,
+    conversation: String,
+}
+
+/// How many conversations are due at `now` and not purged (for a sweep's progress).
+pub fn count_due(tx: &mut dyn Tx, now: Timestamp) -> Result<u64, StoreError> {
+    let row = tx.query_one(
+        "SELECT COUNT(*) FROM conversations WHERE purged_at IS NULL AND expires_at <= ?",
         &[now.unix_millis().into()],
     )?;
+    Ok(row.map_or(Ok(0), |r| r.int(0))?.try_into().unwrap_or(0))
+}
+
+/// Looks at up to `limit` due conversations after `after`, in (expiry, id) order, through the
+/// expiry index, and purges each that no hold covers, whole. The stored expiry only nominates
+/// candidates: the core decides each one again as of `now`. Returns what it did, where the
+/// next batch starts (`None` when no due conversation is left) and how many it looked at. Held conversations stay in the
+/// index, so the cursor, not the purges, moves the sweep on.
+pub fn sweep_batch(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    now: Timestamp,
+    after: Option<&SweepCursor>,
+    limit: usize,
+) -> Result<(SweepReport, Option<SweepCursor>, usize), StoreError> {
+    let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
+    let due = match after {
+        None => tx.query(
+            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+             ORDER BY expires_at, conversation_id LIMIT ?",
+            &[now.unix_millis().into(), limit_value.into()],
+        )?,
+        Some(cursor) => tx.query(
+            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+             AND (expires_at > ? OR (expires_at = ? AND conversation_id > ?)) \
+             ORDER BY expires_at, conversation_id LIMIT ?",
+            &[
+                now.unix_millis().into(),
+                cursor.expires_at.into(),
+                cursor.expires_at.into(),
+                cursor.conversation.as_str().into(),
+                limit_value.into(),
+            ],
+        )?,
+    };
     let mut report = SweepReport::default();
-    for row in due {
+    let mut last = None;
+    for row in &due {
         let id = conversation_id(row.text(0)?)?;
+        last = Some(SweepCursor {
+            expires_at: row.int(1)?,
+            conversation: id.as_str().to_owned(),
+        });
         let Some(conversation) = load_conversation(tx, &id, false)? else {
             continue;
         };
@@ -849,7 +911,8 @@ fn sweep(
             SweepAction::Keep => {}
         }
     }
-    Ok(report)
+    let next = if due.len() == limit { last } else { None };
+    Ok((report, next, due.len()))
 }
 
 /// Purged = content gone; a tombstone (id hash, time, reason) remains (SPEC §3).

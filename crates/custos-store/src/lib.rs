@@ -412,6 +412,46 @@ impl Store {
         self.after_commit(written, at)
     }
 
+    /// Runs a retention sweep at `now` in batches of `batch` conversations, each batch its own
+    /// transaction, so that writers wait at most one batch and a sweep killed at any moment
+    /// leaves every conversation whole (purged or not); the next sweep finishes the job.
+    /// `progress` hears after each batch how many conversations were looked at so far.
+    pub fn sweep(
+        &self,
+        now: Timestamp,
+        batch: usize,
+        progress: &mut dyn FnMut(u64, &SweepReport),
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        let mut cursor: Option<engine::SweepCursor> = None;
+        let mut looked_at = 0u64;
+        loop {
+            let after = cursor.clone();
+            let (part, next, visited) = self.write(&mut |tx| {
+                engine::sweep_batch(
+                    tx,
+                    &self.histories,
+                    &self.policy,
+                    now,
+                    after.as_ref(),
+                    batch,
+                )
+            })?;
+            report.add(&part);
+            looked_at += u64::try_from(visited).unwrap_or(u64::MAX);
+            progress(looked_at, &report);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(report),
+            }
+        }
+    }
+
+    /// How many conversations are due at `now` and not yet purged.
+    pub fn due_conversations(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.read(&mut |tx| engine::count_due(tx, now))
+    }
+
     /// Every legal hold, active or released, with its audit trail.
     pub fn holds(&self) -> Result<Vec<HoldRecord>, StoreError> {
         self.read(&mut |tx| engine::hold_records(tx))

@@ -15,6 +15,7 @@ use custos_scenario::{Scenario, ScenarioError};
 use custos_store::{Location, SQLITE_FILE, Store, StoreError};
 
 mod demo;
+mod retention;
 mod serve;
 mod write_load;
 
@@ -59,6 +60,14 @@ enum Command {
         /// Seed of the generator: the same seed gives the same data.
         #[arg(long, default_value_t = 2025)]
         seed: u64,
+    },
+    /// Purge every conversation whose retention has ended and that no legal hold covers.
+    Sweep {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Sweep as of this time (RFC 3339) [default: the wall clock].
+        #[arg(long)]
+        now: Option<String>,
     },
     /// Serve the HTTP API (API.md §2).
     Serve(serve::ServeArgs),
@@ -298,12 +307,7 @@ fn run(command: Command) -> Result<(), Failure> {
             now,
             seed,
         } => {
-            let now = match now {
-                Some(text) => {
-                    custos_core::Timestamp::parse(&text).map_err(Failure::invalid_input)?
-                }
-                None => custos_http::system_now(),
-            };
+            let now = parse_now(now)?;
             let opened =
                 Store::open(&store.location(), Policy::bundled()).map_err(store_failure)?;
             let started = std::time::Instant::now();
@@ -316,6 +320,17 @@ fn run(command: Command) -> Result<(), Failure> {
                 report.conversations,
                 report.events,
                 report.refused,
+                started.elapsed().as_secs_f64()
+            ))
+        }
+        Command::Sweep { store, now } => {
+            let now = parse_now(now)?;
+            let opened = store.open_existing()?;
+            let started = std::time::Instant::now();
+            let report = retention::sweep(&opened, now).map_err(store_failure)?;
+            print(&format!(
+                "{} in {:.1} s\n",
+                retention::describe(now, &report),
                 started.elapsed().as_secs_f64()
             ))
         }
@@ -355,6 +370,15 @@ fn run(command: Command) -> Result<(), Failure> {
                     _ => Failure::invalid_input(error),
                 })
         }
+    }
+}
+
+/// `--now`, or the wall clock.
+fn parse_now(now: Option<String>) -> Result<custos_core::Timestamp, Failure> {
+    match now {
+        Some(text) => custos_core::Timestamp::parse(&text)
+            .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--now: {e}"))),
+        None => Ok(custos_http::system_now()),
     }
 }
 

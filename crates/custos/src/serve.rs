@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]. Loopback unless you say otherwise.
     #[arg(long, env = "CUSTOS_LISTEN")]
     listen: Option<String>,
-    /// A TOML file with any of: data, database, listen.
+    /// A TOML file with any of: data, database, listen, sweep_every.
     #[arg(long, env = "CUSTOS_CONFIG")]
     config: Option<PathBuf>,
     /// `manual` makes the clock settable through `PUT /v1/admin/clock` (tests only).
@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// With `--clock manual`: the time to start at (RFC 3339).
     #[arg(long)]
     now: Option<String>,
+    /// How often to run the retention sweep: e.g. `30m`, `1h`, `1d`, or `off` [default: 1h].
+    #[arg(long, env = "CUSTOS_SWEEP_EVERY")]
+    sweep_every: Option<String>,
     /// Start on a fresh folder of demo data (`--data`, which must be empty, or a new temporary
     /// folder), and print a token for each role.
     #[arg(long)]
@@ -51,6 +54,31 @@ struct ConfigFile {
     data: Option<PathBuf>,
     database: Option<String>,
     listen: Option<String>,
+    sweep_every: Option<String>,
+}
+
+/// `30s`, `15m`, `1h`, `1d`, or `off` (no scheduled sweeps).
+fn parse_interval(text: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let unit = text.chars().last().unwrap_or(' ');
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => anyhow::bail!("sweep interval `{text}`: write it like 30m, 1h or 1d, or `off`"),
+    };
+    let count: u64 = text
+        .trim_end_matches(unit)
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            anyhow::anyhow!("sweep interval `{text}`: write it like 30m, 1h or 1d, or `off`")
+        })?;
+    Ok(Some(std::time::Duration::from_secs(count * seconds)))
 }
 
 fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -80,6 +108,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or(file.listen)
         .unwrap_or_else(|| custos_http::DEFAULT_LISTEN.to_owned());
     let address = custos_http::parse_listen(&listen).map_err(anyhow::Error::msg)?;
+    let sweep_every = parse_interval(
+        args.sweep_every
+            .or(file.sweep_every)
+            .as_deref()
+            .unwrap_or("1h"),
+    )?;
     let clock = match (args.clock, args.now) {
         (ClockMode::System, None) => Clock::System,
         (ClockMode::System, Some(_)) => anyhow::bail!("--now needs --clock manual"),
@@ -117,7 +151,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state.gates.len(),
             data.display()
         );
-        custos_http::serve(state, listener, custos_http::shutdown_signal()).await?;
+        custos_http::serve(state, listener, custos_http::shutdown_signal(), sweep_every).await?;
         Ok::<(), anyhow::Error>(())
     });
     drop(runtime);

@@ -39,6 +39,7 @@ macro_rules! checks {
 /// Every check of the suite, by name.
 pub const CHECKS: &[(&str, Check)] = checks![
     agrees_with_the_reference_model_on_random_timelines,
+    batched_sweeps_agree_with_the_reference_model,
     every_choice_is_a_verifiable_ledger_entry,
     a_refused_write_leaves_nothing_behind,
     checkpoints_sign_every_chain_head,
@@ -54,6 +55,16 @@ pub const CHECKS: &[(&str, Check)] = checks![
 const TIMELINES: u32 = 24;
 
 pub fn agrees_with_the_reference_model_on_random_timelines(open: Factory<'_>) {
+    replay_against_the_model(open, None);
+}
+
+/// The same, with each sweep run the service's way: in batches of 1 to 3 conversations, each
+/// its own transaction, walking the expiry index with a cursor.
+pub fn batched_sweeps_agree_with_the_reference_model(open: Factory<'_>) {
+    replay_against_the_model(open, Some(3));
+}
+
+fn replay_against_the_model(open: Factory<'_>, sweep_batches: Option<usize>) {
     let mut runner = TestRunner::deterministic();
     let strategy = timelines::timeline(40);
     for case in 0..TIMELINES {
@@ -65,7 +76,13 @@ pub fn agrees_with_the_reference_model_on_random_timelines(open: Factory<'_>) {
             now = Timestamp::from_unix_millis(now.unix_millis() + op.advance_ms).unwrap_or(now);
             let command = timelines::command(&op.event);
             let expected = model.apply(now, command.clone());
-            let got = store.apply(now, &command, "conformance");
+            let got = match (sweep_batches, &command) {
+                (Some(largest), Command::Sweep) => {
+                    let batch = 1 + usize::try_from(case).unwrap() % largest;
+                    store.sweep(now, batch, &mut |_, _| {}).map(Some)
+                }
+                _ => store.apply(now, &command, "conformance"),
+            };
             let context = format!("case {case} step {index} at {now}: {command:?}");
             match (&expected, &got) {
                 (Ok(a), Ok(b)) => assert_eq!(a, b, "{context}: sweep reports differ"),
