@@ -48,6 +48,7 @@ read -r first_pid _ first_start < <(start_custos "$data")
 kill -TERM "$first_pid"; wait "$first_pid" 2>/dev/null || true
 echo "start to serving with $accounts accounts, first start (page cache as found): ${first_start} s"
 read -r pid address started < <(start_custos "$data")
+trap 'kill "$pid" 2>/dev/null || true' EXIT  # never leave a server behind, even on failure
 sleep 0.5; full_rss=$(rss_kb "$pid")
 per_account=$(python3 -c "print(f'{($full_rss - $empty_rss) * 1024 / $accounts:.1f}')")
 echo "start to serving with $accounts accounts, restart (files cached): ${started} s"

@@ -233,3 +233,41 @@ pub async fn erase_account(
     state.refresh_gate_blocking(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// R14 access and portability: everything held about the account, as one JSON document.
+pub async fn account_data(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let (id, _) = admit_account(&state, &headers, &id, Allowed::and_user_self(&[])).await?;
+    let at = state.now();
+    let document = blocking(&state, move |store| store.access_document(&id, at)).await?;
+    Ok(Json(document))
+}
+
+/// Retention figures: conversations per class, purges due per week, purged per reason per
+/// day, legal holds. Counts only.
+pub async fn retention_report(
+    State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    admit(&state, &headers, Allowed::roles(&[Role::Auditor]), None).await?;
+    let at = state.now();
+    Ok(Json(
+        blocking(&state, move |store| store.retention_report(at)).await?,
+    ))
+}
+
+/// Consent figures: accounts per plan and preference, choices per channel per day, undecided
+/// accounts against the deadline. Counts only.
+pub async fn consent_report(
+    State(state): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    admit(&state, &headers, Allowed::roles(&[Role::Auditor]), None).await?;
+    let at = state.now();
+    Ok(Json(
+        blocking(&state, move |store| store.consent_report(at)).await?,
+    ))
+}

@@ -240,6 +240,15 @@ pub fn routes() -> Vec<RouteSpec> {
         )
         .returns(schemas::conversation_status()),
         spec(
+            "GET",
+            "/v1/accounts/{id}/data",
+            "Everything held about the account, machine-readable (R14 access and portability)",
+            "user (self), admin",
+            200,
+            get(retention::account_data),
+        )
+        .returns(schemas::access_document()),
+        spec(
             "DELETE",
             "/v1/accounts/{id}",
             "Erase an account (R14); the next sweep purges what no hold covers",
@@ -289,6 +298,24 @@ pub fn routes() -> Vec<RouteSpec> {
             delete(retention::release_hold),
         )
         .returns(schemas::hold()),
+        spec(
+            "GET",
+            "/v1/reports/retention",
+            "Conversations per class, purges due per week, purged per reason per day, holds",
+            "auditor",
+            200,
+            get(retention::retention_report),
+        )
+        .returns(schemas::retention_report()),
+        spec(
+            "GET",
+            "/v1/reports/consent",
+            "Accounts per plan and preference, choices per channel per day, undecided accounts",
+            "auditor",
+            200,
+            get(retention::consent_report),
+        )
+        .returns(schemas::consent_report()),
         spec(
             "GET",
             "/v1/ledger/verify",

@@ -179,3 +179,46 @@ pub fn export_preview() -> Value {
         "excluded": {"type": "object", "additionalProperties": {"type": "integer"}},
     }))
 }
+
+pub fn access_document() -> Value {
+    json!({"type": "object", "description": "custos-data-export/1: the account, its plan history, every choice with its signed receipt, notices shown, the consent ledger, and every visible conversation with its content, retention and training eligibility",
+    "required": ["format", "generated_at", "controller", "account", "plan_history", "choices", "notices_shown", "consent_ledger", "ledger_public_key", "conversations"],
+    "properties": {
+        "format": {"const": "custos-data-export/1"},
+        "generated_at": time(),
+        "account": {"type": "object", "required": ["id", "created_at", "plan", "training_preference", "gate"]},
+        "plan_history": {"type": "array", "items": {"type": "object", "required": ["at", "plan"]}},
+        "choices": {"type": "array", "items": {"type": "object", "required": ["at", "state", "channel", "notice", "receipt_id", "receipt"]}},
+        "notices_shown": {"type": "array", "items": time()},
+        "consent_ledger": {"type": "array", "items": {"type": "object"}},
+        "ledger_public_key": {"type": "string"},
+        "conversations": {"type": "array", "items": {"type": "object",
+            "required": ["id", "surface", "incognito", "retention_class", "expires_at", "held", "eligible_for_training", "reason", "messages", "feedback"]}},
+    }})
+}
+
+pub fn retention_report() -> Value {
+    object(json!({
+        "at": time(),
+        "conversations_by_class": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "due_now": {"type": "integer"},
+        "due_by_week": {"type": "array", "items": object(json!({"week_starting": time(), "due": {"type": "integer"}}))},
+        "purged_by_day": {"type": "array", "items": object(json!({"day": {"type": "string"}, "reason": {"type": "string"}, "purged": {"type": "integer"}}))},
+        "holds": object(json!({"active_on_accounts": {"type": "integer"}, "active_on_conversations": {"type": "integer"}, "released": {"type": "integer"}})),
+    }))
+}
+
+pub fn consent_report() -> Value {
+    object(json!({
+        "at": time(),
+        "accounts_by_plan_and_preference": {"type": "array", "items": object(json!({
+            "plan": {"type": "string"}, "consumer": {"type": "boolean"},
+            "preference": {"enum": ["unset", "allowed", "declined"]}, "accounts": {"type": "integer"}}))},
+        "erased_accounts": {"type": "integer"},
+        "choices_by_day": {"type": "array", "items": object(json!({
+            "day": {"type": "string"}, "channel": optional_string(), "preference": optional_string(), "choices": {"type": "integer"}}))},
+        "deadline": object(json!({
+            "notice": {"type": "string"}, "choose_by": time(), "passed": {"type": "boolean"},
+            "days_left": {"type": "integer"}, "undecided_consumer_accounts": {"type": "integer"}})),
+    }))
+}

@@ -1617,3 +1617,68 @@ pub fn conversation_owner(
     .map(|row| account_id(row.text(0)?))
     .transpose()
 }
+
+/// What `retention check` found: every stored expiry recomputed by the core.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionCheck {
+    pub checked: u64,
+    /// Conversation, stored (at, class, bound), recomputed (at, class, bound); at most 100.
+    pub differences: Vec<(String, String, String)>,
+    pub different: u64,
+}
+
+/// Recomputes the expiry of every conversation not yet purged, `page` at a time in id order,
+/// and compares it with the stored one that sweeps rely on.
+pub fn check_retention(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    after: &str,
+    page: usize,
+    check: &mut RetentionCheck,
+) -> Result<Option<String>, StoreError> {
+    let rows = tx.query(
+        "SELECT conversation_id, expires_at, retention_class, expiry_bound FROM conversations \
+         WHERE purged_at IS NULL AND conversation_id > ? ORDER BY conversation_id LIMIT ?",
+        &[after.into(), i64::try_from(page).unwrap_or(i64::MAX).into()],
+    )?;
+    let describe = |at: Option<i64>, class: Option<String>, bound: Option<String>| match (
+        at.and_then(Timestamp::from_unix_millis),
+        class,
+        bound,
+    ) {
+        (Some(at), Some(class), Some(bound)) => format!("{at} {class} ({bound})"),
+        (None, None, None) => "none".to_owned(),
+        (at, class, bound) => format!("incomplete: {at:?} {class:?} {bound:?}"),
+    };
+    let mut last = None;
+    for row in &rows {
+        let id = conversation_id(row.text(0)?)?;
+        last = Some(id.as_str().to_owned());
+        check.checked += 1;
+        let stored = describe(
+            row.optional_int(1)?,
+            row.optional_text(2)?,
+            row.optional_text(3)?,
+        );
+        let conversation = load_conversation(tx, &id, false)?
+            .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` vanished")))?;
+        let (_, owner) = load_account(tx, histories, &conversation.owner, false)?
+            .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` has no account")))?;
+        let computed = expiry(policy, &owner, &conversation, END);
+        let recomputed = describe(
+            computed.map(|e| e.at.unix_millis()),
+            computed.map(|e| e.class.as_str().to_owned()),
+            computed.map(|e| e.bound.as_str().to_owned()),
+        );
+        if stored != recomputed {
+            check.different += 1;
+            if check.differences.len() < 100 {
+                check
+                    .differences
+                    .push((id.as_str().to_owned(), stored, recomputed));
+            }
+        }
+    }
+    Ok(if rows.len() == page { last } else { None })
+}

@@ -5,11 +5,13 @@
 //! is the core's. A write is acknowledged only after it is committed; a refused or failed write
 //! leaves nothing behind.
 
+mod access;
 mod bulk;
 mod engine;
 pub mod ledger;
 mod postgres;
 pub mod receipt;
+mod reports;
 mod schema;
 mod sql;
 mod sqlite;
@@ -24,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use engine::{
     AccountView, Checkpoint, ConversationSummary, GateState, HoldRecord, IncludedConversation,
-    Principal, StoredSnapshot, VerifyReport,
+    Principal, RetentionCheck, StoredSnapshot, VerifyReport,
 };
 pub use ledger::{Entry, EntryKind, LedgerKey};
 pub use schema::SCHEMA_VERSION;
@@ -450,6 +452,56 @@ impl Store {
     /// How many conversations are due at `now` and not yet purged.
     pub fn due_conversations(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.read(&mut |tx| engine::count_due(tx, now))
+    }
+
+    /// Everything held about an account, as one machine-readable document (R14 access and
+    /// portability), read from one consistent snapshot.
+    pub fn access_document(
+        &self,
+        account: &AccountId,
+        at: Timestamp,
+    ) -> Result<serde_json::Value, StoreError> {
+        self.read(&mut |tx| {
+            access::access_document(tx, &self.histories, &self.policy, &self.key, account, at)
+        })
+    }
+
+    /// Recomputes every stored expiry with the core and reports each difference (there must be
+    /// none: sweeps find due conversations through the stored expiries).
+    pub fn check_retention(
+        &self,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<RetentionCheck, StoreError> {
+        let mut check = RetentionCheck::default();
+        let mut after = String::new();
+        loop {
+            let mut page = RetentionCheck::default();
+            let next = self.read(&mut |tx| {
+                page = RetentionCheck::default();
+                engine::check_retention(tx, &self.histories, &self.policy, &after, 1000, &mut page)
+            })?;
+            check.checked += page.checked;
+            check.different += page.different;
+            let room = 100usize.saturating_sub(check.differences.len());
+            check
+                .differences
+                .extend(page.differences.into_iter().take(room));
+            progress(check.checked);
+            match next {
+                Some(next) => after = next,
+                None => return Ok(check),
+            }
+        }
+    }
+
+    /// Retention figures for auditors (counts only).
+    pub fn retention_report(&self, now: Timestamp) -> Result<serde_json::Value, StoreError> {
+        self.read(&mut |tx| reports::retention(tx, now))
+    }
+
+    /// Consent figures for auditors (counts only).
+    pub fn consent_report(&self, now: Timestamp) -> Result<serde_json::Value, StoreError> {
+        self.read(&mut |tx| reports::consent(tx, &self.policy, now))
     }
 
     /// Every legal hold, active or released, with its audit trail.

@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         now: Option<String>,
     },
+    /// Check retention: recompute every stored expiry with the core.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// Data-subject rights from the command line.
+    #[command(subcommand)]
+    Dsr(DsrCommand),
     /// Serve the HTTP API (API.md §2).
     Serve(serve::ServeArgs),
     /// Manage access tokens.
@@ -143,6 +149,30 @@ enum ReceiptCommand {
         /// Also require that this public key (hex, from `custos ledger public-key`) signed it.
         #[arg(long)]
         public_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Recompute every stored expiry with the core; exit 1 listing any difference.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DsrCommand {
+    /// Print everything held about an account as one JSON document (R14 access, portability).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// As of this time (RFC 3339) [default: the wall clock].
+        #[arg(long)]
+        now: Option<String>,
     },
 }
 
@@ -333,6 +363,42 @@ fn run(command: Command) -> Result<(), Failure> {
                 retention::describe(now, &report),
                 started.elapsed().as_secs_f64()
             ))
+        }
+        Command::Retention(RetentionCommand::Check { store }) => {
+            let opened = store.open_existing()?;
+            let check = retention::check(&opened).map_err(store_failure)?;
+            for (id, stored, recomputed) in &check.differences {
+                print(&format!(
+                    "{id}: stored {stored}, the core says {recomputed}\n"
+                ))?;
+            }
+            print(&format!(
+                "checked the stored expiry of {} conversations: {} differ\n",
+                check.checked, check.different
+            ))?;
+            if check.different == 0 {
+                Ok(())
+            } else {
+                Err(Failure::operational(anyhow::anyhow!(
+                    "{} stored expiries differ from the core's",
+                    check.different
+                )))
+            }
+        }
+        Command::Dsr(DsrCommand::Export {
+            store,
+            account,
+            now,
+        }) => {
+            let now = parse_now(now)?;
+            let account = custos_core::AccountId::parse(&account)
+                .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--account: {e}")))?;
+            let document = store
+                .open_existing()?
+                .access_document(&account, now)
+                .map_err(store_failure)?;
+            let text = serde_json::to_string_pretty(&document).map_err(Failure::operational)?;
+            print(&format!("{text}\n"))
         }
         Command::Serve(args) => serve::serve(args).map_err(Failure::operational),
         Command::Token(TokenCommand::Create(args)) => {

@@ -1,7 +1,7 @@
-//! `custos sweep`: the retention sweep from the command line, with a progress bar and a report.
+//! `custos sweep` and `custos retention check`, with progress bars and reports.
 
 use custos_core::{SweepReport, Timestamp};
-use custos_store::{Store, StoreError};
+use custos_store::{RetentionCheck, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Conversations per sweep transaction: small enough that a writer waits at most a few
@@ -44,4 +44,15 @@ pub fn sweep(store: &Store, now: Timestamp) -> Result<SweepReport, StoreError> {
     })?;
     progress.finish_and_clear();
     Ok(report)
+}
+
+/// Recomputes every stored expiry, with a spinner on stderr.
+pub fn check(store: &Store) -> Result<RetentionCheck, StoreError> {
+    let progress = ProgressBar::new_spinner();
+    let check = store.check_retention(&mut |checked| {
+        progress.set_message(format!("{checked} conversations checked"));
+        progress.tick();
+    })?;
+    progress.finish_and_clear();
+    Ok(check)
 }

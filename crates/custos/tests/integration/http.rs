@@ -440,6 +440,21 @@ fn every_route_checks_its_role() {
             &["admin"],
         ),
         (
+            "GET /v1/accounts/{id}/data",
+            Box::new(|| ("/v1/accounts/u1/data".into(), None)),
+            &["user", "admin"],
+        ),
+        (
+            "GET /v1/reports/retention",
+            Box::new(|| ("/v1/reports/retention".into(), None)),
+            &["auditor", "admin"],
+        ),
+        (
+            "GET /v1/reports/consent",
+            Box::new(|| ("/v1/reports/consent".into(), None)),
+            &["auditor", "admin"],
+        ),
+        (
             "POST /v1/retention/sweeps",
             Box::new(|| ("/v1/retention/sweeps".into(), None)),
             &["admin"],
@@ -953,6 +968,9 @@ fn the_openapi_document_covers_every_route_and_every_documented_route_is_served(
         ("get", "/v1/conversations/{id}"),
         ("delete", "/v1/accounts/{id}"),
         ("post", "/v1/retention/sweeps"),
+        ("get", "/v1/accounts/{id}/data"),
+        ("get", "/v1/reports/retention"),
+        ("get", "/v1/reports/consent"),
         ("post", "/v1/legal-holds"),
         ("delete", "/v1/legal-holds/{id}"),
         ("get", "/healthz"),
@@ -1436,4 +1454,115 @@ fn schema_problems(value: &Value, schema: &Value, document: &Value, at: &str) ->
         }
     }
     problems
+}
+
+#[test]
+fn reports_count_classes_purges_holds_preferences_and_undecided_accounts() {
+    let server = Server::start("2025-07-01T00:00:00Z");
+    // Before the policy took effect an account needs no choice: it stays undecided.
+    assert_eq!(signup(&server, "early", "pro", None).status, 201);
+    server.set_clock("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "yes", "pro", Some(true)).status, 201);
+    assert_eq!(signup(&server, "no", "free", Some(false)).status, 201);
+    assert_eq!(signup(&server, "firm", "team", None).status, 201);
+    let events = json!({"events": [
+        {"id": "e1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "yes", "conversation": "long"},
+        {"id": "e2", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "no", "conversation": "short"},
+        {"id": "e3", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "firm", "conversation": "work"},
+    ]});
+    server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&events.to_string()),
+    );
+    let hold = json!({"id": "h1", "conversation": "work", "reason": "audit"});
+    assert_eq!(
+        server
+            .call(
+                "POST",
+                "/v1/legal-holds",
+                Some("admin"),
+                Some(&hold.to_string())
+            )
+            .status,
+        201
+    );
+
+    let report = server
+        .call("GET", "/v1/reports/retention", Some("auditor"), None)
+        .body;
+    assert_eq!(
+        report["conversations_by_class"],
+        json!({"extended": 1, "standard": 2}),
+        "{report}"
+    );
+    let due: i64 = report["due_by_week"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["due"].as_i64().unwrap())
+        .sum();
+    assert_eq!((report["due_now"].as_i64(), due), (Some(0), 2), "{report}");
+    assert_eq!(report["holds"]["active_on_conversations"], 1);
+
+    server.set_clock("2025-11-01T00:00:00Z");
+    server.call("POST", "/v1/retention/sweeps", Some("admin"), None);
+    let report = server
+        .call("GET", "/v1/reports/retention", Some("auditor"), None)
+        .body;
+    assert_eq!(
+        report["conversations_by_class"],
+        json!({"extended": 1, "standard": 1}),
+        "{report}"
+    );
+    assert_eq!(
+        report["purged_by_day"],
+        json!([{"day": "2025-11-01", "reason": "retention", "purged": 1}]),
+        "{report}"
+    );
+    assert_eq!(
+        report["due_now"], 1,
+        "the held conversation stays due: {report}"
+    );
+
+    let consent = server
+        .call("GET", "/v1/reports/consent", Some("auditor"), None)
+        .body;
+    let rows = consent["accounts_by_plan_and_preference"]
+        .as_array()
+        .unwrap();
+    for (plan, preference, accounts) in [
+        ("pro", "allowed", 1),
+        ("pro", "unset", 1),
+        ("free", "declined", 1),
+        ("team", "unset", 1),
+    ] {
+        assert!(
+            rows.iter().any(|r| r["plan"] == plan
+                && r["preference"] == preference
+                && r["accounts"] == accounts),
+            "{plan} {preference}: {consent}"
+        );
+    }
+    assert_eq!(
+        consent["deadline"]["undecided_consumer_accounts"], 1,
+        "{consent}"
+    );
+    assert_eq!(consent["deadline"]["passed"], true);
+    let signups: i64 = consent["choices_by_day"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == "signup")
+        .map(|c| c["choices"].as_i64().unwrap())
+        .sum();
+    assert_eq!(signups, 2, "{consent}");
+    // Counts only: no account id appears in either report.
+    for id in ["early", "yes", "\"no\"", "firm", "long", "short", "work"] {
+        assert!(
+            !report.to_string().contains(id) && !consent.to_string().contains(id),
+            "{id}"
+        );
+    }
 }

@@ -61,7 +61,7 @@ fn every_scenario_gives_the_same_answers_over_http_as_the_scenario_runner() {
             "{shared} not replayed"
         );
     }
-    assert!(replayed.len() >= 13, "replayed only {replayed:?}");
+    assert!(replayed.len() >= 14, "replayed only {replayed:?}");
 }
 
 /// Replays one scenario; `stops` says the runner stops at an invalid step, which over HTTP

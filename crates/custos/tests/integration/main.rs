@@ -13,6 +13,7 @@ mod http;
 mod http_replay;
 mod invalid_steps;
 mod policy_check;
+mod retention;
 mod scenarios;
 mod storage;
 mod support;

@@ -12,7 +12,7 @@ use crate::support::{custos, stderr, stdout};
 #[test]
 fn every_fixture_matches_its_expected_output_and_status() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    assert_scenarios_match(&fixtures, 11);
+    assert_scenarios_match(&fixtures, 12);
 }
 
 #[test]
