@@ -55,12 +55,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Who did it, as recorded in the ledger and audit trails: `user:<account>` for a user,
-    /// `<role>:<token handle>` otherwise. Never the token itself.
+    /// Who did it, as recorded in the ledger and audit trails: `user` for the account's own
+    /// user (the entry already sits in that account's chain, and the id must not outlive an
+    /// erasure there), `<role>:<token handle>` otherwise. Never the token itself.
     pub fn actor(&self) -> String {
-        match (&self.role, &self.account) {
-            (Role::User, Some(account)) => format!("user:{account}"),
-            (role, _) => format!("{}:{}", role.as_str(), self.token),
+        match self.role {
+            Role::User => "user".to_owned(),
+            role => format!("{}:{}", role.as_str(), self.token),
         }
     }
 }

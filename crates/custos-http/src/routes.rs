@@ -761,7 +761,7 @@ async fn read_gate(
         Allowed::and_user_self(&[Role::Service]),
     )
     .await?;
-    let gate = gate_from_memory(&state, &id)?;
+    let gate = gate_from_memory(&state, &id).await?;
     state.metrics.gate_decision(gate.reason.as_str());
     Ok(Json(gate_json(gate, &state)))
 }
@@ -815,7 +815,7 @@ async fn preference_history(
         Allowed::and_user_self(&[Role::Service, Role::Auditor]),
     )
     .await?;
-    known_live(&state, &id)?;
+    known_live(&state, &id).await?;
     let account = id.clone();
     let entries = blocking(&state, move |store| store.ledger(&account)).await?;
     let entries: Vec<Value> = entries
@@ -840,23 +840,33 @@ async fn preference_history(
 }
 
 /// Gate(a, now) from memory, or the problem of an unknown or erased account.
-fn gate_from_memory(state: &AppState, id: &AccountId) -> Result<Gate, Problem> {
+fn remembered_gate(state: &AppState, id: &AccountId) -> Result<Option<Gate>, Problem> {
     match state.gates.gate(state.store.policy(), id, state.now()) {
-        Lookup::Live(gate) => Ok(gate),
+        Lookup::Live(gate) => Ok(Some(gate)),
         Lookup::Erased => Err(Problem::not_found(
             "account-erased",
             format!("account `{id}` was erased"),
         )),
-        Lookup::Unknown => Err(Problem::not_found(
-            "unknown-account",
-            format!("account `{id}` does not exist"),
-        )),
+        Lookup::Unknown => Ok(None),
     }
 }
 
-/// Refuses an unknown or erased account, from memory.
-fn known_live(state: &AppState, id: &AccountId) -> Result<(), Problem> {
-    gate_from_memory(state, id).map(|_| ())
+/// Gate(a, now) from memory, or the problem of an unknown or erased account. An id the index
+/// does not hold is looked up once in the store: an account erased before this server started
+/// is stored only under its pseudonym, and is remembered as erased once found.
+async fn gate_from_memory(state: &Arc<AppState>, id: &AccountId) -> Result<Gate, Problem> {
+    if let Some(gate) = remembered_gate(state, id)? {
+        return Ok(gate);
+    }
+    state.refresh_gate_blocking(id).await?;
+    remembered_gate(state, id)?.ok_or_else(|| {
+        Problem::not_found("unknown-account", format!("account `{id}` does not exist"))
+    })
+}
+
+/// Refuses an unknown or erased account.
+async fn known_live(state: &Arc<AppState>, id: &AccountId) -> Result<(), Problem> {
+    gate_from_memory(state, id).await.map(|_| ())
 }
 
 /// A signed consent receipt: for the user it belongs to, and for auditors.
@@ -872,7 +882,7 @@ async fn read_receipt(
         Allowed::and_user_self(&[Role::Auditor]),
     )
     .await?;
-    known_live(&state, &id)?;
+    known_live(&state, &id).await?;
     let account = id.clone();
     let wanted = receipt.clone();
     blocking(&state, move |store| store.receipt(&account, &wanted))

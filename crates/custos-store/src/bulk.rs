@@ -7,8 +7,8 @@
 //! command the core refuses is skipped alone, exactly as a refused event of a batch is. The
 //! conformance suite checks that the result answers like the per-event path on every backend.
 //!
-//! Only new accounts and their own new conversations can be loaded this way; holds, erasure of
-//! other accounts and sweeps go through the per-event path. A loaded account or conversation
+//! Only new accounts and their own new conversations can be loaded this way; holds, erasure
+//! and sweeps go through the per-event path. A loaded account or conversation
 //! that already exists violates a key, and the whole transaction fails with nothing written.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,8 @@ use custos_core::{
 
 use crate::StoreError;
 use crate::engine::{
-    AccountRow, END, NewEntry, Written, chain_entry, insert_entry, insert_feedback, insert_message,
+    AccountRow, END, Histories, NewEntry, Written, chain_entry, insert_entry, insert_feedback,
+    insert_message,
 };
 use crate::ledger::{Entry, EntryKind, GENESIS};
 use crate::sql::Tx;
@@ -47,6 +48,7 @@ fn unsupported(command: &Command) -> StoreError {
 pub fn load_new_account(
     tx: &mut dyn Tx,
     policy: &Policy,
+    histories: &Histories,
     actor: &str,
     commands: &[(Timestamp, Command)],
     written: &mut Written,
@@ -54,7 +56,7 @@ pub fn load_new_account(
     let mut loading: Option<Loading<'_>> = None;
     let mut outcomes = Vec::with_capacity(commands.len());
     for (at, command) in commands {
-        outcomes.push(admit(policy, actor, &mut loading, *at, command)?);
+        outcomes.push(admit(policy, histories, actor, &mut loading, *at, command)?);
     }
     let Some(loading) = loading else {
         return Ok(outcomes);
@@ -68,6 +70,7 @@ pub fn load_new_account(
 /// order are those of `engine::apply_command`.
 fn admit<'a>(
     policy: &Policy,
+    histories: &Histories,
     actor: &str,
     loading: &mut Option<Loading<'a>>,
     at: Timestamp,
@@ -100,6 +103,7 @@ fn admit<'a>(
             ledger_len: 0,
             ledger_head: GENESIS,
             erased_at: None,
+            ledger_name: histories.pseudonym(account.as_str()),
         };
         let key = EventKey::new(at, 0);
         let mut history = AccountHistory::new(account.clone(), key, plan.clone());
@@ -304,27 +308,12 @@ fn admit<'a>(
                 record.deleted = Some(key);
                 Ok(())
             }),
-        Command::EraseAccount { account } => {
-            owned(account)?;
-            admission::live_account(account, Some(&state.history))
-                .map(|_| ())
-                .map(|()| {
-                    state.entries.push(chain_entry(
-                        policy,
-                        &mut state.row,
-                        actor,
-                        NewEntry {
-                            key,
-                            kind: EntryKind::Erased,
-                            plan: None,
-                            choice: None,
-                        },
-                    ));
-                    state.history.record_erasure(key);
-                    state.row.erased_at = Some(at.unix_millis());
-                })
-        }
-        Command::PlaceHold { .. } | Command::ReleaseHold { .. } | Command::Sweep => {
+        // Erasure renames the account everywhere (`engine::pseudonymize`); it takes the
+        // per-event path.
+        Command::EraseAccount { .. }
+        | Command::PlaceHold { .. }
+        | Command::ReleaseHold { .. }
+        | Command::Sweep => {
             return Err(unsupported(command));
         }
     };

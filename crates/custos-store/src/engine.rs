@@ -16,7 +16,9 @@ use custos_core::{
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
-use crate::ledger::{Entry, EntryKind, GENESIS, LedgerKey, checkpoint_message, heads_root};
+use crate::ledger::{
+    self, Encoding, Entry, EntryKind, GENESIS, LedgerKey, checkpoint_message, heads_root, pseudonym,
+};
 use crate::sql::{Row, Tx};
 
 /// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
@@ -24,15 +26,33 @@ use crate::sql::{Row, Tx};
 /// The ledger is append-only, so an equal length means an equal history; any other writer
 /// (another thread, or another server on the same PostgreSQL) changes the length and the next
 /// load reads the ledger again. Only histories read from committed rows are kept.
-#[derive(Debug, Default)]
-pub struct Histories(std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>);
+///
+/// It also holds the key of account pseudonyms, which every lookup needs: an erased account is
+/// stored under its pseudonym only, and found again from its id by recomputing it.
+#[derive(Debug)]
+pub struct Histories {
+    cache: std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>,
+    pseudonym_key: [u8; 32],
+}
 
 /// More cached histories than this and the cache starts afresh: memory stays bounded.
 const HISTORIES_KEPT: usize = 65_536;
 
 impl Histories {
+    pub fn new(pseudonym_key: [u8; 32]) -> Histories {
+        Histories {
+            cache: std::sync::Mutex::default(),
+            pseudonym_key,
+        }
+    }
+
+    /// The account's keyed pseudonym (see `ledger::pseudonym`).
+    pub fn pseudonym(&self, account: &str) -> String {
+        pseudonym(&self.pseudonym_key, account)
+    }
+
     fn get(&self, id: &AccountId, ledger_len: i64) -> Option<AccountHistory> {
-        let cache = self.0.lock().ok()?;
+        let cache = self.cache.lock().ok()?;
         cache
             .get(id)
             .filter(|(len, _)| *len == ledger_len)
@@ -40,7 +60,7 @@ impl Histories {
     }
 
     pub fn keep(&self, ledger_len: i64, history: &AccountHistory) {
-        if let Ok(mut cache) = self.0.lock() {
+        if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= HISTORIES_KEPT {
                 cache.clear();
             }
@@ -64,6 +84,8 @@ pub struct AccountRow {
     pub ledger_len: i64,
     pub ledger_head: [u8; 32],
     pub erased_at: Option<i64>,
+    /// How the ledger's hashes name this account: its pseudonym.
+    pub ledger_name: String,
 }
 
 fn seq(value: i64) -> Result<u64, StoreError> {
@@ -190,22 +212,38 @@ pub fn load_account(
     let sql = format!(
         "SELECT next_seq, ledger_len, ledger_head, erased_at FROM accounts WHERE account_id = ?{lock}"
     );
-    let Some(row) = tx.query_one(&sql, &[id.as_str().into()])? else {
-        return Ok(None);
+    // An erased account is stored under its pseudonym: found by recomputing it from the id.
+    let (stored_id, row) = match tx.query_one(&sql, &[id.as_str().into()])? {
+        Some(row) => (id.clone(), row),
+        None => {
+            let name = histories.pseudonym(id.as_str());
+            match tx.query_one(&sql, &[name.as_str().into()])? {
+                Some(row) => (account_id(name)?, row),
+                None => return Ok(None),
+            }
+        }
     };
+    let erased_at = row.optional_int(3)?;
     let account = AccountRow {
-        id: id.clone(),
+        ledger_name: if erased_at.is_some() {
+            stored_id.as_str().to_owned()
+        } else {
+            histories.pseudonym(id.as_str())
+        },
+        id: stored_id,
         next_seq: row.int(0)?,
         ledger_len: row.int(1)?,
         ledger_head: hash32(row.bytes(2)?)?,
-        erased_at: row.optional_int(3)?,
+        erased_at,
     };
     if let Some(history) = histories.get(id, account.ledger_len) {
         return Ok(Some((account, history)));
     }
-    let entries = ledger_entries(tx, id.as_str())?;
-    let history = history_from(&entries)?
+    let entries = ledger_entries(tx, account.id.as_str())?;
+    let mut history = history_from(&entries)?
         .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
+    // Answers name the account as it was asked for, not by its pseudonym.
+    history.id = id.clone();
     // Only a read-only transaction is sure to have read committed rows; a write transaction
     // may have read its own uncommitted writes (an earlier event of a batch). Writes reach
     // the cache after their commit instead (`Written`).
@@ -359,7 +397,7 @@ pub(crate) fn chain_entry(
         prev_hash: account.ledger_head,
         hash: GENESIS,
     };
-    entry.hash = entry.chained_hash(&entry.prev_hash);
+    entry.hash = entry.chained_hash(&entry.prev_hash, &account.ledger_name);
     account.ledger_len += 1;
     account.ledger_head = entry.hash;
     entry
@@ -551,7 +589,46 @@ pub fn apply(
             ],
         )?;
     }
+    if let Command::EraseAccount { account } = command {
+        pseudonymize(tx, histories, account, at)?;
+    }
     Ok(report)
+}
+
+/// The tables that name an account, each by its `account_id` column.
+const ACCOUNT_TABLES: &[&str] = &[
+    "accounts",
+    "ledger",
+    "conversations",
+    "messages",
+    "feedback",
+    "holds",
+    "checkpoint_heads",
+    "tokens",
+];
+
+/// After erasure (R14), the account's id is replaced everywhere by its keyed pseudonym, in the
+/// erasure's own transaction. The ledger's hashes and checkpoints name accounts by pseudonym
+/// from the start, so every chain still verifies: the evidence of what was chosen, when and
+/// under which notice stays, without the person's identity. The account's tokens are revoked.
+fn pseudonymize(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    account: &AccountId,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    let name = histories.pseudonym(account.as_str());
+    tx.execute(
+        "UPDATE tokens SET revoked_at = ? WHERE account_id = ? AND revoked_at IS NULL",
+        &[at.unix_millis().into(), account.as_str().into()],
+    )?;
+    for table in ACCOUNT_TABLES {
+        tx.execute(
+            &format!("UPDATE {table} SET account_id = ? WHERE account_id = ?"),
+            &[name.as_str().into(), account.as_str().into()],
+        )?;
+    }
+    Ok(())
 }
 
 fn apply_command(
@@ -588,6 +665,7 @@ fn apply_command(
                 ledger_len: 0,
                 ledger_head: GENESIS,
                 erased_at: None,
+                ledger_name: histories.pseudonym(account.as_str()),
             };
             let key = EventKey::new(at, 0);
             let new = NewEntry {
@@ -764,10 +842,11 @@ fn apply_command(
             admission::admit_hold(id, hold(tx, id)?.as_ref())?;
             let (account, conversation) = match target {
                 HoldTarget::Account(account) => {
-                    if load_account(tx, histories, account, false)?.is_none() {
+                    // An erased account is held under its pseudonym: the id is not stored again.
+                    let Some((row, _)) = load_account(tx, histories, account, false)? else {
                         return Err(Refusal::UnknownAccount(account.clone()).into());
-                    }
-                    (Some(account.as_str()), None)
+                    };
+                    (Some(row.id.as_str().to_owned()), None)
                 }
                 HoldTarget::Conversation(conversation) => {
                     if load_conversation(tx, conversation, false)?.is_none() {
@@ -1069,17 +1148,19 @@ pub fn checkpoint(
     // Only the chains that grew since the last checkpoint are read (a partial index finds them),
     // so sealing costs what changed, not what exists.
     let rows = tx.query(
-        "SELECT account_id, ledger_len, ledger_head, checkpointed_len FROM accounts \
+        "SELECT account_id, ledger_len, ledger_head, checkpointed_len, erased_at FROM accounts \
          WHERE ledger_len <> checkpointed_len ORDER BY account_id",
         &[],
     )?;
     let mut changed = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
     let (mut new_accounts, mut new_entries) = (0i64, 0i64);
     for row in &rows {
         let (account, length, head, sealed) =
             (row.text(0)?, row.int(1)?, row.bytes(2)?, row.int(3)?);
         new_accounts += i64::from(sealed == 0);
         new_entries += length - sealed;
+        names.push(key.ledger_name(&account, row.optional_int(4)?.is_some()));
         changed.push((account, length, head));
     }
     let last = tx.query_one(
@@ -1114,7 +1195,8 @@ pub fn checkpoint(
         &previous_root,
         changed
             .iter()
-            .map(|(a, l, h)| (a.as_str(), *l, h.as_slice())),
+            .zip(&names)
+            .map(|((_, l, h), name)| (name.as_str(), *l, h.as_slice())),
     );
     let (accounts, entries) = (accounts + new_accounts, entries + new_entries);
     let signature = key.sign(&checkpoint_message(id, at, accounts, entries, &root));
@@ -1155,13 +1237,22 @@ pub struct VerifyReport {
 pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let mut chains: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
     let rows = tx.query(
-        "SELECT account_id, ledger_len, ledger_head, plan, preference FROM accounts ORDER BY account_id",
+        "SELECT account_id, ledger_len, ledger_head, plan, preference, erased_at FROM accounts ORDER BY account_id",
         &[],
     )?;
     for row in &rows {
         let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
         let (plan_column, preference_column) = (row.optional_text(3)?, row.optional_text(4)?);
+        let erased = row.optional_int(5)?.is_some();
+        if erased != account.starts_with(ledger::PSEUDONYM_PREFIX) {
+            report.problem = Some(format!(
+                "account `{account}`: erased accounts, and only they, are stored under their pseudonym"
+            ));
+            return Ok(report);
+        }
+        let name = key.ledger_name(&account, erased);
         let entries = tx.query(
             &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
             &[account.as_str().into()],
@@ -1190,7 +1281,7 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
             } else if entry.prev_hash != previous {
                 report.problem =
                     problem("does not follow the entry before it (removed, reordered or changed)");
-            } else if entry.chained_hash(&previous) != entry.hash {
+            } else if entry.chained_hash(&previous, &name) != entry.hash {
                 report.problem = problem("its content does not match its hash (changed)");
             }
             if report.problem.is_some() {
@@ -1226,7 +1317,8 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
             }
         }
         report.accounts += 1;
-        chains.insert(account, hashes);
+        chains.insert(account.clone(), hashes);
+        names.insert(account, name);
     }
     let orphans = tx.query(
         "SELECT DISTINCT account_id FROM ledger WHERE account_id NOT IN (SELECT account_id FROM accounts)",
@@ -1277,7 +1369,10 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
         }
         let root = heads_root(
             &previous_root,
-            delta.iter().map(|(a, l, h)| (a.as_str(), *l, h.as_slice())),
+            delta.iter().map(|(a, l, h)| {
+                let name = names.get(a).map_or(a.as_str(), String::as_str);
+                (name, *l, h.as_slice())
+            }),
         );
         let (at, accounts, entries) = (time(row.int(1)?)?, row.int(2)?, row.int(3)?);
         let entries_now: i64 = heads.values().map(|(l, _)| *l).sum();
@@ -1681,4 +1776,60 @@ pub fn check_retention(
         }
     }
     Ok(if rows.len() == page { last } else { None })
+}
+
+/// Upgrades ledgers written before schema 4, whose hashes named accounts by id: each chain is
+/// first verified under that encoding (a chain that does not verify stops the upgrade, and
+/// nothing is changed), then chained again naming the account by pseudonym, with users recorded
+/// as `user` rather than by id. Erased accounts are then pseudonymized. The old checkpoints
+/// covered the old hashes, so they are removed and sealing starts over.
+pub fn rechain_by_pseudonym(tx: &mut dyn Tx, histories: &Histories) -> Result<(), StoreError> {
+    let accounts = tx.query("SELECT account_id, erased_at FROM accounts", &[])?;
+    for row in &accounts {
+        let account = account_id(row.text(0)?)?;
+        let erased_at = row.optional_int(1)?;
+        let mut entries = ledger_entries(tx, account.as_str())?;
+        let mut previous = GENESIS;
+        for entry in &entries {
+            if entry.prev_hash != previous
+                || entry.chained_hash_as(Encoding::V1, &previous, account.as_str()) != entry.hash
+            {
+                return Err(StoreError::corrupt(format!(
+                    "cannot upgrade: the ledger of `{account}` does not verify at entry {} (run `custos ledger verify` with the custos that wrote it)",
+                    entry.idx
+                )));
+            }
+            previous = entry.hash;
+        }
+        let name = histories.pseudonym(account.as_str());
+        let mut previous = GENESIS;
+        for entry in &mut entries {
+            if entry.actor.starts_with("user:") {
+                entry.actor = "user".to_owned();
+            }
+            entry.prev_hash = previous;
+            entry.hash = entry.chained_hash(&previous, &name);
+            previous = entry.hash;
+            tx.execute(
+                "UPDATE ledger SET actor = ?, prev_hash = ?, hash = ? WHERE account_id = ? AND idx = ?",
+                &[
+                    entry.actor.as_str().into(),
+                    entry.prev_hash.as_slice().into(),
+                    entry.hash.as_slice().into(),
+                    account.as_str().into(),
+                    entry.idx.into(),
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE accounts SET ledger_head = ?, checkpointed_len = 0 WHERE account_id = ?",
+            &[previous.as_slice().into(), account.as_str().into()],
+        )?;
+        if let Some(at) = erased_at {
+            pseudonymize(tx, histories, &account, time(at)?)?;
+        }
+    }
+    tx.execute("DELETE FROM checkpoint_heads", &[])?;
+    tx.execute("DELETE FROM checkpoints", &[])?;
+    Ok(())
 }

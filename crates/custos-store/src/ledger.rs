@@ -80,12 +80,57 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// How an entry names its account inside the hash. Version 2 (current) uses the account's
+/// keyed pseudonym, so that erasure can replace the stored id with the pseudonym and every hash
+/// still holds; version 1 (databases before schema 4) used the id itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    V1,
+    V2,
+}
+
+/// The prefix of every pseudonym. `:` and lowercase hex keep it a valid account id, and no
+/// product can hit one by chance: it would have to guess an HMAC.
+pub const PSEUDONYM_PREFIX: &str = "erased:";
+
+/// The keyed pseudonym of an account id: `erased:` and the hex of
+/// HMAC-SHA-256(pseudonym key, id). Without the key (which stays in the data folder, apart from
+/// the database) it can't be linked back to the id; with it, the controller can show that a
+/// ledger chain was a given person's.
+pub fn pseudonym(key: &[u8; 32], account: &str) -> String {
+    const BLOCK: usize = 64;
+    let mut inner_pad = [0x36u8; BLOCK];
+    let mut outer_pad = [0x5cu8; BLOCK];
+    for (index, byte) in key.iter().enumerate() {
+        if let (Some(i), Some(o)) = (inner_pad.get_mut(index), outer_pad.get_mut(index)) {
+            *i ^= byte;
+            *o ^= byte;
+        }
+    }
+    let inner = Sha256::new()
+        .chain_update(inner_pad)
+        .chain_update(account.as_bytes())
+        .finalize();
+    let mac = Sha256::new()
+        .chain_update(outer_pad)
+        .chain_update(inner)
+        .finalize();
+    format!("{PSEUDONYM_PREFIX}{}", custos_core::policy::hex(&mac))
+}
+
 impl Entry {
-    /// The canonical encoding the hash covers (everything but the hashes themselves).
-    pub fn canonical(&self) -> Vec<u8> {
+    /// The canonical encoding the hash covers (everything but the hashes themselves), naming
+    /// the account as `name`: its pseudonym under [`Encoding::V2`], its id under V1.
+    pub fn canonical(&self, encoding: Encoding, name: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
-        field(&mut out, b"custos.ledger.v1");
-        field(&mut out, self.account.as_str().as_bytes());
+        field(
+            &mut out,
+            match encoding {
+                Encoding::V1 => b"custos.ledger.v1",
+                Encoding::V2 => b"custos.ledger.v2",
+            },
+        );
+        field(&mut out, name.as_bytes());
         field(&mut out, &self.idx.to_be_bytes());
         field(&mut out, &self.key.at.unix_millis().to_be_bytes());
         field(&mut out, &self.key.seq.to_be_bytes());
@@ -105,18 +150,28 @@ impl Entry {
         out
     }
 
-    /// The hash this entry must carry, given its predecessor's.
-    pub fn chained_hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+    /// The hash this entry must carry, given its predecessor's and its account's ledger name
+    /// (the pseudonym; see [`pseudonym`]).
+    pub fn chained_hash(&self, prev_hash: &[u8; 32], name: &str) -> [u8; 32] {
+        self.chained_hash_as(Encoding::V2, prev_hash, name)
+    }
+
+    pub fn chained_hash_as(
+        &self,
+        encoding: Encoding,
+        prev_hash: &[u8; 32],
+        name: &str,
+    ) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(prev_hash);
-        hasher.update(self.canonical());
+        hasher.update(self.canonical(encoding, name));
         hasher.finalize().into()
     }
 }
 
 /// The root a checkpoint signs: SHA-256 over the previous checkpoint's root and the chain heads
-/// that changed since, as (account, length, head) sorted by account bytes. By induction it
-/// commits to every chain head there is.
+/// that changed since, as (ledger name, length, head) sorted by name bytes. By induction it
+/// commits to every chain head there is. Accounts are named by pseudonym, as in entries.
 pub fn heads_root<'a>(
     previous: &[u8; 32],
     heads: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>,
@@ -124,7 +179,7 @@ pub fn heads_root<'a>(
     let mut heads: Vec<_> = heads.into_iter().collect();
     heads.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut hasher = Sha256::new();
-    hasher.update(b"custos.checkpoint.v2");
+    hasher.update(b"custos.checkpoint.v3");
     hasher.update(previous);
     for (account, length, head) in heads {
         let mut encoded = Vec::new();
@@ -202,6 +257,26 @@ impl LedgerKey {
                 Ok(key)
             }
             Err(error) => Err(StoreError::io(&path, error)),
+        }
+    }
+
+    /// The key of account pseudonyms, derived from the signing key with its own label, so that
+    /// one secret file serves both and neither use can stand in for the other.
+    pub fn pseudonym_key(&self) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(b"custos.pseudonym-key.v1")
+            .chain_update(self.signing.to_bytes())
+            .finalize()
+            .into()
+    }
+
+    /// The ledger name of an account: its pseudonym, or, once erased, the stored id, which then
+    /// is the pseudonym itself.
+    pub fn ledger_name(&self, stored_id: &str, erased: bool) -> String {
+        if erased {
+            stored_id.to_owned()
+        } else {
+            pseudonym(&self.pseudonym_key(), stored_id)
         }
     }
 

@@ -159,13 +159,16 @@ impl Store {
         let store = Store {
             backend,
             policy,
+            histories: engine::Histories::new(key.pseudonym_key()),
             key,
-            histories: engine::Histories::default(),
             unsigned_appends: std::sync::atomic::AtomicU64::new(0),
         };
         let found = store.write(&mut |tx| schema::migrate(tx))?;
         if found == 1 {
             store.write(&mut |tx| engine::fill_gate_columns(tx))?;
+        }
+        if (1..4).contains(&found) {
+            store.write(&mut |tx| engine::rechain_by_pseudonym(tx, &store.histories))?;
         }
         Ok(store)
     }
@@ -344,7 +347,14 @@ impl Store {
             accounts
                 .iter()
                 .map(|commands| {
-                    bulk::load_new_account(tx, &self.policy, actor, commands, &mut written)
+                    bulk::load_new_account(
+                        tx,
+                        &self.policy,
+                        &self.histories,
+                        actor,
+                        commands,
+                        &mut written,
+                    )
                 })
                 .collect()
         })?;

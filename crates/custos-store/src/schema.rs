@@ -8,7 +8,7 @@ use crate::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -121,6 +121,11 @@ ALTER TABLE accounts ADD COLUMN preference TEXT
     r"
 ALTER TABLE holds ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE holds ADD COLUMN released_by TEXT
+",
+    // Ledger hashes name accounts by keyed pseudonym (`engine::rechain_by_pseudonym` upgrades
+    // older ledgers); erased accounts are found by recomputing theirs.
+    r"
+CREATE INDEX tokens_by_account ON tokens (account_id)
 ",
 ];
 

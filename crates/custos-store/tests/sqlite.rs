@@ -92,7 +92,7 @@ fn the_signing_key_is_made_once_and_kept() {
 }
 
 #[test]
-fn a_version_1_database_is_upgraded_with_its_gate_columns_read_from_the_ledger() {
+fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained_again() {
     use custos_core::{AccountId, Channel, Command, Timestamp};
     let folder = tempfile::tempdir().unwrap();
     let location = Location::Sqlite {
@@ -133,9 +133,28 @@ fn a_version_1_database_is_upgraded_with_its_gate_columns_read_from_the_ledger()
             "test",
         )
         .unwrap();
+    let entries = store.ledger(&a).unwrap();
     drop(store);
-    // Make it the version 1 database that custos wrote before the gate columns existed.
+    // Make it the version 1 database that custos wrote before the gate columns existed, whose
+    // ledger hashes named the account by its id.
     let db = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
+    let mut previous = custos_store::ledger::GENESIS;
+    for entry in &entries {
+        let hash = entry.chained_hash_as(custos_store::ledger::Encoding::V1, &previous, a.as_str());
+        db.execute(
+            "UPDATE ledger SET prev_hash = ?1, hash = ?2 WHERE account_id = 'a' AND idx = ?3",
+            rusqlite::params![previous.as_slice(), hash.as_slice(), entry.idx],
+        )
+        .unwrap();
+        previous = hash;
+    }
+    db.execute(
+        "UPDATE accounts SET ledger_head = ?1 WHERE account_id = 'a'",
+        [previous.as_slice()],
+    )
+    .unwrap();
+    db.execute_batch("DELETE FROM checkpoint_heads; DELETE FROM checkpoints; UPDATE accounts SET checkpointed_len = 0;")
+        .unwrap();
     db.execute_batch(
         "DROP INDEX accounts_unsealed; ALTER TABLE accounts DROP COLUMN plan; ALTER TABLE accounts DROP COLUMN preference;
          DROP TABLE tokens; DROP TABLE event_ids; UPDATE custos_schema SET version = 1;

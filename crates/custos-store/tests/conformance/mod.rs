@@ -611,7 +611,7 @@ pub fn account_views_and_conversation_lists_are_read_without_locks(open: Factory
 
 /// `Store::load_new_accounts` admits each account's history in memory and writes it once; it
 /// must refuse the same commands as the reference model and leave a store that answers alike.
-/// Holds and sweeps are not bulk-loaded, so they are left out of these timelines, as are
+/// Erasure, holds and sweeps are not bulk-loaded, so they are left out of these timelines, as are
 /// events on a conversation another account started.
 pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
     use std::collections::BTreeMap;
@@ -632,8 +632,7 @@ pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
                 Command::CreateAccount { account, .. }
                 | Command::Choose { account, .. }
                 | Command::NoticeShown { account }
-                | Command::ChangePlan { account, .. }
-                | Command::EraseAccount { account } => account.clone(),
+                | Command::ChangePlan { account, .. } => account.clone(),
                 Command::Message {
                     account,
                     conversation,
@@ -651,9 +650,10 @@ pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
                     Some(owner) => owner.clone(),
                     None => continue,
                 },
-                Command::PlaceHold { .. } | Command::ReleaseHold { .. } | Command::Sweep => {
-                    continue;
-                }
+                Command::EraseAccount { .. }
+                | Command::PlaceHold { .. }
+                | Command::ReleaseHold { .. }
+                | Command::Sweep => continue,
             };
             let outcome = model.apply(now, command.clone());
             if let (Ok(_), Command::Message { conversation, .. }) = (&outcome, &command) {

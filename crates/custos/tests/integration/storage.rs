@@ -304,7 +304,21 @@ fn a_changed_checkpoint_or_a_foreign_key_is_detected() {
         stderr(&output)
     );
 
-    // Another store's key cannot vouch for this store's checkpoints.
+    let forged = copy_of(&data, folder.path());
+    let db = rusqlite::Connection::open(forged.join("custos.sqlite3")).unwrap();
+    db.execute("UPDATE checkpoints SET signature = zeroblob(64)", [])
+        .unwrap();
+    drop(db);
+    let output = verify(&forged);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("signature does not verify"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Another store's key cannot vouch for this store's ledger: the pseudonyms its hashes name
+    // accounts by are keyed, so the first entry already fails, before any signature.
     let other = copy_of(&data, folder.path());
     let (_other_folder, foreign) = sample_store();
     for file in ["ledger-signing.key", "ledger-signing.pub"] {
@@ -313,7 +327,7 @@ fn a_changed_checkpoint_or_a_foreign_key_is_detected() {
     let output = verify(&other);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("signature does not verify"),
+        stderr(&output).contains("ledger entry 0: its content does not match its hash"),
         "{}",
         stderr(&output)
     );
