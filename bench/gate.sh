@@ -11,19 +11,13 @@ accounts="${1:-1000000}"
 duration="${2:-10s}"
 connections="${3:-64}"
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+. bench/lib.sh
 need wrk wrk
 need nginx nginx
 
-cargo build --release --quiet
-custos=./target/release/custos
-work=bench/.work
-mkdir -p "$work"
+prepare
 data="$work/gate-$accounts"
-if [ ! -f "$data/custos.sqlite3" ]; then
-  echo "== generating $accounts demo accounts in $data (kept for later runs)"
-  "$custos" demo --data "$data" --accounts "$accounts" --conversations 0 --now 2026-11-28T00:00:00Z
-fi
+demo_folder "$data" "$accounts" 0
 token=$("$custos" token create --data "$data" --role service)
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -963,6 +963,15 @@ pub fn sweep_batch(
             ],
         )?,
     };
+    // Active holds are few: read once per batch, not once per conversation.
+    let active = tx
+        .query(
+            &format!("SELECT {HOLD_COLUMNS} FROM holds WHERE released_at IS NULL"),
+            &[],
+        )?
+        .iter()
+        .map(hold_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = SweepReport::default();
     let mut last = None;
     for row in &due {
@@ -979,8 +988,15 @@ pub fn sweep_batch(
             continue;
         };
         let as_of = next_key(&account, now)?;
-        let held =
-            custos_core::retention::is_held(&holds_on(tx, &conversation)?, &conversation, as_of);
+        let holds: Vec<Hold> = active
+            .iter()
+            .filter(|hold| match &hold.target {
+                HoldTarget::Account(held) => *held == conversation.owner,
+                HoldTarget::Conversation(held) => *held == conversation.id,
+            })
+            .cloned()
+            .collect();
+        let held = custos_core::retention::is_held(&holds, &conversation, as_of);
         match sweep_action(expiry(policy, &owner, &conversation, as_of), held, now) {
             SweepAction::Purge(bound) => {
                 purge(tx, &conversation, now, bound.as_str())?;
@@ -1019,7 +1035,7 @@ fn purge(
     )?;
     let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
     tx.execute(
-        "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES (?, ?, ?) ON CONFLICT (conversation_hash) DO NOTHING",
+        "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         &[hash.as_slice().into(), now.unix_millis().into(), reason.into()],
     )?;
     Ok(())

@@ -8,7 +8,7 @@ use crate::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -126,6 +126,20 @@ ALTER TABLE holds ADD COLUMN released_by TEXT
     // older ledgers); erased accounts are found by recomputing theirs.
     r"
 CREATE INDEX tokens_by_account ON tokens (account_id)
+",
+    // Tombstones keyed by time first: a sweep appends them at the end of the tree instead of
+    // scattering them by hash, and reports read them by time.
+    r"
+CREATE TABLE tombstones_by_time (
+    purged_at INT8 NOT NULL,
+    conversation_hash BYTES NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (purged_at, conversation_hash)
+);
+INSERT INTO tombstones_by_time (purged_at, conversation_hash, reason)
+    SELECT purged_at, conversation_hash, reason FROM tombstones;
+DROP TABLE tombstones;
+ALTER TABLE tombstones_by_time RENAME TO tombstones
 ",
 ];
 

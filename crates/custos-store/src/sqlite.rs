@@ -1,11 +1,13 @@
 //! SQLite: one file in the data folder, WAL journal, `synchronous=FULL`.
 //!
 //! Writers take the write lock at `BEGIN IMMEDIATE`, so concurrent writers are serialized by
-//! SQLite itself; the connection sits behind a mutex. With `synchronous=FULL` in WAL mode a
-//! commit returns only after the WAL is on disk.
+//! SQLite itself; the write connection sits behind a mutex. Reads run on their own connections
+//! (a small pool), so that a long write, such as a sweep's batch, never holds up a read: in WAL
+//! mode a reader sees the last committed state and waits for no writer. With
+//! `synchronous=FULL` in WAL mode a commit returns only after the WAL is on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::types::{Value as SqliteValue, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
@@ -16,23 +18,35 @@ use crate::sql::{Backend, Dialect, Row, Tx, Value};
 pub struct SqliteBackend {
     path: PathBuf,
     connection: Mutex<Connection>,
+    readers: Readers,
+}
+
+/// At most this many read connections are open; a read beyond them waits for one.
+const MAX_READERS: usize = 8;
+
+/// Idle read connections, and how many exist.
+#[derive(Default)]
+struct Readers {
+    pool: Mutex<(Vec<Connection>, usize)>,
+    returned: Condvar,
+}
+
+/// A connection's settings; readers get a smaller page cache each.
+fn configure(connection: &Connection, cache_kib: i64) -> rusqlite::Result<String> {
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "cache_size", -cache_kib)?;
+    Ok(mode)
 }
 
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         check_file(path)?;
         let connection = Connection::open(path).map_err(|e| map_error(path, &e))?;
-        let configure = |connection: &Connection| -> rusqlite::Result<String> {
-            connection.busy_timeout(std::time::Duration::from_secs(10))?;
-            let mode: String =
-                connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-            connection.pragma_update(None, "synchronous", "FULL")?;
-            // One connection serves every request: give it a page cache (64 MiB) that holds
-            // the hot index pages, instead of SQLite's 2 MiB default.
-            connection.pragma_update(None, "cache_size", -65_536)?;
-            Ok(mode)
-        };
-        let mode = configure(&connection).map_err(|e| map_error(path, &e))?;
+        // The writer's page cache (64 MiB) holds the hot index pages, instead of SQLite's 2 MiB
+        // default.
+        let mode = configure(&connection, 65_536).map_err(|e| map_error(path, &e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Database(format!(
                 "{}: could not switch to WAL mode (got `{mode}`)",
@@ -42,7 +56,60 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             path: path.to_owned(),
             connection: Mutex::new(connection),
+            readers: Readers::default(),
         })
+    }
+
+    /// Runs `work` in a read transaction on a pooled read connection.
+    fn read_on_pool<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let poisoned = || StoreError::Database("a read connection pool lock was poisoned".into());
+        let mut connection = {
+            let mut pool = self.readers.pool.lock().map_err(|_| poisoned())?;
+            loop {
+                if let Some(connection) = pool.0.pop() {
+                    break connection;
+                }
+                if pool.1 < MAX_READERS {
+                    pool.1 += 1;
+                    drop(pool);
+                    let opened = Connection::open(&self.path)
+                        .and_then(|c| configure(&c, 16_384).map(|_| c))
+                        .map_err(|e| map_error(&self.path, &e));
+                    match opened {
+                        Ok(connection) => break connection,
+                        Err(error) => {
+                            if let Ok(mut pool) = self.readers.pool.lock() {
+                                pool.1 -= 1;
+                            }
+                            return Err(error);
+                        }
+                    }
+                }
+                pool = self.readers.returned.wait(pool).map_err(|_| poisoned())?;
+            }
+        };
+        let result = (|| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(|e| map_error(&self.path, &e))?;
+            let result = work(&mut SqliteTx {
+                path: &self.path,
+                read_only: true,
+                transaction: &transaction,
+            })?;
+            transaction
+                .commit()
+                .map_err(|e| map_error(&self.path, &e))?;
+            Ok(result)
+        })();
+        if let Ok(mut pool) = self.readers.pool.lock() {
+            pool.0.push(connection);
+            self.readers.returned.notify_one();
+        }
+        result
     }
 
     fn run<R>(
@@ -226,6 +293,6 @@ impl Backend for SqliteBackend {
         &self,
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.run(TransactionBehavior::Deferred, work)
+        self.read_on_pool(work)
     }
 }

@@ -68,6 +68,9 @@ enum Command {
         /// Sweep as of this time (RFC 3339) [default: the wall clock].
         #[arg(long)]
         now: Option<String>,
+        /// Conversations per transaction: larger is faster, smaller keeps writers waiting less.
+        #[arg(long, default_value_t = retention::SWEEP_BATCH)]
+        batch: usize,
     },
     /// Check retention: recompute every stored expiry with the core.
     #[command(subcommand)]
@@ -353,11 +356,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 started.elapsed().as_secs_f64()
             ))
         }
-        Command::Sweep { store, now } => {
+        Command::Sweep { store, now, batch } => {
             let now = parse_now(now)?;
             let opened = store.open_existing()?;
             let started = std::time::Instant::now();
-            let report = retention::sweep(&opened, now).map_err(store_failure)?;
+            let report = retention::sweep(&opened, now, batch.max(1)).map_err(store_failure)?;
             print(&format!(
                 "{} in {:.1} s\n",
                 retention::describe(now, &report),

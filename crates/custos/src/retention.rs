@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Conversations per sweep transaction: small enough that a writer waits at most a few
 /// milliseconds behind a batch, large enough that commits don't dominate.
-pub const SWEEP_BATCH: usize = 500;
+pub const SWEEP_BATCH: usize = 1000;
 
 /// One line saying what a sweep did.
 pub fn describe(at: Timestamp, report: &SweepReport) -> String {
@@ -28,7 +28,7 @@ pub fn describe(at: Timestamp, report: &SweepReport) -> String {
 }
 
 /// Runs a sweep at `now` with a progress bar on stderr.
-pub fn sweep(store: &Store, now: Timestamp) -> Result<SweepReport, StoreError> {
+pub fn sweep(store: &Store, now: Timestamp, batch: usize) -> Result<SweepReport, StoreError> {
     let due = store.due_conversations(now)?;
     let progress = ProgressBar::new(due.max(1));
     progress.set_style(
@@ -38,7 +38,7 @@ pub fn sweep(store: &Store, now: Timestamp) -> Result<SweepReport, StoreError> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let report = store.sweep(now, SWEEP_BATCH, &mut |looked_at, so_far| {
+    let report = store.sweep(now, batch, &mut |looked_at, so_far| {
         progress.set_position(looked_at);
         progress.set_message(format!("{} purged", so_far.purged_total()));
     })?;
