@@ -47,6 +47,7 @@ pub mod gate;
 pub mod id;
 pub mod model;
 pub mod policy;
+pub mod redaction;
 pub mod retention;
 pub mod time;
 pub mod timeline;

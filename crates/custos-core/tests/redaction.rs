@@ -1,0 +1,167 @@
+//! The redaction corpus: every kind found where it occurs, and near misses left alone.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails loudly on a broken fixture; that is its job"
+)]
+
+use custos_core::redaction::{Counts, Redactor};
+
+/// (text, what it must become)
+const POSITIVES: &[(&str, &str)] = &[
+    (
+        "key AKIAIOSFODNN7EXAMPLE here",
+        "key [REDACTED:aws_key] here",
+    ),
+    ("ASIAY34FZKBOKMUTVV7A", "[REDACTED:aws_key]"),
+    (
+        "token ghp_1234567890abcdefghijklmnopqrstuvwxyzAB ok",
+        "token [REDACTED:github_token] ok",
+    ),
+    (
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+        "[REDACTED:github_token]",
+    ),
+    ("xoxb-123456789012-abcdefghijkl", "[REDACTED:slack_token]"),
+    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "[REDACTED:stripe_key]"),
+    ("rk_test_51H8abcdefghijklmnop", "[REDACTED:stripe_key]"),
+    (
+        "export OPENAI=sk-proj-abcdefghijklmnopqrstuvwx",
+        "export OPENAI=[REDACTED:api_key]",
+    ),
+    (
+        "This config has my key sk-live-51HxQ2bC9dT0Ez7 in it",
+        "This config has my key [REDACTED:api_key] in it",
+    ),
+    (
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "[REDACTED:google_key]",
+    ),
+    (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY----- done",
+        "[REDACTED:private_key] done",
+    ),
+    (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE KEY-----",
+        "[REDACTED:private_key]",
+    ),
+    (
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "Bearer [REDACTED:jwt]",
+    ),
+    ("password=hunter2!", "password=[REDACTED:secret]"),
+    (
+        "API_KEY: \"abcd1234efgh\"",
+        "API_KEY: \"[REDACTED:secret]\"",
+    ),
+    (
+        "db_password = 's3cr3t-value'",
+        "db_password = '[REDACTED:secret]'",
+    ),
+    (
+        "My email is jane.doe@example.com, thanks",
+        "My email is [REDACTED:email], thanks",
+    ),
+    (
+        "write to a.b+tag@mail.example.co.uk",
+        "write to [REDACTED:email]",
+    ),
+    (
+        "Call me at +1 415 555 0134 if",
+        "Call me at [REDACTED:phone] if",
+    ),
+    ("tel 030-1234-5678", "tel [REDACTED:phone]"),
+    (
+        "card 4111 1111 1111 1111 charged",
+        "card [REDACTED:card] charged",
+    ),
+    ("5500-0000-0000-0004", "[REDACTED:card]"),
+    ("378282246310005", "[REDACTED:card]"),
+    (
+        "from 192.168.1.20 and 10.0.0.1",
+        "from [REDACTED:ip] and [REDACTED:ip]",
+    ),
+];
+
+/// Texts that look close to a secret or personal datum but are not one.
+const NEAR_MISSES: &[&str] = &[
+    "Can you help me plan a week of vegetarian dinners?",
+    "AKIA123 is too short to be a key",
+    "ghp_short",
+    "sk-abc is not a key",
+    "sk_live_short",
+    "The date is 2025-10-01 and the time 12:30:45.",
+    "version 1.2.3 of the library, release 2.10",
+    "an address like 999.1.1.1 is not an IP, nor is 1.2.3",
+    "4111 1111 1111 1112 fails the Luhn check",
+    "order number 12345678",
+    "user@localhost is not a full address",
+    "the password field is required",
+    "eyJhbGciOiJIUzI1NiJ9 alone is not a token",
+    "-----BEGIN PUBLIC KEY----- is public",
+    "ISBN 978-3-16-148410-0",
+];
+
+#[test]
+fn every_kind_is_found_and_replaced_by_its_placeholder() {
+    let redactor = Redactor::new();
+    let mut failures = Vec::new();
+    let mut counts = Counts::new();
+    for (text, expected) in POSITIVES {
+        let got = redactor.redact(text, &mut counts);
+        if got != *expected {
+            failures.push(format!("{text:?}\n   got {got:?}\n  want {expected:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for kind in [
+        "aws_key",
+        "github_token",
+        "slack_token",
+        "stripe_key",
+        "api_key",
+        "google_key",
+        "private_key",
+        "jwt",
+        "secret",
+        "email",
+        "phone",
+        "card",
+        "ip",
+    ] {
+        assert!(
+            counts.get(kind).copied().unwrap_or(0) > 0,
+            "{kind} never counted"
+        );
+    }
+    assert_eq!(counts["ip"], 2);
+}
+
+#[test]
+fn near_misses_are_left_as_they_are() {
+    let redactor = Redactor::new();
+    let mut counts = Counts::new();
+    let changed: Vec<String> = NEAR_MISSES
+        .iter()
+        .filter_map(|text| {
+            let got = redactor.redact(text, &mut counts);
+            (got != *text).then(|| format!("{text:?} became {got:?}"))
+        })
+        .collect();
+    assert!(changed.is_empty(), "{}", changed.join("\n"));
+    assert!(counts.is_empty(), "{counts:?}");
+}
+
+#[test]
+fn a_text_without_anything_to_redact_is_not_copied() {
+    let redactor = Redactor::new();
+    let mut counts = Counts::new();
+    let text = "Explain the difference between TCP and UDP.";
+    assert!(matches!(
+        redactor.redact(text, &mut counts),
+        std::borrow::Cow::Borrowed(_)
+    ));
+}
