@@ -19,9 +19,6 @@ use crate::routes::{account_id, admit, admit_account, blocking, body, caller, co
 
 type Shared = State<Arc<AppState>>;
 
-/// Conversations per sweep transaction: writers wait at most one batch behind a sweep.
-pub const SWEEP_BATCH: usize = 1000;
-
 /// Runs a sweep at `at` on a thread of its own at a lower CPU priority (nice 10): a sweep is
 /// background work, and on a small machine it must not take the cores the gate answers on.
 async fn sweep_in_background(
@@ -34,7 +31,7 @@ async fn sweep_in_background(
         .name("custos-sweep".into())
         .spawn(move || {
             lower_this_threads_priority();
-            let _ = done.send(store.sweep(at, SWEEP_BATCH, &mut |_, _| {}));
+            let _ = done.send(store.sweep(at, custos_store::SWEEP_BATCH, &mut |_, _| {}));
         })
         .map_err(|_| Problem::internal())?;
     result

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use custos_core::{
-    AccountId, Channel, Command, ConversationId, Gate, Preference, Rating, Role as MessageRole,
-    Surface, Timestamp,
+    AccountId, Channel, Command, ConversationId, Gate, Rating, Role as MessageRole, Surface,
+    Timestamp,
 };
 use custos_store::{AccountView, Applied, Store, StoreError};
 use serde::Deserialize;
@@ -818,24 +818,7 @@ async fn preference_history(
     known_live(&state, &id).await?;
     let account = id.clone();
     let entries = blocking(&state, move |store| store.ledger(&account)).await?;
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            json!({
-                "index": e.idx,
-                "kind": e.kind.as_str(),
-                "at": e.key.at.to_string(),
-                "preference": e.preference.map(Preference::as_str),
-                "channel": e.channel.map(Channel::as_str),
-                "plan": e.plan,
-                "notice": e.notice_id,
-                "policy": e.policy_id,
-                "actor": e.actor,
-                "prev_hash": custos_core::policy::hex(&e.prev_hash),
-                "hash": custos_core::policy::hex(&e.hash),
-            })
-        })
-        .collect();
+    let entries: Vec<Value> = entries.iter().map(custos_store::Entry::to_json).collect();
     Ok(Json(json!({"account": id.as_str(), "entries": entries})))
 }
 

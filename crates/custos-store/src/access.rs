@@ -54,24 +54,7 @@ pub fn access_document(
         .filter(|e| e.kind == EntryKind::NoticeShown)
         .map(|e| e.key.at.to_string())
         .collect();
-    let ledger: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            json!({
-                "index": e.idx,
-                "kind": e.kind.as_str(),
-                "at": e.key.at.to_string(),
-                "plan": e.plan,
-                "preference": e.preference.map(custos_core::Preference::as_str),
-                "channel": e.channel.map(custos_core::Channel::as_str),
-                "notice": e.notice_id,
-                "policy": e.policy_id,
-                "actor": e.actor,
-                "prev_hash": hex(&e.prev_hash),
-                "hash": hex(&e.hash),
-            })
-        })
-        .collect();
+    let ledger: Vec<Value> = entries.iter().map(crate::ledger::Entry::to_json).collect();
     let mut conversations = Vec::new();
     for summary in engine::visible_conversations(tx, histories, policy, account, at)? {
         let Some(conversation) = engine::load_conversation(tx, &summary.id, true)? else {

@@ -22,9 +22,9 @@ use custos_core::{
 use crate::StoreError;
 use crate::engine::{
     AccountRow, END, Histories, NewEntry, Written, chain_entry, insert_entry, insert_feedback,
-    insert_message,
+    insert_message, new_account,
 };
-use crate::ledger::{Entry, EntryKind, GENESIS};
+use crate::ledger::{Entry, EntryKind};
 use crate::sql::Tx;
 
 /// One account being loaded: the core's records of it and the rows still to write.
@@ -97,38 +97,8 @@ fn admit<'a>(
             Ok(plan) => plan,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let mut row = AccountRow {
-            id: account.clone(),
-            next_seq: 1,
-            ledger_len: 0,
-            ledger_head: GENESIS,
-            erased_at: None,
-            ledger_name: histories.pseudonym(account.as_str()),
-        };
-        let key = EventKey::new(at, 0);
-        let mut history = AccountHistory::new(account.clone(), key, plan.clone());
-        let created = NewEntry {
-            key,
-            kind: EntryKind::Created,
-            plan: Some(plan.as_str()),
-            choice: None,
-        };
-        let mut entries = vec![chain_entry(policy, &mut row, actor, created)];
-        if let Some((allowed, channel)) = choice {
-            let preference = Preference::from_allowed(*allowed);
-            let choice = NewEntry {
-                key,
-                kind: EntryKind::Choice,
-                plan: None,
-                choice: Some((preference, *channel)),
-            };
-            entries.push(chain_entry(policy, &mut row, actor, choice));
-            history.record_choice(Choice {
-                key,
-                preference,
-                channel: *channel,
-            });
-        }
+        let (row, history, entries) =
+            new_account(policy, histories, actor, account, plan, *choice, at);
         *loading = Some(Loading {
             row,
             history,

@@ -428,6 +428,52 @@ pub(crate) fn insert_entry(tx: &mut dyn Tx, entry: &Entry) -> Result<(), StoreEr
     Ok(())
 }
 
+/// A new account as its creation leaves it, before anything is written: its row, its history,
+/// and its first ledger entries (created, then the signup choice if there is one), chained.
+pub(crate) fn new_account(
+    policy: &Policy,
+    histories: &Histories,
+    actor: &str,
+    account: &AccountId,
+    plan: custos_core::policy::Plan,
+    choice: Option<(bool, Channel)>,
+    at: Timestamp,
+) -> (AccountRow, AccountHistory, Vec<Entry>) {
+    let mut row = AccountRow {
+        id: account.clone(),
+        next_seq: 1,
+        ledger_len: 0,
+        ledger_head: GENESIS,
+        erased_at: None,
+        ledger_name: histories.pseudonym(account.as_str()),
+    };
+    let key = EventKey::new(at, 0);
+    let created = NewEntry {
+        key,
+        kind: EntryKind::Created,
+        plan: Some(plan.as_str()),
+        choice: None,
+    };
+    let mut entries = vec![chain_entry(policy, &mut row, actor, created)];
+    let mut history = AccountHistory::new(account.clone(), key, plan);
+    if let Some((allowed, channel)) = choice {
+        let preference = Preference::from_allowed(allowed);
+        let signup = NewEntry {
+            key,
+            kind: EntryKind::Choice,
+            plan: None,
+            choice: Some((preference, channel)),
+        };
+        entries.push(chain_entry(policy, &mut row, actor, signup));
+        history.record_choice(Choice {
+            key,
+            preference,
+            channel,
+        });
+    }
+    (row, history, entries)
+}
+
 fn append_ledger(
     tx: &mut dyn Tx,
     policy: &Policy,
@@ -659,47 +705,12 @@ fn apply_command(
                 "INSERT INTO accounts (account_id, next_seq, ledger_len, ledger_head, checkpointed_len) VALUES (?, 1, 0, ?, 0)",
                 &[account.as_str().into(), GENESIS.as_slice().into()],
             )?;
-            let mut row = AccountRow {
-                id: account.clone(),
-                next_seq: 1,
-                ledger_len: 0,
-                ledger_head: GENESIS,
-                erased_at: None,
-                ledger_name: histories.pseudonym(account.as_str()),
-            };
-            let key = EventKey::new(at, 0);
-            let new = NewEntry {
-                key,
-                kind: EntryKind::Created,
-                plan: Some(plan.as_str()),
-                choice: None,
-            };
-            append_ledger(tx, policy, &mut row, actor, new)?;
-            if let Some((allowed, channel)) = choice {
-                let choice = Some((Preference::from_allowed(*allowed), *channel));
-                append_ledger(
-                    tx,
-                    policy,
-                    &mut row,
-                    actor,
-                    NewEntry {
-                        key,
-                        kind: EntryKind::Choice,
-                        plan: None,
-                        choice,
-                    },
-                )?;
+            let (row, history, entries) =
+                new_account(policy, histories, actor, account, plan, *choice, at);
+            for entry in &entries {
+                insert_entry(tx, entry)?;
             }
             save_account(tx, &row)?;
-            let mut history = AccountHistory::new(account.clone(), key, plan);
-            if let Some((allowed, channel)) = choice {
-                let preference = Preference::from_allowed(*allowed);
-                history.record_choice(Choice {
-                    key,
-                    preference,
-                    channel: *channel,
-                });
-            }
             written.push((row.ledger_len, history));
         }
         Command::Choose {
@@ -905,7 +916,14 @@ fn sweep(
     let mut report = SweepReport::default();
     let mut cursor = None;
     loop {
-        let (part, next, _) = sweep_batch(tx, histories, policy, now, cursor.as_ref(), 1000)?;
+        let (part, next, _) = sweep_batch(
+            tx,
+            histories,
+            policy,
+            now,
+            cursor.as_ref(),
+            crate::SWEEP_BATCH,
+        )?;
         report.add(&part);
         match next {
             Some(next) => cursor = Some(next),

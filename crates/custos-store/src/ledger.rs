@@ -150,6 +150,24 @@ impl Entry {
         out
     }
 
+    /// The entry as the service and data-subject documents show it, hashes in hex.
+    pub fn to_json(&self) -> serde_json::Value {
+        let hex = custos_core::policy::hex;
+        serde_json::json!({
+            "index": self.idx,
+            "kind": self.kind.as_str(),
+            "at": self.key.at.to_string(),
+            "plan": self.plan,
+            "preference": self.preference.map(Preference::as_str),
+            "channel": self.channel.map(Channel::as_str),
+            "notice": self.notice_id,
+            "policy": self.policy_id,
+            "actor": self.actor,
+            "prev_hash": hex(&self.prev_hash),
+            "hash": hex(&self.hash),
+        })
+    }
+
     /// The hash this entry must carry, given its predecessor's and its account's ledger name
     /// (the pseudonym; see [`pseudonym`]).
     pub fn chained_hash(&self, prev_hash: &[u8; 32], name: &str) -> [u8; 32] {
@@ -212,6 +230,8 @@ pub fn checkpoint_message(
 /// The store's Ed25519 key pair, made on first start and kept in the data folder.
 pub struct LedgerKey {
     signing: SigningKey,
+    /// Derived once from the signing key (see [`LedgerKey::pseudonym_key`]).
+    pseudonym_key: [u8; 32],
 }
 
 impl std::fmt::Debug for LedgerKey {
@@ -237,17 +257,13 @@ impl LedgerKey {
                 let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     StoreError::Key(format!("{} is not a 32-byte Ed25519 key", path.display()))
                 })?;
-                Ok(LedgerKey {
-                    signing: SigningKey::from_bytes(&secret),
-                })
+                Ok(LedgerKey::from_secret(&secret))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
                 getrandom::fill(&mut secret)
                     .map_err(|e| StoreError::Key(format!("no randomness for a new key: {e}")))?;
-                let key = LedgerKey {
-                    signing: SigningKey::from_bytes(&secret),
-                };
+                let key = LedgerKey::from_secret(&secret);
                 write_new_file(&path, &secret, 0o600)?;
                 write_new_file(
                     &folder.join(PUBLIC_KEY_FILE),
@@ -260,14 +276,21 @@ impl LedgerKey {
         }
     }
 
-    /// The key of account pseudonyms, derived from the signing key with its own label, so that
-    /// one secret file serves both and neither use can stand in for the other.
+    /// The key of account pseudonyms is derived from the signing key with its own label, so
+    /// that one secret file serves both and neither use can stand in for the other.
+    fn from_secret(secret: &[u8; 32]) -> LedgerKey {
+        LedgerKey {
+            signing: SigningKey::from_bytes(secret),
+            pseudonym_key: Sha256::new()
+                .chain_update(b"custos.pseudonym-key.v1")
+                .chain_update(secret)
+                .finalize()
+                .into(),
+        }
+    }
+
     pub fn pseudonym_key(&self) -> [u8; 32] {
-        Sha256::new()
-            .chain_update(b"custos.pseudonym-key.v1")
-            .chain_update(self.signing.to_bytes())
-            .finalize()
-            .into()
+        self.pseudonym_key
     }
 
     /// The ledger name of an account: its pseudonym, or, once erased, the stored id, which then
@@ -276,7 +299,7 @@ impl LedgerKey {
         if erased {
             stored_id.to_owned()
         } else {
-            pseudonym(&self.pseudonym_key(), stored_id)
+            pseudonym(&self.pseudonym_key, stored_id)
         }
     }
 

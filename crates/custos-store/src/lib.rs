@@ -38,6 +38,10 @@ use crate::sqlite::SqliteBackend;
 /// The store signs a checkpoint by itself after this many ledger appends (per process).
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
+/// Conversations per sweep transaction: writers wait at most one batch behind a sweep, and the
+/// batch's changed pages fit the page cache.
+pub const SWEEP_BATCH: usize = 1000;
+
 /// The SQLite database's file name inside the data folder.
 pub const SQLITE_FILE: &str = "custos.sqlite3";
 
@@ -202,21 +206,7 @@ impl Store {
         command: &Command,
         actor: &str,
     ) -> Result<Option<SweepReport>, StoreError> {
-        let mut written = engine::Written::new();
-        let report = self.write(&mut |tx| {
-            written.clear(); // a retried transaction starts over
-            engine::apply(
-                tx,
-                &self.histories,
-                &mut written,
-                &self.policy,
-                at,
-                command,
-                actor,
-            )
-        })?;
-        self.after_commit(written, at)?;
-        Ok(report)
+        self.apply_noting(at, command, actor, &mut |_| Ok(()))
     }
 
     pub fn gate(&self, account: &AccountId, at: Timestamp) -> Result<Gate, StoreError> {
@@ -384,6 +374,7 @@ impl Store {
         self.apply_noting(at, &command, actor, &mut |tx| {
             engine::note_hold_reason(tx, hold, reason)
         })
+        .map(drop)
     }
 
     /// Releases an active legal hold and records who released it, in one transaction.
@@ -397,6 +388,7 @@ impl Store {
         self.apply_noting(at, &command, actor, &mut |tx| {
             engine::note_hold_release(tx, hold, actor)
         })
+        .map(drop)
     }
 
     /// Applies a command and writes its audit notes in the same transaction.
@@ -406,11 +398,11 @@ impl Store {
         command: &Command,
         actor: &str,
         note: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<SweepReport>, StoreError> {
         let mut written = engine::Written::new();
-        self.write(&mut |tx| {
-            written.clear();
-            engine::apply(
+        let report = self.write(&mut |tx| {
+            written.clear(); // a retried transaction starts over
+            let report = engine::apply(
                 tx,
                 &self.histories,
                 &mut written,
@@ -419,9 +411,11 @@ impl Store {
                 command,
                 actor,
             )?;
-            note(tx)
+            note(tx)?;
+            Ok(report)
         })?;
-        self.after_commit(written, at)
+        self.after_commit(written, at)?;
+        Ok(report)
     }
 
     /// Runs a retention sweep at `now` in batches of `batch` conversations, each batch its own

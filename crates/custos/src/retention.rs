@@ -4,9 +4,7 @@ use custos_core::{SweepReport, Timestamp};
 use custos_store::{RetentionCheck, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Conversations per sweep transaction: small enough that a writer waits at most a few
-/// milliseconds behind a batch, large enough that commits don't dominate.
-pub const SWEEP_BATCH: usize = 1000;
+pub use custos_store::SWEEP_BATCH;
 
 /// One line saying what a sweep did.
 pub fn describe(at: Timestamp, report: &SweepReport) -> String {
