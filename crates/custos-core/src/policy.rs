@@ -217,7 +217,12 @@ impl Policy {
     /// Whether `plan` is a consumer plan. A plan unknown to this policy is treated as out of
     /// scope for training, never as consumer: the privacy-protective reading.
     pub fn is_consumer(&self, plan: &Plan) -> bool {
-        self.consumer_plans.contains(plan)
+        self.is_consumer_plan_named(plan.as_str())
+    }
+
+    /// The same, for a plan name as stored (scans read it without making a `Plan`).
+    pub fn is_consumer_plan_named(&self, name: &str) -> bool {
+        self.consumer_plans.iter().any(|p| p.as_str() == name)
     }
 
     pub fn consumer_plans(&self) -> &[Plan] {

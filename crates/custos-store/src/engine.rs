@@ -1477,7 +1477,7 @@ pub fn for_each_gate_state(
                 None => Preference::Unset,
             };
             let state = GateState {
-                consumer_plan: policy.consumer_plans().iter().any(|p| p.as_str() == plan),
+                consumer_plan: policy.is_consumer_plan_named(plan),
                 preference,
                 erased: row.optional_int(3)?.is_some(),
             };

@@ -104,7 +104,7 @@ pub fn consent(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<Value
         let plan = row.optional_text(0)?.unwrap_or_default();
         let preference = row.optional_text(1)?.unwrap_or_else(|| "unset".to_owned());
         let count = row.int(2)?;
-        let consumer = policy.consumer_plans().iter().any(|p| p.as_str() == plan);
+        let consumer = policy.is_consumer_plan_named(&plan);
         if consumer && preference == "unset" {
             undecided += count;
         }
