@@ -76,3 +76,71 @@ pub fn eligibility(
     }
     R::Eligible
 }
+
+/// Whether a snapshot taken `now` may carry a conversation selected at cutoff T (`cutoff`):
+/// eligible at T, and still eligible now. A withdrawal, deletion or erasure committed after the
+/// cutoff but before the snapshot is honored (R8: "removes all of the account's data from every
+/// future training export at once"). The reason is the first that excludes it: the cutoff's,
+/// else now's. With `now == cutoff` this is exactly [`eligibility`].
+pub fn snapshot_eligibility(
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+    cutoff: EventKey,
+    now: EventKey,
+) -> EligibilityReason {
+    match eligibility(policy, owner, conversation, cutoff) {
+        EligibilityReason::Eligible if now > cutoff => {
+            eligibility(policy, owner, conversation, now)
+        }
+        reason => reason,
+    }
+}
+
+closed_set! {
+    /// Why a row of an earlier snapshot may no longer be used for training (SPEC §5
+    /// Revocations).
+    pub enum RevocationReason {
+        Withdrawn => "withdrawn",
+        Deleted => "deleted",
+        Erased => "erased",
+        Expired => "expired",
+    }
+}
+
+/// Whether a conversation an earlier snapshot carried is revoked as of `now`, and why. Every
+/// rule of Eligible that can turn an eligible conversation ineligible later is one of four
+/// causes: the user deleted it, the account was erased, its time ran out, or the user (or a move
+/// to a business plan, R8) withdrew the choice.
+pub fn revocation(
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+    now: EventKey,
+) -> Option<RevocationReason> {
+    use EligibilityReason as E;
+    use RevocationReason as R;
+    Some(match eligibility(policy, owner, conversation, now) {
+        E::Eligible => return None,
+        // A purge happens for the reason its expiry was set: an erasure, a deletion, or time.
+        E::Purged if owner.erased_before(now).is_some() => R::Erased,
+        E::Purged if conversation.deleted_before(now).is_some() => R::Deleted,
+        // The content is gone, and with it the activity times; a withdrawal the account still
+        // stands by (a refusal, or a business plan) is the cause to report.
+        E::Purged
+            if !policy.is_consumer(owner.plan_at(now))
+                || owner.preference_at(now) != Preference::Allowed =>
+        {
+            R::Withdrawn
+        }
+        E::Purged | E::Expired => R::Expired,
+        E::AccountErased => R::Erased,
+        E::Deleted => R::Deleted,
+        E::Incognito
+        | E::NotConsumerPlan
+        | E::TrainingDeclined
+        | E::TrainingUndecided
+        | E::NotCovered
+        | E::Withdrawn => R::Withdrawn,
+    })
+}

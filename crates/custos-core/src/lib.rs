@@ -54,7 +54,9 @@ pub mod timeline;
 
 pub use admission::Refusal;
 pub use content::{TrainingContent, training_content};
-pub use eligibility::{EligibilityReason, eligibility};
+pub use eligibility::{
+    EligibilityReason, RevocationReason, eligibility, revocation, snapshot_eligibility,
+};
 pub use gate::{Gate, GateDecision, GateReason, gate};
 pub use id::{AccountId, ConversationId, HoldId, IdError};
 pub use model::{

@@ -277,7 +277,12 @@ impl Policy {
 
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.extend(char::from_digit(u32::from(byte >> 4), 16));
+        out.extend(char::from_digit(u32::from(byte & 0xf), 16));
+    }
+    out
 }
 
 /// Exactly `N` bytes from `2 × N` hex digits (either case), or `None`.

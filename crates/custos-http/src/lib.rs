@@ -22,6 +22,7 @@ use custos_store::{Store, StoreError};
 
 pub use access::Role;
 pub use clock::{Clock, system_now};
+pub use exports::ExportPlace;
 pub use gate_index::GateIndex;
 pub use problem::Problem;
 
@@ -33,11 +34,19 @@ pub struct AppState {
     pub clock: Clock,
     pub metrics: metrics::Metrics,
     pub tokens: access::TokenCache,
+    /// Where exports are written and recorded.
+    pub exports: exports::ExportPlace,
+    /// Exports this process started that have not finished well.
+    pub running: exports::Running,
 }
 
 impl AppState {
     /// Builds the gate index from the store, so that the gate never waits on disk.
-    pub fn open(store: Arc<Store>, clock: Clock) -> Result<AppState, StoreError> {
+    pub fn open(
+        store: Arc<Store>,
+        clock: Clock,
+        exports: exports::ExportPlace,
+    ) -> Result<AppState, StoreError> {
         let gates = GateIndex::load(&store)?;
         Ok(AppState {
             store,
@@ -45,6 +54,8 @@ impl AppState {
             clock,
             metrics: metrics::Metrics::default(),
             tokens: access::TokenCache::default(),
+            exports,
+            running: exports::Running::default(),
         })
     }
 

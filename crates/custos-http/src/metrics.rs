@@ -27,6 +27,10 @@ struct Counters {
     latency: BTreeMap<String, Histogram>,
     gate: BTreeMap<&'static str, u64>,
     events: BTreeMap<&'static str, u64>,
+    exports: BTreeMap<&'static str, u64>,
+    export_conversations: BTreeMap<&'static str, u64>,
+    export_bytes: u64,
+    export_seconds: f64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +66,23 @@ impl Metrics {
     pub fn event(&self, outcome: &'static str) {
         if let Ok(mut c) = self.counters.lock() {
             *c.events.entry(outcome).or_default() += 1;
+        }
+    }
+
+    /// An export's end: `done`, `failed` or `refused`.
+    pub fn export(&self, outcome: &'static str) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.exports.entry(outcome).or_default() += 1;
+        }
+    }
+
+    /// What a finished export wrote, and how long it took.
+    pub fn export_written(&self, included: u64, excluded: u64, bytes: u64, elapsed: Duration) {
+        if let Ok(mut c) = self.counters.lock() {
+            *c.export_conversations.entry("included").or_default() += included;
+            *c.export_conversations.entry("excluded").or_default() += excluded;
+            c.export_bytes += bytes;
+            c.export_seconds += elapsed.as_secs_f64();
         }
     }
 
@@ -129,6 +150,37 @@ impl Metrics {
         for (outcome, n) in &c.events {
             let _ = writeln!(out, "custos_events_total{{outcome=\"{outcome}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP custos_exports_total Training exports by outcome (done, failed, refused)."
+        );
+        let _ = writeln!(out, "# TYPE custos_exports_total counter");
+        for (outcome, n) in &c.exports {
+            let _ = writeln!(out, "custos_exports_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP custos_export_conversations_total Conversations of finished exports, included or excluded."
+        );
+        let _ = writeln!(out, "# TYPE custos_export_conversations_total counter");
+        for (result, n) in &c.export_conversations {
+            let _ = writeln!(
+                out,
+                "custos_export_conversations_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP custos_export_bytes_total Bytes of data files written by exports."
+        );
+        let _ = writeln!(out, "# TYPE custos_export_bytes_total counter");
+        let _ = writeln!(out, "custos_export_bytes_total {}", c.export_bytes);
+        let _ = writeln!(
+            out,
+            "# HELP custos_export_seconds_total Time spent running exports."
+        );
+        let _ = writeln!(out, "# TYPE custos_export_seconds_total counter");
+        let _ = writeln!(out, "custos_export_seconds_total {}", c.export_seconds);
         let _ = writeln!(
             out,
             "# HELP custos_gate_index_accounts Accounts in the in-memory gate index."

@@ -190,6 +190,45 @@ pub fn routes() -> Vec<RouteSpec> {
             get(exports::preview),
         )
         .returns(schemas::export_preview()),
+        RouteSpec {
+            body: Some(exports::new_export_schema()),
+            ..spec(
+                "POST",
+                "/v1/exports",
+                "Start a training export (purpose model_training only, R9/R10); answers 202 with its snapshot id",
+                "trainer",
+                202,
+                post(exports::start),
+            )
+        }
+        .returns(schemas::export_started()),
+        spec(
+            "GET",
+            "/v1/exports",
+            "Every finished export's signed manifest, newest first",
+            "trainer, auditor",
+            200,
+            get(exports::list),
+        )
+        .returns(schemas::export_list()),
+        spec(
+            "GET",
+            "/v1/exports/{id}",
+            "An export's status: its progress while running, then its manifest",
+            "trainer, auditor",
+            200,
+            get(exports::read),
+        )
+        .returns(schemas::export_status()),
+        spec(
+            "GET",
+            "/v1/exports/{id}/revocations",
+            "The rows of an export no longer eligible now, with the reason (withdrawn, deleted, erased, expired)",
+            "trainer",
+            200,
+            get(exports::revocations),
+        )
+        .returns(schemas::revocations()),
         spec(
             "GET",
             "/v1/accounts/{id}/receipts/{receipt}",

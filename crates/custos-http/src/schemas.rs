@@ -180,6 +180,72 @@ pub fn export_preview() -> Value {
     }))
 }
 
+/// The manifest of a finished export (custos-export/1).
+fn export_manifest() -> Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    let counts = json!({"type": "object", "additionalProperties": count});
+    object(json!({
+        "format_version": {"const": "custos-export/1"},
+        "snapshot_id": {"type": "string"},
+        "purpose": {"const": "model_training"},
+        "cutoff": time(),
+        "snapshot_at": time(),
+        "policy": object(json!({"id": {"type": "string"}, "sha256": {"type": "string"}})),
+        "ledger_checkpoint": {"type": ["object", "null"]},
+        "signing_key": {"type": "string"},
+        "keys": {"type": "string"},
+        "data_format": {"enum": ["parquet", "jsonl"]},
+        "conversations": object(json!({"total": count, "included": count, "excluded": counts})),
+        "content": object(json!({"messages": count, "feedback": count})),
+        "redactions": counts,
+        "files": {"type": "array", "items": object(json!({
+            "name": {"type": "string"}, "rows": count, "bytes": count, "sha256": {"type": "string"},
+        }))},
+    }))
+}
+
+pub fn export_started() -> Value {
+    object(json!({
+        "snapshot_id": {"type": "string"},
+        "status": {"const": "running"},
+        "cutoff": time(),
+        "snapshot_at": time(),
+        "data_format": {"enum": ["parquet", "jsonl"]},
+    }))
+}
+
+pub fn export_status() -> Value {
+    json!({
+        "type": "object",
+        "required": ["snapshot_id", "status"],
+        "properties": {
+            "snapshot_id": {"type": "string"},
+            "status": {"enum": ["running", "done", "failed", "incomplete"]},
+            "progress": object(json!({"total": {"type": "integer"}, "scanned": {"type": "integer"}, "included": {"type": "integer"}})),
+            "manifest": export_manifest(),
+            "error": {"type": "string"},
+        },
+        "additionalProperties": false,
+    })
+}
+
+pub fn export_list() -> Value {
+    object(json!({"exports": {"type": "array", "items": export_manifest()}}))
+}
+
+pub fn revocations() -> Value {
+    object(json!({
+        "snapshot_id": {"type": "string"},
+        "as_of": time(),
+        "rows": {"type": "integer"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "revoked": {"type": "array", "items": object(json!({
+            "conversation_key": {"type": "string"},
+            "reason": {"enum": ["withdrawn", "deleted", "erased", "expired"]},
+        }))},
+    }))
+}
+
 pub fn access_document() -> Value {
     json!({"type": "object", "description": "custos-data-export/1: the account, its plan history, every choice with its signed receipt, notices shown, the consent ledger, and every visible conversation with its content, retention and training eligibility",
     "required": ["format", "generated_at", "controller", "account", "plan_history", "choices", "notices_shown", "consent_ledger", "ledger_public_key", "conversations"],

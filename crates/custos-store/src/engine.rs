@@ -117,7 +117,7 @@ fn conversation_id(text: String) -> Result<ConversationId, StoreError> {
 
 // ---- reading records ----
 
-const LEDGER_COLUMNS: &str = "account_id, idx, at, seq, kind, plan, preference, channel, \
+pub(crate) const LEDGER_COLUMNS: &str = "account_id, idx, at, seq, kind, plan, preference, channel, \
                               notice_id, policy_id, actor, prev_hash, hash";
 
 pub fn entry_from_row(row: &Row) -> Result<Entry, StoreError> {
@@ -158,7 +158,7 @@ pub fn ledger_entries(tx: &mut dyn Tx, account: &str) -> Result<Vec<Entry>, Stor
 }
 
 /// Rebuilds the core's view of an account from its ledger.
-fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError> {
+pub(crate) fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError> {
     let mut history: Option<AccountHistory> = None;
     for entry in entries {
         let plan = || {
@@ -253,6 +253,67 @@ pub fn load_account(
     Ok(Some((account, history)))
 }
 
+/// The columns [`conversation_from_row`] reads, in its order.
+pub(crate) const CONVERSATION_COLUMNS: &str =
+    "account_id, conversation_id, surface, incognito, deleted_at, deleted_seq, purged_at";
+
+/// A conversation's row, without its activity.
+pub(crate) fn conversation_from_row(row: &Row) -> Result<Conversation, StoreError> {
+    let owner = account_id(row.text(0)?)?;
+    let id = conversation_id(row.text(1)?)?;
+    let surface = parse_or_corrupt(&row.text(2)?, Surface::parse)?;
+    let mut conversation = Conversation::new(id, owner, surface, row.bool(3)?);
+    if let (Some(at), Some(s)) = (row.optional_int(4)?, row.optional_int(5)?) {
+        conversation.deleted = Some(EventKey::new(time(at)?, seq(s)?));
+    }
+    if let Some(at) = row.optional_int(6)? {
+        // A sweep is not an account event; it is ordered by time alone.
+        conversation.purged = Some(EventKey::new(time(at)?, 0));
+    }
+    Ok(conversation)
+}
+
+/// The columns after the conversation id that [`message_from_row`] reads; without text, the
+/// text is read as empty.
+pub(crate) fn message_columns(with_text: bool) -> &'static str {
+    if with_text {
+        "seq, at, role, text"
+    } else {
+        "seq, at, role, ''"
+    }
+}
+
+pub(crate) fn feedback_columns(with_text: bool) -> &'static str {
+    if with_text {
+        "seq, at, rating, comment"
+    } else {
+        "seq, at, rating, NULL"
+    }
+}
+
+/// A message from the columns of [`message_columns`], starting at column `from`.
+pub(crate) fn message_from_row(row: &Row, from: usize) -> Result<Message, StoreError> {
+    Ok(Message {
+        key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
+        role: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Role::parse)?,
+        text: row.text(from + 3)?,
+    })
+}
+
+pub(crate) fn feedback_from_row(row: &Row, from: usize) -> Result<Feedback, StoreError> {
+    Ok(Feedback {
+        key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
+        rating: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Rating::parse)?,
+        comment: row.optional_text(from + 3)?,
+    })
+}
+
+/// Out-of-order arrival can leave seq and time orders apart; the core wants key order.
+pub(crate) fn in_key_order(conversation: &mut Conversation) {
+    conversation.messages.sort_by_key(|m| m.key);
+    conversation.feedback.sort_by_key(|f| f.key);
+}
+
 /// A conversation with its activity; `with_text` also reads message texts and comments.
 pub fn load_conversation(
     tx: &mut dyn Tx,
@@ -260,52 +321,40 @@ pub fn load_conversation(
     with_text: bool,
 ) -> Result<Option<Conversation>, StoreError> {
     let Some(row) = tx.query_one(
-        "SELECT account_id, surface, incognito, deleted_at, deleted_seq, purged_at \
-         FROM conversations WHERE conversation_id = ?",
+        &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = ?"),
         &[id.as_str().into()],
     )?
     else {
         return Ok(None);
     };
-    let owner = account_id(row.text(0)?)?;
-    let surface = parse_or_corrupt(&row.text(1)?, Surface::parse)?;
-    let mut conversation = Conversation::new(id.clone(), owner.clone(), surface, row.bool(2)?);
-    if let (Some(at), Some(s)) = (row.optional_int(3)?, row.optional_int(4)?) {
-        conversation.deleted = Some(EventKey::new(time(at)?, seq(s)?));
-    }
-    if let Some(at) = row.optional_int(5)? {
-        // A sweep is not an account event; it is ordered by time alone.
-        conversation.purged = Some(EventKey::new(time(at)?, 0));
+    let mut conversation = conversation_from_row(&row)?;
+    if conversation.purged.is_some() {
         return Ok(Some(conversation));
     }
-    let text_column = if with_text { "text" } else { "''" };
-    let params = [owner.as_str().into(), id.as_str().into()];
-    let messages = tx.query(
-        &format!("SELECT seq, at, role, {text_column} FROM messages WHERE account_id = ? AND conversation_id = ? ORDER BY seq"),
+    let params = [conversation.owner.as_str().into(), id.as_str().into()];
+    tx.query_each(
+        &format!(
+            "SELECT {} FROM messages WHERE account_id = ? AND conversation_id = ? ORDER BY seq",
+            message_columns(with_text)
+        ),
         &params,
+        &mut |row| {
+            conversation.messages.push(message_from_row(row, 0)?);
+            Ok(())
+        },
     )?;
-    for row in messages {
-        conversation.messages.push(Message {
-            key: EventKey::new(time(row.int(1)?)?, seq(row.int(0)?)?),
-            role: parse_or_corrupt(&row.text(2)?, Role::parse)?,
-            text: row.text(3)?,
-        });
-    }
-    let comment_column = if with_text { "comment" } else { "NULL" };
-    let feedback = tx.query(
-        &format!("SELECT seq, at, rating, {comment_column} FROM feedback WHERE account_id = ? AND conversation_id = ? ORDER BY seq"),
+    tx.query_each(
+        &format!(
+            "SELECT {} FROM feedback WHERE account_id = ? AND conversation_id = ? ORDER BY seq",
+            feedback_columns(with_text)
+        ),
         &params,
+        &mut |row| {
+            conversation.feedback.push(feedback_from_row(row, 0)?);
+            Ok(())
+        },
     )?;
-    for row in feedback {
-        conversation.feedback.push(Feedback {
-            key: EventKey::new(time(row.int(1)?)?, seq(row.int(0)?)?),
-            rating: parse_or_corrupt(&row.text(2)?, Rating::parse)?,
-            comment: row.optional_text(3)?,
-        });
-    }
-    // Out-of-order arrival can leave seq and time orders apart; the core wants key order.
-    conversation.messages.sort_by_key(|m| m.key);
-    conversation.feedback.sort_by_key(|f| f.key);
+    in_key_order(&mut conversation);
     Ok(Some(conversation))
 }
 
@@ -1124,39 +1173,30 @@ pub struct StoredSnapshot {
     pub excluded: BTreeMap<EligibilityReason, usize>,
 }
 
+/// The training selection at cutoff `at`, collected from the training scan.
 pub fn snapshot(
     tx: &mut dyn Tx,
-    histories: &Histories,
     policy: &Policy,
     at: Timestamp,
 ) -> Result<StoredSnapshot, StoreError> {
     let mut result = StoredSnapshot::default();
-    let accounts = tx.query("SELECT account_id FROM accounts ORDER BY account_id", &[])?;
-    for row in accounts {
-        let id = account_id(row.text(0)?)?;
-        let Some((account, owner)) = load_account(tx, histories, &id, false)? else {
-            continue;
-        };
-        let as_of = next_key(&account, at)?;
-        for conversation_id in conversations_of(tx, &id)? {
-            let Some(conversation) = load_conversation(tx, &conversation_id, true)? else {
-                continue;
-            };
-            match eligibility(policy, &owner, &conversation, as_of) {
-                EligibilityReason::Eligible => {
-                    let content = training_content(policy, &owner, &conversation, as_of);
-                    result.included.push(IncludedConversation {
-                        id: conversation.id.clone(),
-                        account: id.clone(),
-                        surface: conversation.surface,
-                        messages: content.messages.into_iter().cloned().collect(),
-                        feedback: content.feedback.into_iter().cloned().collect(),
-                    });
-                }
-                reason => *result.excluded.entry(reason).or_default() += 1,
+    crate::scan::scan_conversations(tx, at, at, true, &mut |scanned| {
+        let (owner, conversation) = (scanned.owner, scanned.conversation);
+        match eligibility(policy, owner, conversation, scanned.cutoff) {
+            EligibilityReason::Eligible => {
+                let content = training_content(policy, owner, conversation, scanned.cutoff);
+                result.included.push(IncludedConversation {
+                    id: conversation.id.clone(),
+                    account: owner.id.clone(),
+                    surface: conversation.surface,
+                    messages: content.messages.into_iter().cloned().collect(),
+                    feedback: content.feedback.into_iter().cloned().collect(),
+                });
             }
+            reason => *result.excluded.entry(reason).or_default() += 1,
         }
-    }
+        Ok(())
+    })?;
     result.included.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(result)
 }
@@ -1171,6 +1211,8 @@ pub struct Checkpoint {
     pub accounts: i64,
     pub entries: i64,
     pub root: [u8; 32],
+    /// Ed25519 over [`checkpoint_message`].
+    pub signature: Vec<u8>,
 }
 
 /// Records a checkpoint if any chain grew since the last one; returns the newest checkpoint.
@@ -1197,30 +1239,12 @@ pub fn checkpoint(
         names.push(key.ledger_name(&account, row.optional_int(4)?.is_some()));
         changed.push((account, length, head));
     }
-    let last = tx.query_one(
-        "SELECT id, at, accounts, entries, root FROM checkpoints ORDER BY id DESC LIMIT 1",
-        &[],
-    )?;
+    let last = latest_checkpoint(tx)?;
     if changed.is_empty() {
-        return last
-            .map(|row| {
-                Ok(Checkpoint {
-                    id: row.int(0)?,
-                    at: time(row.int(1)?)?,
-                    accounts: row.int(2)?,
-                    entries: row.int(3)?,
-                    root: hash32(row.bytes(4)?)?,
-                })
-            })
-            .transpose();
+        return Ok(last);
     }
     let (id, previous_root, accounts, entries) = match &last {
-        Some(row) => (
-            row.int(0)? + 1,
-            hash32(row.bytes(4)?)?,
-            row.int(2)?,
-            row.int(3)?,
-        ),
+        Some(last) => (last.id + 1, last.root, last.accounts, last.entries),
         None => (1, GENESIS, 0, 0),
     };
     // The root chains the previous checkpoint's root with the heads that changed since, so it
@@ -1254,7 +1278,27 @@ pub fn checkpoint(
         accounts,
         entries,
         root,
+        signature: signature.to_vec(),
     }))
+}
+
+/// The newest signed checkpoint, if any.
+pub fn latest_checkpoint(tx: &mut dyn Tx) -> Result<Option<Checkpoint>, StoreError> {
+    tx.query_one(
+        "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id DESC LIMIT 1",
+        &[],
+    )?
+    .map(|row| {
+        Ok(Checkpoint {
+            id: row.int(0)?,
+            at: time(row.int(1)?)?,
+            accounts: row.int(2)?,
+            entries: row.int(3)?,
+            root: hash32(row.bytes(4)?)?,
+            signature: row.bytes(5)?,
+        })
+    })
+    .transpose()
 }
 
 /// What `ledger verify` found.

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use custos_core::{AccountId, Channel, EventKey, Preference, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -98,6 +98,14 @@ pub const PSEUDONYM_PREFIX: &str = "erased:";
 /// the database) it can't be linked back to the id; with it, the controller can show that a
 /// ledger chain was a given person's.
 pub fn pseudonym(key: &[u8; 32], account: &str) -> String {
+    format!(
+        "{PSEUDONYM_PREFIX}{}",
+        custos_core::policy::hex(&hmac_sha256(key, &[account.as_bytes()]))
+    )
+}
+
+/// HMAC-SHA-256 (RFC 2104) of the concatenated `parts` under a 32-byte key.
+pub fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut inner_pad = [0x36u8; BLOCK];
     let mut outer_pad = [0x5cu8; BLOCK];
@@ -107,15 +115,15 @@ pub fn pseudonym(key: &[u8; 32], account: &str) -> String {
             *o ^= byte;
         }
     }
-    let inner = Sha256::new()
-        .chain_update(inner_pad)
-        .chain_update(account.as_bytes())
-        .finalize();
-    let mac = Sha256::new()
+    let mut inner = Sha256::new().chain_update(inner_pad);
+    for part in parts {
+        inner.update(part);
+    }
+    Sha256::new()
         .chain_update(outer_pad)
-        .chain_update(inner)
-        .finalize();
-    format!("{PSEUDONYM_PREFIX}{}", custos_core::policy::hex(&mac))
+        .chain_update(inner.finalize())
+        .finalize()
+        .into()
 }
 
 impl Entry {
@@ -252,28 +260,16 @@ impl LedgerKey {
     /// Loads the key from `folder`, or makes one there (mode 0600) if there is none yet.
     pub fn load_or_create(folder: &Path) -> Result<LedgerKey, StoreError> {
         let path = folder.join(KEY_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    StoreError::Key(format!("{} is not a 32-byte Ed25519 key", path.display()))
-                })?;
-                Ok(LedgerKey::from_secret(&secret))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret)
-                    .map_err(|e| StoreError::Key(format!("no randomness for a new key: {e}")))?;
-                let key = LedgerKey::from_secret(&secret);
-                write_new_file(&path, &secret, 0o600)?;
-                write_new_file(
-                    &folder.join(PUBLIC_KEY_FILE),
-                    key.public_hex().as_bytes(),
-                    0o644,
-                )?;
-                Ok(key)
-            }
-            Err(error) => Err(StoreError::io(&path, error)),
+        let (secret, created) = load_or_create_secret(&path, "Ed25519 key")?;
+        let key = LedgerKey::from_secret(&secret);
+        if created {
+            write_new_file(
+                &folder.join(PUBLIC_KEY_FILE),
+                key.public_hex().as_bytes(),
+                0o644,
+            )?;
         }
+        Ok(key)
     }
 
     /// The key of account pseudonyms is derived from the signing key with its own label, so
@@ -327,7 +323,43 @@ impl LedgerKey {
 
 /// Writes a file that must not exist yet, and syncs it and its folder, so that a key is never
 /// half-written or silently replaced.
-fn write_new_file(path: &PathBuf, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+/// Reads a 32-byte secret from `path`, or makes one there (mode 0600, synced) if there is none
+/// yet; says whether it was made.
+pub fn load_or_create_secret(path: &Path, what: &str) -> Result<([u8; 32], bool), StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                StoreError::Key(format!("{} is not a 32-byte {what}", path.display()))
+            })?;
+            Ok((secret, false))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret)
+                .map_err(|e| StoreError::Key(format!("no randomness for a new {what}: {e}")))?;
+            write_new_file(path, &secret, 0o600)?;
+            Ok((secret, true))
+        }
+        Err(error) => Err(StoreError::io(path, error)),
+    }
+}
+
+/// Whether `signature` is a valid Ed25519 signature of `message` by the hex public key.
+pub fn verify_signature(public_hex: &str, message: &[u8], signature: &[u8]) -> bool {
+    let Some(public) = custos_core::policy::from_hex::<32>(public_hex)
+        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+    else {
+        return false;
+    };
+    let Ok(signature) = <[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    public
+        .verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .is_ok()
+}
+
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
         .write(true)

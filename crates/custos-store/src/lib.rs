@@ -12,6 +12,7 @@ pub mod ledger;
 mod postgres;
 pub mod receipt;
 mod reports;
+mod scan;
 mod schema;
 mod sql;
 mod sqlite;
@@ -29,6 +30,7 @@ pub use engine::{
     Principal, RetentionCheck, StoredSnapshot, VerifyReport,
 };
 pub use ledger::{Entry, EntryKind, LedgerKey};
+pub use scan::Scanned;
 pub use schema::SCHEMA_VERSION;
 
 use crate::postgres::PostgresBackend;
@@ -68,6 +70,9 @@ pub enum StoreError {
     },
     #[error("the ledger signing key: {0}")]
     Key(String),
+    /// A scan's visitor stopped it; the visitor holds the reason.
+    #[error("the scan was stopped")]
+    Stopped,
     #[error("database error: {0}")]
     Database(String),
     #[error("the write conflicted with concurrent writes {0} times in a row; try again")]
@@ -79,7 +84,7 @@ impl StoreError {
         StoreError::Corrupt(message.into())
     }
 
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.to_owned(),
             source,
@@ -223,7 +228,35 @@ impl Store {
 
     /// The training selection at cutoff `at`, read from one consistent snapshot.
     pub fn snapshot(&self, at: Timestamp) -> Result<StoredSnapshot, StoreError> {
-        self.read(&mut |tx| engine::snapshot(tx, &self.histories, &self.policy, at))
+        self.read(&mut |tx| engine::snapshot(tx, &self.policy, at))
+    }
+
+    /// Reads one consistent snapshot for an export: `begin` gets the newest signed checkpoint
+    /// and the number of conversations once the snapshot is fixed (what is committed by then is
+    /// in it, and nothing committed later is), then `visit` gets every conversation.
+    pub fn scan_training(
+        &self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        with_text: bool,
+        begin: &mut dyn FnMut(Option<Checkpoint>, u64) -> Result<(), StoreError>,
+        visit: &mut dyn FnMut(Scanned<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(&mut |tx| {
+            let checkpoint = engine::latest_checkpoint(tx)?;
+            let conversations = tx
+                .query_one("SELECT COUNT(*) FROM conversations", &[])?
+                .map(|row| row.int(0))
+                .transpose()?
+                .unwrap_or(0);
+            begin(checkpoint, u64::try_from(conversations).unwrap_or(0))?;
+            scan::scan_conversations(tx, cutoff, now, with_text, visit)
+        })
+    }
+
+    /// Signs `message` with the store's key (Ed25519), e.g. an export's manifest.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message)
     }
 
     /// An account's ledger entries, in chain order.

@@ -15,6 +15,7 @@ use custos_scenario::{Scenario, ScenarioError};
 use custos_store::{Location, SQLITE_FILE, Store, StoreError};
 
 mod demo;
+mod export;
 mod retention;
 mod serve;
 mod write_load;
@@ -71,6 +72,16 @@ enum Command {
         /// Conversations per transaction: larger is faster, smaller keeps writers waiting less.
         #[arg(long, default_value_t = retention::SWEEP_BATCH)]
         batch: usize,
+    },
+    /// Write a consent-clean training snapshot (R10): Parquet or JSONL and a signed manifest.
+    #[command(args_conflicts_with_subcommands = true)]
+    Export {
+        #[command(subcommand)]
+        command: Option<export::ExportCommand>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        args: export::ExportArgs,
     },
     /// Check retention: recompute every stored expiry with the core.
     #[command(subcommand)]
@@ -367,6 +378,91 @@ fn run(command: Command) -> Result<(), Failure> {
                 started.elapsed().as_secs_f64()
             ))
         }
+        Command::Export {
+            command: None,
+            store,
+            args,
+        } => {
+            let (Some(cutoff), Some(_)) = (&args.cutoff, &args.out) else {
+                return Err(Failure::invalid_input(anyhow::anyhow!(
+                    "`custos export` needs --cutoff T and --out DIR"
+                )));
+            };
+            let cutoff = custos_core::Timestamp::parse(cutoff)
+                .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--cutoff: {e}")))?;
+            let now = parse_now(args.now.clone())?;
+            let opened = store.open_existing()?;
+            let started = std::time::Instant::now();
+            let manifest =
+                export::run(&opened, &store.data, &args, cutoff, now).map_err(export_failure)?;
+            print(&format!(
+                "{} in {:.1} s\n",
+                export::describe(&manifest),
+                started.elapsed().as_secs_f64()
+            ))
+        }
+        Command::Export {
+            command:
+                Some(export::ExportCommand::Revocations {
+                    store,
+                    snapshot,
+                    now,
+                }),
+            ..
+        } => {
+            let now = parse_now(now)?;
+            let opened = store.open_existing()?;
+            let exports = custos_export::Exports::new(&opened, &store.data, None);
+            let revocations = exports
+                .revocations(&snapshot, now)
+                .map_err(export_failure)?;
+            let mut out = String::new();
+            for (key, reason) in &revocations.revoked {
+                out.push_str(&format!(
+                    "{{\"conversation_key\":\"{key}\",\"reason\":\"{}\"}}\n",
+                    reason.as_str()
+                ));
+            }
+            print(&out)?;
+            eprintln!(
+                "{} of {} rows of {snapshot} revoked as of {now}",
+                revocations.revoked.len(),
+                revocations.rows
+            );
+            Ok(())
+        }
+        Command::Export {
+            command:
+                Some(export::ExportCommand::Verify {
+                    store,
+                    folder,
+                    public_key,
+                }),
+            ..
+        } => {
+            let public_key = match public_key {
+                Some(key) => key,
+                None => {
+                    let path = store.data.join(custos_store::ledger::PUBLIC_KEY_FILE);
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| {
+                            Failure::invalid_input(anyhow::anyhow!(
+                                "{}: {e} (pass --public-key)",
+                                path.display()
+                            ))
+                        })?
+                        .trim()
+                        .to_owned()
+                }
+            };
+            let verified = custos_export::verify(&folder, &public_key).map_err(|e| {
+                Failure::operational(anyhow::anyhow!("export verification FAILED: {e}"))
+            })?;
+            print(&format!(
+                "{}: signature valid, {} file(s) and {} rows match the manifest\n",
+                verified.snapshot, verified.files, verified.rows
+            ))
+        }
         Command::Retention(RetentionCommand::Check { store }) => {
             let opened = store.open_existing()?;
             let check = retention::check(&opened).map_err(store_failure)?;
@@ -448,6 +544,16 @@ fn parse_now(now: Option<String>) -> Result<custos_core::Timestamp, Failure> {
         Some(text) => custos_core::Timestamp::parse(&text)
             .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--now: {e}"))),
         None => Ok(custos_http::system_now()),
+    }
+}
+
+fn export_failure(error: custos_export::ExportError) -> Failure {
+    match error {
+        custos_export::ExportError::Store(error) => store_failure(error),
+        error if error.is_refusal() => Failure::invalid_input(error),
+        error @ (custos_export::ExportError::UnknownSnapshot(_)
+        | custos_export::ExportError::Incomplete(_)) => Failure::invalid_input(error),
+        error => Failure::operational(error),
     }
 }
 

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]. Loopback unless you say otherwise.
     #[arg(long, env = "CUSTOS_LISTEN")]
     listen: Option<String>,
-    /// A TOML file with any of: data, database, listen, sweep_every.
+    /// A TOML file with any of: data, database, listen, sweep_every, export_root.
     #[arg(long, env = "CUSTOS_CONFIG")]
     config: Option<PathBuf>,
     /// `manual` makes the clock settable through `PUT /v1/admin/clock` (tests only).
@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// How often to run the retention sweep: e.g. `30m`, `1h`, `1d`, or `off` [default: 1h].
     #[arg(long, env = "CUSTOS_SWEEP_EVERY")]
     sweep_every: Option<String>,
+    /// The configured output location of training exports: none is written outside it
+    /// [default: DATA/exports].
+    #[arg(long, env = "CUSTOS_EXPORT_ROOT")]
+    export_root: Option<PathBuf>,
     /// Start on a fresh folder of demo data (`--data`, which must be empty, or a new temporary
     /// folder), and print a token for each role.
     #[arg(long)]
@@ -55,6 +59,7 @@ struct ConfigFile {
     database: Option<String>,
     listen: Option<String>,
     sweep_every: Option<String>,
+    export_root: Option<PathBuf>,
 }
 
 /// `30s`, `15m`, `1h`, `1d`, or `off` (no scheduled sweeps).
@@ -135,7 +140,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         fill_demo(&store, &data, clock.now())?;
     }
-    let state = Arc::new(AppState::open(Arc::new(store), clock)?);
+    let exports = custos_http::ExportPlace {
+        data: data.clone(),
+        root: args.export_root.clone().or(file.export_root),
+    };
+    let state = Arc::new(AppState::open(Arc::new(store), clock, exports)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // The store is dropped only after the runtime, outside it: closing a PostgreSQL connection
     // blocks, which panics on a runtime thread.

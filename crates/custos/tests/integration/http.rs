@@ -125,6 +125,31 @@ impl Server {
 
     /// Sends one request; `token` names an entry of `tokens`, or is used as is if unknown.
     pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        let (status, content_type, payload) = self.call_raw(method, path, token, body);
+        Reply {
+            status,
+            content_type,
+            body: serde_json::from_str(&payload).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The text of an unauthenticated GET (e.g. `/metrics`).
+    pub fn call_text(&self, path: &str) -> String {
+        self.call_raw("GET", path, None, None).2
+    }
+
+    /// The data folder this server runs on.
+    pub fn data(&self) -> std::path::PathBuf {
+        self._folder.path().join("data")
+    }
+
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(&self.address).unwrap();
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
@@ -161,12 +186,7 @@ impl Server {
                     .map(|v| v.trim().to_owned())
             })
             .unwrap_or_default();
-        let body = serde_json::from_str(payload).unwrap_or(Value::Null);
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+        (status, content_type, payload.to_owned())
     }
 
     /// Stops the server (SIGKILL) and starts a new one on the same store, its clock at `now`.
@@ -347,6 +367,7 @@ fn every_route_checks_its_role() {
         );
     };
     let choice = json!({"allowed": true, "channel": "settings", "notice": NOTICE}).to_string();
+    let finished_export = export_and_wait(&server, json!({"purpose": "model_training"}));
 
     // (route, who may call it); "user" means u1's own token, "other-user" is u2's.
     let callers = [
@@ -533,6 +554,31 @@ fn every_route_checks_its_role() {
             &["trainer", "admin"],
         ),
         (
+            "POST /v1/exports",
+            Box::new(|| {
+                (
+                    "/v1/exports".into(),
+                    Some(json!({"purpose": "model_training", "format": "jsonl"}).to_string()),
+                )
+            }),
+            &["trainer", "admin"],
+        ),
+        (
+            "GET /v1/exports",
+            Box::new(|| ("/v1/exports".into(), None)),
+            &["trainer", "auditor", "admin"],
+        ),
+        (
+            "GET /v1/exports/{id}",
+            Box::new(|| (format!("/v1/exports/{finished_export}"), None)),
+            &["trainer", "auditor", "admin"],
+        ),
+        (
+            "GET /v1/exports/{id}/revocations",
+            Box::new(|| (format!("/v1/exports/{finished_export}/revocations"), None)),
+            &["trainer", "admin"],
+        ),
+        (
             "GET /metrics",
             Box::new(|| ("/metrics".into(), None)),
             &[
@@ -581,7 +627,7 @@ fn every_route_checks_its_role() {
             let token = (caller != "none").then_some(caller);
             let reply = server.call(method, &path, token, body.as_deref());
             let expected: &[u16] = if allowed.contains(&caller) {
-                &[200, 201, 204]
+                &[200, 201, 202, 204]
             } else if caller == "none" {
                 &[401]
             } else if caller == "other-user" && name.contains(" /v1/conversations/") {
@@ -1657,4 +1703,190 @@ fn reports_count_classes_purges_holds_preferences_and_undecided_accounts() {
             "{id}"
         );
     }
+}
+
+/// Starts an export as the trainer and waits for it to finish; returns its snapshot id.
+fn export_and_wait(server: &Server, request: Value) -> String {
+    let started = server.call(
+        "POST",
+        "/v1/exports",
+        Some("trainer"),
+        Some(&request.to_string()),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["snapshot_id"].as_str().unwrap().to_owned();
+    for _ in 0..600 {
+        let status = server.call("GET", &format!("/v1/exports/{id}"), Some("trainer"), None);
+        match status.body["status"].as_str() {
+            Some("done") => return id,
+            Some("running") => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => panic!("export {id}: {}", status.body),
+        }
+    }
+    panic!("export {id} did not finish in 12 s");
+}
+
+#[test]
+fn exports_over_http_write_a_signed_snapshot_refuse_other_purposes_and_list_revocations() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "yes", "pro", Some(true)).status, 201);
+    assert_eq!(signup(&server, "also", "max", Some(true)).status, 201);
+    assert_eq!(signup(&server, "no", "free", Some(false)).status, 201);
+    let events = json!({"events": [
+        {"id": "e1", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "yes", "conversation": "c-yes", "text": "my email is a@b.co"},
+        {"id": "e2", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "also", "conversation": "c-also", "text": "hello"},
+        {"id": "e3", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "no", "conversation": "c-no", "text": "private"},
+    ]});
+    server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&events.to_string()),
+    );
+    server.set_clock("2025-10-02T00:00:00Z");
+
+    let id = export_and_wait(
+        &server,
+        json!({"purpose": "model_training", "format": "jsonl", "destination": "weekly/one"}),
+    );
+    let status = server.call("GET", &format!("/v1/exports/{id}"), Some("auditor"), None);
+    let manifest = &status.body["manifest"];
+    assert_eq!(manifest["conversations"]["included"], 2, "{manifest}");
+    assert_eq!(
+        manifest["conversations"]["excluded"]["training_declined"],
+        1
+    );
+    assert_eq!(manifest["redactions"]["email"], 1);
+    assert_eq!(manifest["cutoff"], "2025-10-02T00:00:00.000Z");
+    let listed = server.call("GET", "/v1/exports", Some("auditor"), None);
+    assert_eq!(listed.body["exports"][0]["snapshot_id"], id.as_str());
+
+    // The files are where the destination said, inside the export root, and verify.
+    let folder = server.data().join("exports/weekly/one");
+    let verify = custos()
+        .args(["export", "verify", "--data"])
+        .arg(server.data())
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let text = std::fs::read_to_string(folder.join("part-00000.jsonl")).unwrap();
+    assert!(
+        text.contains("[REDACTED:email]") && !text.contains("a@b.co") && !text.contains("\"yes\"")
+    );
+
+    // Refused: other purposes, destinations outside the root, a cutoff in the future.
+    for (request, kind) in [
+        (json!({"purpose": "advertising"}), "purpose-refused"),
+        (
+            json!({"purpose": "model_training", "destination": "../../elsewhere"}),
+            "destination-refused",
+        ),
+        (
+            json!({"purpose": "model_training", "destination": "/tmp/custos-elsewhere"}),
+            "destination-refused",
+        ),
+        (
+            json!({"purpose": "model_training", "destination": "weekly/one"}),
+            "destination-refused",
+        ),
+        (
+            json!({"purpose": "model_training", "cutoff": "2025-10-03T00:00:00Z"}),
+            "cutoff-in-future",
+        ),
+        (
+            json!({"purpose": "model_training", "format": "csv"}),
+            "invalid-body",
+        ),
+        (
+            json!({"purpose": "model_training", "recipient": "partner"}),
+            "invalid-body",
+        ),
+    ] {
+        let reply = server.call(
+            "POST",
+            "/v1/exports",
+            Some("trainer"),
+            Some(&request.to_string()),
+        );
+        assert_eq!(
+            (reply.status, reply.body["type"].as_str().unwrap_or("")),
+            (422, kind),
+            "{request}: {}",
+            reply.body
+        );
+        assert!(
+            !reply
+                .body
+                .to_string()
+                .contains(&server.data().display().to_string()),
+            "a refusal names no server path"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/custos-elsewhere").exists());
+    let unknown = server.call(
+        "GET",
+        "/v1/exports/exp-0123456789abcdef",
+        Some("trainer"),
+        None,
+    );
+    assert_eq!(
+        (unknown.status, unknown.body["type"].as_str()),
+        (404, Some("unknown-export"))
+    );
+
+    // A withdrawal and a deletion later, the snapshot's revocations name both rows.
+    let withdraw = json!({"allowed": false, "channel": "settings", "notice": NOTICE});
+    assert_eq!(
+        server
+            .call(
+                "PUT",
+                "/v1/accounts/yes/training-preference",
+                Some("service"),
+                Some(&withdraw.to_string())
+            )
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/conversations/c-also", Some("service"), None)
+            .status,
+        204
+    );
+    let revocations = server.call(
+        "GET",
+        &format!("/v1/exports/{id}/revocations"),
+        Some("trainer"),
+        None,
+    );
+    assert_eq!(revocations.body["rows"], 2);
+    assert_eq!(
+        revocations.body["counts"],
+        json!({"withdrawn": 1, "deleted": 1}),
+        "{}",
+        revocations.body
+    );
+    // A new export holds neither.
+    let next = export_and_wait(&server, json!({"purpose": "model_training"}));
+    let next = server.call("GET", &format!("/v1/exports/{next}"), Some("trainer"), None);
+    assert_eq!(next.body["manifest"]["conversations"]["included"], 0);
+
+    let metrics = server.call_text("/metrics");
+    assert!(
+        metrics.contains("custos_exports_total{outcome=\"done\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("custos_exports_total{outcome=\"refused\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("custos_export_conversations_total{result=\"included\"} 2"),
+        "{metrics}"
+    );
 }

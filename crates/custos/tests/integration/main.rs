@@ -9,6 +9,7 @@
 )]
 
 mod architecture;
+mod exports;
 mod http;
 mod http_replay;
 mod invalid_steps;

@@ -1,0 +1,706 @@
+//! Training exports (R10): consent-clean, point-in-time snapshots for `model_training`, written
+//! as Parquet or JSONL with a signed manifest, and the revocations of earlier snapshots.
+//!
+//! An export reads one consistent snapshot of the store (`Store::scan_training`). The core
+//! decides each conversation (`snapshot_eligibility`: eligible at the cutoff and still eligible
+//! now) and its content (`training_content`), and redacts every text (`Redactor`) before
+//! anything is written. Nothing here restates a rule of SPEC.md.
+//!
+//! Two threads share the work: the scan (database reads and the core's decisions) feeds the
+//! writer (keys, redaction, encoding, hashing) through a bounded channel, so memory stays
+//! bounded by a few batches and a row group, whatever the store's size.
+
+mod destination;
+mod sink;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use custos_core::model::{Feedback, Message};
+use custos_core::redaction::{Counts, Redactor};
+use custos_core::{
+    EligibilityReason, RevocationReason, Timestamp, revocation, snapshot_eligibility,
+    training_content,
+};
+use custos_store::ledger::{hmac_sha256, load_or_create_secret, verify_signature};
+use custos_store::{Checkpoint, Store, StoreError};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub use destination::confine;
+pub use sink::{Format, TrainingFeedback, TrainingMessage, TrainingRow, WrittenFile};
+
+/// The only purpose an export may serve (R9: none exists for selling or disclosing data).
+pub const PURPOSE: &str = "model_training";
+/// The version of the manifest and data file layout.
+pub const FORMAT_VERSION: &str = "custos-export/1";
+/// Where the default export root lies, inside the data folder.
+pub const DEFAULT_ROOT: &str = "exports";
+/// Each export's record (manifest, signature, row keys), inside the data folder.
+pub const RECORDS: &str = "export-records";
+/// The secret that keys the pseudonyms of exported rows, inside the data folder.
+pub const SECRET_FILE: &str = "export-keys.secret";
+pub const MANIFEST: &str = "manifest.json";
+pub const SIGNATURE: &str = "manifest.json.sig";
+const REQUEST: &str = "request.json";
+const KEYS: &str = "keys";
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// Conversations per batch handed from the scan to the writer, and batches in flight.
+const BATCH: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 8;
+/// The progress callback is called every this many conversations.
+const PROGRESS_EVERY: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("purpose `{0}` is refused: exports serve `{PURPOSE}` only (R9)")]
+    Purpose(String),
+    #[error(
+        "destination {destination} is refused: {why}. Exports are written only inside the export root {root} (R9); choose a new folder inside it, or configure another root"
+    )]
+    Destination {
+        destination: PathBuf,
+        root: PathBuf,
+        why: String,
+    },
+    #[error("cutoff {cutoff} is later than now ({now}): a snapshot can't hold the future")]
+    CutoffInFuture { cutoff: Timestamp, now: Timestamp },
+    #[error("no export `{0}` is recorded")]
+    UnknownSnapshot(String),
+    #[error("export `{0}` did not finish, so it has no manifest")]
+    Incomplete(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: writing Parquet: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ExportError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> ExportError {
+        ExportError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn parquet(path: &Path, error: parquet::errors::ParquetError) -> ExportError {
+        ExportError::Parquet {
+            path: path.to_owned(),
+            message: error.to_string(),
+        }
+    }
+
+    fn invalid(path: &Path, message: impl Into<String>) -> ExportError {
+        ExportError::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the caller asked for something refused (rather than the export failing).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ExportError::Purpose(_)
+                | ExportError::Destination { .. }
+                | ExportError::CutoffInFuture { .. }
+        )
+    }
+}
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub purpose: String,
+    pub cutoff: Timestamp,
+    pub format: Format,
+    /// The folder to write, which must be new or empty and inside the export root; a new
+    /// folder named after the snapshot id when absent.
+    pub out: Option<PathBuf>,
+    pub max_file_bytes: u64,
+}
+
+/// An accepted request, with its snapshot id, ready to run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub id: String,
+    pub cutoff: Timestamp,
+    pub now: Timestamp,
+    pub format: Format,
+    pub out: PathBuf,
+    pub max_file_bytes: u64,
+}
+
+/// How far an export has got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Conversations in the snapshot; known once the snapshot is fixed.
+    pub total: u64,
+    pub scanned: u64,
+    pub included: u64,
+}
+
+/// The exports of one store: its data folder (records and the key secret) and the export root.
+#[derive(Debug)]
+pub struct Exports<'a> {
+    store: &'a Store,
+    data: PathBuf,
+    root: PathBuf,
+}
+
+/// A conversation selected at the cutoff, owned so that it can cross to the writer thread.
+struct Selected {
+    conversation: String,
+    account: String,
+    surface: &'static str,
+    messages: Vec<Message>,
+    feedback: Vec<Feedback>,
+}
+
+/// What the writer thread made.
+#[derive(Default)]
+struct Written {
+    files: Vec<WrittenFile>,
+    messages: u64,
+    feedback: u64,
+    redactions: Counts,
+}
+
+impl<'a> Exports<'a> {
+    /// `root` is the configured output location; `<data>/exports` when none is configured.
+    pub fn new(store: &'a Store, data: &Path, root: Option<&Path>) -> Exports<'a> {
+        Exports {
+            store,
+            data: data.to_owned(),
+            root: root.map_or_else(|| data.join(DEFAULT_ROOT), Path::to_owned),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn record_folder(&self, id: &str) -> Result<PathBuf, ExportError> {
+        // Ids are made here: `exp-` and hex. Anything else names no record (and no path).
+        let well_formed = id
+            .strip_prefix("exp-")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !well_formed {
+            return Err(ExportError::UnknownSnapshot(id.to_owned()));
+        }
+        Ok(self.data.join(RECORDS).join(id))
+    }
+
+    /// Checks a request (purpose, cutoff, destination), creates its output folder and gives
+    /// it a snapshot id. Nothing is read from the store yet.
+    pub fn prepare(&self, request: &Request, now: Timestamp) -> Result<Prepared, ExportError> {
+        if request.purpose != PURPOSE {
+            return Err(ExportError::Purpose(request.purpose.clone()));
+        }
+        if request.cutoff > now {
+            return Err(ExportError::CutoffInFuture {
+                cutoff: request.cutoff,
+                now,
+            });
+        }
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|_| ExportError::Internal("no randomness"))?;
+        let id = format!("exp-{}", custos_core::policy::hex(&random));
+        let out = match &request.out {
+            Some(out) => confine(&self.root, out)?,
+            None => confine(&self.root, &self.root.join(&id))?,
+        };
+        let prepared = Prepared {
+            id,
+            cutoff: request.cutoff,
+            now,
+            format: request.format,
+            out,
+            max_file_bytes: request.max_file_bytes,
+        };
+        let folder = self.record_folder(&prepared.id)?;
+        std::fs::create_dir_all(&folder).map_err(|e| ExportError::io(&folder, e))?;
+        let body = json!({
+            "snapshot_id": prepared.id,
+            "cutoff": prepared.cutoff.to_string(),
+            "snapshot_at": prepared.now.to_string(),
+            "data_format": prepared.format.as_str(),
+            "out": prepared.out.display().to_string(),
+        });
+        write_file(&folder.join(REQUEST), body.to_string().as_bytes())?;
+        Ok(prepared)
+    }
+
+    /// Runs a prepared export to its end: the data files, then the signed manifest (in the
+    /// output folder and in the record). Returns the manifest.
+    pub fn run(
+        &self,
+        prepared: &Prepared,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Value, ExportError> {
+        let result = self.run_inner(prepared, progress);
+        if result.is_err() {
+            // The folder was made new and empty for this export: what a failed run left in it
+            // is partial, so it goes. The record stays, without a manifest: `Incomplete`.
+            let _ = std::fs::remove_dir_all(&prepared.out);
+        }
+        result
+    }
+
+    fn run_inner(
+        &self,
+        prepared: &Prepared,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Value, ExportError> {
+        let secret = self.secret()?;
+        let record = self.record_folder(&prepared.id)?;
+        let policy = self.store.policy();
+        let (sender, receiver) = mpsc::sync_channel::<Vec<Selected>>(BATCHES_IN_FLIGHT);
+        // Set once the snapshot is fixed, read by the visitor (two closures share them).
+        let checkpoint = std::cell::RefCell::new(None);
+        let total = std::cell::Cell::new(0);
+        let progress = std::cell::RefCell::new(progress);
+        let mut counted = Progress::default();
+        let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
+        let (scan, written) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write_rows(receiver, prepared, &secret, &record));
+            let mut batch = Vec::with_capacity(BATCH);
+            let scan = self.store.scan_training(
+                prepared.cutoff,
+                prepared.now,
+                true,
+                &mut |latest, conversations| {
+                    checkpoint.replace(latest);
+                    total.set(conversations);
+                    // The first report: the snapshot is fixed from here on.
+                    (progress.borrow_mut())(Progress {
+                        total: conversations,
+                        ..Progress::default()
+                    });
+                    Ok(())
+                },
+                &mut |scanned| {
+                    let (owner, conversation) = (scanned.owner, scanned.conversation);
+                    counted.total = total.get();
+                    counted.scanned += 1;
+                    match snapshot_eligibility(
+                        policy,
+                        owner,
+                        conversation,
+                        scanned.cutoff,
+                        scanned.now,
+                    ) {
+                        EligibilityReason::Eligible => {
+                            let content =
+                                training_content(policy, owner, conversation, scanned.cutoff);
+                            counted.included += 1;
+                            batch.push(Selected {
+                                conversation: conversation.id.as_str().to_owned(),
+                                account: owner.id.as_str().to_owned(),
+                                surface: conversation.surface.as_str(),
+                                messages: content.messages.into_iter().cloned().collect(),
+                                feedback: content.feedback.into_iter().cloned().collect(),
+                            });
+                            if batch.len() == BATCH
+                                && sender.send(std::mem::take(&mut batch)).is_err()
+                            {
+                                // The writer stopped; its error says why.
+                                return Err(StoreError::Stopped);
+                            }
+                        }
+                        reason => *excluded.entry(reason).or_default() += 1,
+                    }
+                    if counted.scanned % PROGRESS_EVERY == 0 {
+                        (progress.borrow_mut())(counted);
+                    }
+                    Ok(())
+                },
+            );
+            if scan.is_ok() && !batch.is_empty() {
+                // A failed send means the writer failed, which its join reports.
+                let _ = sender.send(batch);
+            }
+            drop(sender);
+            let written = writer
+                .join()
+                .unwrap_or(Err(ExportError::Internal("the writer thread panicked")));
+            (scan, written)
+        });
+        let written = match (scan, written) {
+            (Err(StoreError::Stopped), Err(writer_error)) | (Ok(()), Err(writer_error)) => {
+                return Err(writer_error);
+            }
+            (Err(scan_error), _) => return Err(scan_error.into()),
+            (Ok(()), Ok(written)) => written,
+        };
+        counted.total = total.get();
+        (progress.into_inner())(counted);
+        let manifest = self.manifest(prepared, checkpoint.take(), counted, &excluded, &written);
+        let bytes = serde_json::to_vec_pretty(&manifest)
+            .map_err(|_| ExportError::Internal("a manifest that does not serialize"))?;
+        let signature = json!({
+            "algorithm": "ed25519",
+            "public_key": self.store.public_key_hex(),
+            "signature": custos_core::policy::hex(&self.store.sign(&bytes)),
+        })
+        .to_string();
+        for folder in [&prepared.out, &record] {
+            write_file(&folder.join(MANIFEST), &bytes)?;
+            write_file(&folder.join(SIGNATURE), signature.as_bytes())?;
+        }
+        Ok(manifest)
+    }
+
+    fn manifest(
+        &self,
+        prepared: &Prepared,
+        checkpoint: Option<Checkpoint>,
+        counted: Progress,
+        excluded: &BTreeMap<EligibilityReason, u64>,
+        written: &Written,
+    ) -> Value {
+        let policy = self.store.policy();
+        let hex = custos_core::policy::hex;
+        json!({
+            "format_version": FORMAT_VERSION,
+            "snapshot_id": prepared.id,
+            "purpose": PURPOSE,
+            "cutoff": prepared.cutoff.to_string(),
+            "snapshot_at": prepared.now.to_string(),
+            "policy": {"id": policy.id, "sha256": hex(&policy.sha256)},
+            "ledger_checkpoint": checkpoint.map(|c| json!({
+                "id": c.id,
+                "at": c.at.to_string(),
+                "accounts": c.accounts,
+                "entries": c.entries,
+                "root": hex(&c.root),
+                "signature": hex(&c.signature),
+            })),
+            "signing_key": self.store.public_key_hex(),
+            "keys": "conversation_key and account_key: hex of the first 128 bits of HMAC-SHA-256 under this store's export secret; no account or conversation id is written",
+            "data_format": prepared.format.as_str(),
+            "conversations": {
+                "total": counted.scanned,
+                "included": counted.included,
+                "excluded": excluded.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            },
+            "content": {"messages": written.messages, "feedback": written.feedback},
+            "redactions": written.redactions,
+            "files": written.files.iter().map(|f| json!({
+                "name": f.name,
+                "rows": f.rows,
+                "bytes": f.bytes,
+                "sha256": hex(&f.sha256),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The key under which exports name a conversation (for the controller, who holds the
+    /// secret: e.g. to find a row of a data-subject request in a snapshot).
+    pub fn conversation_key(&self, id: &str) -> Result<String, ExportError> {
+        Ok(custos_core::policy::hex(&row_key(
+            &self.secret()?,
+            CONVERSATION_LABEL,
+            id,
+        )))
+    }
+
+    fn secret(&self) -> Result<[u8; 32], ExportError> {
+        Ok(load_or_create_secret(&self.data.join(SECRET_FILE), "export secret")?.0)
+    }
+
+    /// A finished export's manifest; `Incomplete` for one that started and never finished.
+    pub fn manifest_of(&self, id: &str) -> Result<Value, ExportError> {
+        let folder = self.record_folder(id)?;
+        let path = folder.join(MANIFEST);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ExportError::invalid(&path, e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if folder.join(REQUEST).exists() {
+                    Err(ExportError::Incomplete(id.to_owned()))
+                } else {
+                    Err(ExportError::UnknownSnapshot(id.to_owned()))
+                }
+            }
+            Err(e) => Err(ExportError::io(&path, e)),
+        }
+    }
+
+    /// The manifests of every finished export, newest snapshot first.
+    pub fn finished(&self) -> Result<Vec<Value>, ExportError> {
+        let folder = self.data.join(RECORDS);
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ExportError::io(&folder, e)),
+        };
+        let mut manifests = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ExportError::io(&folder, e))?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            match self.manifest_of(&id) {
+                Ok(manifest) => manifests.push(manifest),
+                Err(ExportError::Incomplete(_) | ExportError::UnknownSnapshot(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        manifests.sort_by(|a, b| {
+            b["snapshot_at"]
+                .as_str()
+                .cmp(&a["snapshot_at"].as_str())
+                .then(b["snapshot_id"].as_str().cmp(&a["snapshot_id"].as_str()))
+        });
+        Ok(manifests)
+    }
+
+    /// The rows of export `id` that may no longer be used for training as of `now`, and why,
+    /// sorted by conversation key.
+    pub fn revocations(&self, id: &str, now: Timestamp) -> Result<Revocations, ExportError> {
+        self.manifest_of(id)?;
+        let path = self.record_folder(id)?.join(KEYS);
+        let bytes = std::fs::read(&path).map_err(|e| ExportError::io(&path, e))?;
+        if bytes.len() % KEY_BYTES != 0 {
+            return Err(ExportError::invalid(
+                &path,
+                "its length is not a whole number of keys",
+            ));
+        }
+        let mut keys: Vec<[u8; KEY_BYTES]> = bytes
+            .chunks_exact(KEY_BYTES)
+            .filter_map(|chunk| chunk.try_into().ok())
+            .collect();
+        keys.sort_unstable();
+        let secret = self.secret()?;
+        let policy = self.store.policy();
+        let mut revoked = Vec::new();
+        self.store
+            .scan_training(now, now, false, &mut |_, _| Ok(()), &mut |scanned| {
+                let key = row_key(
+                    &secret,
+                    CONVERSATION_LABEL,
+                    scanned.conversation.id.as_str(),
+                );
+                if keys.binary_search(&key).is_ok()
+                    && let Some(reason) =
+                        revocation(policy, scanned.owner, scanned.conversation, scanned.now)
+                {
+                    revoked.push((key, reason));
+                }
+                Ok(())
+            })?;
+        revoked.sort_unstable();
+        Ok(Revocations {
+            snapshot: id.to_owned(),
+            as_of: now,
+            rows: keys.len() as u64,
+            revoked: revoked
+                .into_iter()
+                .map(|(key, reason)| (custos_core::policy::hex(&key), reason))
+                .collect(),
+        })
+    }
+}
+
+/// The rows of a snapshot that are no longer eligible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocations {
+    pub snapshot: String,
+    pub as_of: Timestamp,
+    /// Rows the snapshot holds.
+    pub rows: u64,
+    /// Conversation key and reason, sorted by key.
+    pub revoked: Vec<(String, RevocationReason)>,
+}
+
+impl Revocations {
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::new();
+        for (_, reason) in &self.revoked {
+            *counts.entry(reason.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "snapshot_id": self.snapshot,
+            "as_of": self.as_of.to_string(),
+            "rows": self.rows,
+            "counts": self.counts(),
+            "revoked": self.revoked.iter().map(|(key, reason)| json!({
+                "conversation_key": key,
+                "reason": reason.as_str(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+const KEY_BYTES: usize = 16;
+const CONVERSATION_LABEL: &[u8] = b"custos.export.conversation\0";
+const ACCOUNT_LABEL: &[u8] = b"custos.export.account\0";
+
+/// The pseudonymous key of a row: the first 128 bits of HMAC-SHA-256 under the export secret,
+/// with a label per kind of id so that a conversation's key never equals an account's.
+fn row_key(secret: &[u8; 32], label: &[u8], id: &str) -> [u8; KEY_BYTES] {
+    let mac = hmac_sha256(secret, &[label, id.as_bytes()]);
+    let mut key = [0u8; KEY_BYTES];
+    key.iter_mut().zip(mac).for_each(|(k, m)| *k = m);
+    key
+}
+
+/// The writer thread: keys, redaction and encoding of every selected conversation, in the
+/// order the scan sent them; the row keys go to the record for later revocations.
+fn write_rows(
+    batches: mpsc::Receiver<Vec<Selected>>,
+    prepared: &Prepared,
+    secret: &[u8; 32],
+    record: &Path,
+) -> Result<Written, ExportError> {
+    let redactor = Redactor::new();
+    let mut written = Written::default();
+    let mut sink = sink::Sink::new(&prepared.out, prepared.format, prepared.max_file_bytes);
+    let keys_path = record.join(KEYS);
+    let keys_file =
+        std::fs::File::create(&keys_path).map_err(|e| ExportError::io(&keys_path, e))?;
+    let mut keys = std::io::BufWriter::new(keys_file);
+    for batch in batches {
+        for selected in batch {
+            let conversation_key = row_key(secret, CONVERSATION_LABEL, &selected.conversation);
+            keys.write_all(&conversation_key)
+                .map_err(|e| ExportError::io(&keys_path, e))?;
+            written.messages += selected.messages.len() as u64;
+            written.feedback += selected.feedback.len() as u64;
+            let mut redact = |text: String| match redactor.redact(&text, &mut written.redactions) {
+                std::borrow::Cow::Borrowed(_) => text,
+                std::borrow::Cow::Owned(redacted) => redacted,
+            };
+            let row = TrainingRow {
+                conversation_key: custos_core::policy::hex(&conversation_key),
+                account_key: custos_core::policy::hex(&row_key(
+                    secret,
+                    ACCOUNT_LABEL,
+                    &selected.account,
+                )),
+                surface: selected.surface,
+                messages: selected
+                    .messages
+                    .into_iter()
+                    .map(|m| TrainingMessage {
+                        role: m.role.as_str(),
+                        text: redact(m.text),
+                        at: m.key.at,
+                    })
+                    .collect(),
+                feedback: selected
+                    .feedback
+                    .into_iter()
+                    .map(|f| TrainingFeedback {
+                        rating: f.rating.as_str(),
+                        comment: f.comment.map(&mut redact),
+                        at: f.key.at,
+                    })
+                    .collect(),
+            };
+            sink.write(row)?;
+        }
+    }
+    let keys_file = keys
+        .into_inner()
+        .map_err(|e| ExportError::io(&keys_path, e.into_error()))?;
+    keys_file
+        .sync_all()
+        .map_err(|e| ExportError::io(&keys_path, e))?;
+    written.files = sink.finish()?;
+    Ok(written)
+}
+
+/// Writes a whole file and syncs it; an existing file is an error (records are written once).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let mut file = std::fs::File::create_new(path).map_err(|e| ExportError::io(path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ExportError::io(path, e))
+}
+
+/// What `verify` found in an export folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub snapshot: String,
+    pub files: usize,
+    pub rows: u64,
+}
+
+/// Checks an export folder as its receiver would: the manifest's signature by the trusted
+/// public key, and every listed file's size and SHA-256.
+pub fn verify(folder: &Path, trusted_public_key: &str) -> Result<Verified, ExportError> {
+    let manifest_path = folder.join(MANIFEST);
+    let signature_path = folder.join(SIGNATURE);
+    let bytes = std::fs::read(&manifest_path).map_err(|e| ExportError::io(&manifest_path, e))?;
+    let signature: Value = std::fs::read(&signature_path)
+        .map_err(|e| ExportError::io(&signature_path, e))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| ExportError::invalid(&signature_path, e.to_string()))
+        })?;
+    let signed = signature
+        .get("signature")
+        .and_then(Value::as_str)
+        .and_then(custos_core::policy::from_hex::<64>);
+    if !signed.is_some_and(|s| verify_signature(trusted_public_key, &bytes, &s)) {
+        return Err(ExportError::invalid(
+            &signature_path,
+            "the manifest's signature does not verify with the trusted public key",
+        ));
+    }
+    let manifest: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ExportError::invalid(&manifest_path, e.to_string()))?;
+    let files = manifest
+        .get("files")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut rows = 0;
+    for file in &files {
+        let name = file["name"].as_str().unwrap_or("");
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(ExportError::invalid(
+                &manifest_path,
+                format!("a file name `{name}` that is not a plain name"),
+            ));
+        }
+        let path = folder.join(name);
+        let data = std::fs::read(&path).map_err(|e| ExportError::io(&path, e))?;
+        let digest = custos_core::policy::hex(&Sha256::digest(&data));
+        if Some(digest.as_str()) != file["sha256"].as_str()
+            || Some(data.len() as u64) != file["bytes"].as_u64()
+        {
+            return Err(ExportError::invalid(
+                &path,
+                "its size or SHA-256 differs from the manifest's",
+            ));
+        }
+        rows += file["rows"].as_u64().unwrap_or(0);
+    }
+    Ok(Verified {
+        snapshot: manifest
+            .get("snapshot_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        files: files.len(),
+        rows,
+    })
+}

@@ -1,0 +1,200 @@
+//! The training scan: every conversation with its owner's history, read from one consistent
+//! snapshot in bounded memory, for exports and revocations.
+//!
+//! Every table's key starts with the account, so the scan walks accounts in key order, a few
+//! hundred at a time, and reads each table's rows for that range of accounts with one range
+//! query. Memory holds one chunk, whatever the store's size. It decides nothing: it lends each
+//! conversation and its owner to a visitor, which asks the core.
+
+use std::collections::HashMap;
+
+use custos_core::{AccountHistory, Conversation, EventKey, Timestamp};
+
+use crate::StoreError;
+use crate::engine::{
+    CONVERSATION_COLUMNS, LEDGER_COLUMNS, conversation_from_row, entry_from_row, feedback_columns,
+    feedback_from_row, history_from, in_key_order, message_columns, message_from_row,
+};
+use crate::ledger::Entry;
+use crate::sql::Tx;
+
+/// Accounts read per chunk: enough that each range query is worth its round trip, few enough
+/// that a chunk's rows stay small.
+const ACCOUNTS_PER_CHUNK: i64 = 512;
+
+/// One conversation as the scan lends it, with the keys that see its owner's events up to the
+/// cutoff and up to now.
+#[derive(Debug)]
+pub struct Scanned<'a> {
+    pub owner: &'a AccountHistory,
+    pub conversation: &'a Conversation,
+    pub cutoff: EventKey,
+    pub now: EventKey,
+}
+
+/// Visits every conversation, in (account, conversation) key order. `with_text` reads message
+/// texts and feedback comments; without it they are empty (revocations need only times).
+pub fn scan_conversations(
+    tx: &mut dyn Tx,
+    cutoff: Timestamp,
+    now: Timestamp,
+    with_text: bool,
+    visit: &mut dyn FnMut(Scanned<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    // Account ids are never empty, so every id sorts after "".
+    let mut after = String::new();
+    loop {
+        let mut accounts: Vec<(String, i64)> = Vec::new();
+        tx.query_each(
+            "SELECT account_id, next_seq FROM accounts WHERE account_id > ? ORDER BY account_id LIMIT ?",
+            &[after.as_str().into(), ACCOUNTS_PER_CHUNK.into()],
+            &mut |row| {
+                accounts.push((row.text(0)?, row.int(1)?));
+                Ok(())
+            },
+        )?;
+        let Some((last, _)) = accounts.last() else {
+            return Ok(());
+        };
+        let last = last.clone();
+        let chunk = read_chunk(tx, &after, &last, &accounts, with_text)?;
+        for conversation in &chunk.conversations {
+            let &(account, next_seq) =
+                chunk
+                    .accounts
+                    .get(conversation.owner.as_str())
+                    .ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "conversation `{}` has no account",
+                            conversation.id
+                        ))
+                    })?;
+            let owner = chunk.histories.get(account).ok_or_else(|| {
+                StoreError::corrupt(format!("account `{}` has no ledger", conversation.owner))
+            })?;
+            let next_seq = u64::try_from(next_seq)
+                .map_err(|_| StoreError::corrupt("a negative event counter"))?;
+            visit(Scanned {
+                owner,
+                conversation,
+                cutoff: EventKey::new(cutoff, next_seq),
+                now: EventKey::new(now, next_seq),
+            })?;
+        }
+        after = last;
+    }
+}
+
+struct Chunk {
+    /// Account id → (index in `histories`, the account's event counter).
+    accounts: HashMap<String, (usize, i64)>,
+    histories: Vec<AccountHistory>,
+    /// In (account, conversation) order, each with its activity in key order.
+    conversations: Vec<Conversation>,
+}
+
+/// The rows of the accounts in (`after`, `last`], read table by table.
+fn read_chunk(
+    tx: &mut dyn Tx,
+    after: &str,
+    last: &str,
+    accounts: &[(String, i64)],
+    with_text: bool,
+) -> Result<Chunk, StoreError> {
+    let range = [after.into(), last.into()];
+    let within = "WHERE account_id > ? AND account_id <= ?";
+
+    let mut histories = Vec::with_capacity(accounts.len());
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut finish = |entries: &mut Vec<Entry>| -> Result<(), StoreError> {
+        if let Some(history) = history_from(entries)? {
+            histories.push(history);
+        }
+        entries.clear();
+        Ok(())
+    };
+    tx.query_each(
+        &format!("SELECT {LEDGER_COLUMNS} FROM ledger {within} ORDER BY account_id, idx"),
+        &range,
+        &mut |row| {
+            let entry = entry_from_row(row)?;
+            if entries.first().is_some_and(|e| e.account != entry.account) {
+                finish(&mut entries)?;
+            }
+            entries.push(entry);
+            Ok(())
+        },
+    )?;
+    finish(&mut entries)?;
+    let index: HashMap<&str, usize> = histories
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.id.as_str(), i))
+        .collect();
+    let accounts = accounts
+        .iter()
+        .filter_map(|(id, next_seq)| {
+            index
+                .get(id.as_str())
+                .map(|i| (id.clone(), (*i, *next_seq)))
+        })
+        .collect();
+
+    let mut conversations = Vec::new();
+    tx.query_each(
+        &format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations {within} ORDER BY account_id, conversation_id"
+        ),
+        &range,
+        &mut |row| {
+            conversations.push(conversation_from_row(row)?);
+            Ok(())
+        },
+    )?;
+    let by_id: HashMap<String, usize> = conversations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.as_str().to_owned(), i))
+        .collect();
+    let place = |row: &crate::sql::Row| -> Result<usize, StoreError> {
+        let id = row.optional_str(0)?.unwrap_or("");
+        by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| StoreError::corrupt(format!("activity of `{id}` has no conversation")))
+    };
+    tx.query_each(
+        &format!(
+            "SELECT conversation_id, {} FROM messages {within}",
+            message_columns(with_text)
+        ),
+        &range,
+        &mut |row| {
+            let message = message_from_row(row, 1)?;
+            if let Some(c) = conversations.get_mut(place(row)?) {
+                c.messages.push(message);
+            }
+            Ok(())
+        },
+    )?;
+    tx.query_each(
+        &format!(
+            "SELECT conversation_id, {} FROM feedback {within}",
+            feedback_columns(with_text)
+        ),
+        &range,
+        &mut |row| {
+            let feedback = feedback_from_row(row, 1)?;
+            if let Some(c) = conversations.get_mut(place(row)?) {
+                c.feedback.push(feedback);
+            }
+            Ok(())
+        },
+    )?;
+    conversations.iter_mut().for_each(in_key_order);
+    Ok(Chunk {
+        accounts,
+        histories,
+        conversations,
+    })
+}

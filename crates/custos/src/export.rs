@@ -1,0 +1,121 @@
+//! `custos export`: a training snapshot from the command line, its revocations, and checking a
+//! received export.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use custos_core::Timestamp;
+use custos_export::{Exports, Format, Request};
+use custos_store::Store;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The cutoff T (RFC 3339): what users allowed as of T, and still allow now.
+    #[arg(long)]
+    pub cutoff: Option<String>,
+    /// The folder to write: new or empty, inside the export root.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_parser = ["parquet", "jsonl"], default_value = "parquet")]
+    pub format: String,
+    /// Start a new data file once one holds this many bytes.
+    #[arg(long, default_value_t = custos_export::DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
+    /// Only `model_training` exists (R9); any other purpose is refused.
+    #[arg(long, default_value = custos_export::PURPOSE)]
+    pub purpose: String,
+    /// The configured output location: no export is written outside it [default: DATA/exports].
+    #[arg(long, env = "CUSTOS_EXPORT_ROOT")]
+    pub export_root: Option<PathBuf>,
+    /// The snapshot's present (RFC 3339) [default: the wall clock].
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// List the rows of an earlier snapshot that may no longer be used, and why (JSON lines).
+    Revocations {
+        #[command(flatten)]
+        store: crate::StoreArgs,
+        /// The snapshot id from its manifest.
+        #[arg(long)]
+        snapshot: String,
+        /// As of this time (RFC 3339) [default: the wall clock].
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Check a received export: the manifest's signature and every file's SHA-256.
+    Verify {
+        #[command(flatten)]
+        store: crate::StoreArgs,
+        /// The export's folder.
+        folder: PathBuf,
+        /// The trusted public key (hex) [default: the data folder's ledger-signing.pub].
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+}
+
+/// Runs an export with a progress bar on stderr; returns the manifest.
+pub fn run(
+    store: &Store,
+    data: &Path,
+    args: &ExportArgs,
+    cutoff: Timestamp,
+    now: Timestamp,
+) -> Result<Value, custos_export::ExportError> {
+    let exports = Exports::new(store, data, args.export_root.as_deref());
+    let request = Request {
+        purpose: args.purpose.clone(),
+        cutoff,
+        format: Format::parse(&args.format).unwrap_or(Format::Parquet),
+        out: args.out.clone(),
+        max_file_bytes: args.max_file_bytes,
+    };
+    let prepared = exports.prepare(&request, now)?;
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} export [{bar:40}] {pos}/{len} conversations, {msg} ({eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let manifest = exports.run(&prepared, &mut |progress| {
+        bar.set_length(progress.total.max(1));
+        bar.set_position(progress.scanned);
+        bar.set_message(format!("{} included", progress.included));
+    });
+    bar.finish_and_clear();
+    manifest
+}
+
+/// One line saying what an export holds.
+pub fn describe(manifest: &Value) -> String {
+    let conversations = &manifest["conversations"];
+    let excluded: Vec<String> = conversations["excluded"]
+        .as_object()
+        .map(|m| m.iter().map(|(r, n)| format!("{n} {r}")).collect())
+        .unwrap_or_default();
+    format!(
+        "snapshot {}: {} of {} conversations included ({} messages, {} feedback) in {} file(s); excluded: {}",
+        manifest["snapshot_id"].as_str().unwrap_or(""),
+        conversations["included"],
+        conversations["total"],
+        manifest
+            .pointer("/content/messages")
+            .unwrap_or(&Value::Null),
+        manifest
+            .pointer("/content/feedback")
+            .unwrap_or(&Value::Null),
+        manifest["files"].as_array().map_or(0, Vec::len),
+        if excluded.is_empty() {
+            "none".to_owned()
+        } else {
+            excluded.join(", ")
+        },
+    )
+}
