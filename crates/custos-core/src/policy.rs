@@ -277,10 +277,12 @@ impl Policy {
 
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digit = |nibble: u8| char::from(*DIGITS.get(usize::from(nibble)).unwrap_or(&b'0'));
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        out.extend(char::from_digit(u32::from(byte >> 4), 16));
-        out.extend(char::from_digit(u32::from(byte & 0xf), 16));
+        out.push(digit(byte >> 4));
+        out.push(digit(byte & 0xf));
     }
     out
 }

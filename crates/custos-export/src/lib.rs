@@ -6,9 +6,10 @@
 //! now) and its content (`training_content`), and redacts every text (`Redactor`) before
 //! anything is written. Nothing here restates a rule of SPEC.md.
 //!
-//! Two threads share the work: the scan (database reads and the core's decisions) feeds the
-//! writer (keys, redaction, encoding, hashing) through a bounded channel, so memory stays
-//! bounded by a few batches and a row group, whatever the store's size.
+//! Three threads share the work, joined by bounded channels: the reader (database reads, in
+//! chunks of a few hundred accounts, copied as they are), the decider (parsing and the core's
+//! decisions) and the writer (keys, redaction, encoding, hashing). Memory stays bounded by a few chunks, batches and a row
+//! group, whatever the store's size.
 
 mod destination;
 mod sink;
@@ -16,16 +17,17 @@ mod sink;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use custos_core::model::{Feedback, Message};
 use custos_core::redaction::{Counts, Redactor};
 use custos_core::{
-    EligibilityReason, RevocationReason, Timestamp, revocation, snapshot_eligibility,
+    EligibilityReason, EventKey, RevocationReason, Timestamp, revocation, snapshot_eligibility,
     training_content,
 };
 use custos_store::ledger::{hmac_sha256, load_or_create_secret, verify_signature};
-use custos_store::{Checkpoint, Store, StoreError};
+use custos_store::{Checkpoint, RawChunk, Store, StoreError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -48,11 +50,11 @@ const REQUEST: &str = "request.json";
 const KEYS: &str = "keys";
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
 
-/// Conversations per batch handed from the scan to the writer, and batches in flight.
+/// Conversations per batch handed from the decider to the writer, and batches in flight.
 const BATCH: usize = 256;
 const BATCHES_IN_FLIGHT: usize = 8;
-/// The progress callback is called every this many conversations.
-const PROGRESS_EVERY: u64 = 4096;
+/// Chunks (a few hundred accounts each) read ahead of the decider.
+const CHUNKS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -248,7 +250,7 @@ impl<'a> Exports<'a> {
     pub fn run(
         &self,
         prepared: &Prepared,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Value, ExportError> {
         let result = self.run_inner(prepared, progress);
         if result.is_err() {
@@ -262,92 +264,60 @@ impl<'a> Exports<'a> {
     fn run_inner(
         &self,
         prepared: &Prepared,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Value, ExportError> {
         let secret = self.secret()?;
         let record = self.record_folder(&prepared.id)?;
         let policy = self.store.policy();
-        let (sender, receiver) = mpsc::sync_channel::<Vec<Selected>>(BATCHES_IN_FLIGHT);
-        // Set once the snapshot is fixed, read by the visitor (two closures share them).
-        let checkpoint = std::cell::RefCell::new(None);
-        let total = std::cell::Cell::new(0);
-        let progress = std::cell::RefCell::new(progress);
-        let mut counted = Progress::default();
-        let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
-        let (scan, written) = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| write_rows(receiver, prepared, &secret, &record));
-            let mut batch = Vec::with_capacity(BATCH);
-            let scan = self.store.scan_training(
+        let (to_decider, chunks) = mpsc::sync_channel::<RawChunk>(CHUNKS_IN_FLIGHT);
+        let (to_writer, batches) = mpsc::sync_channel::<Vec<Selected>>(BATCHES_IN_FLIGHT);
+        let counts = Counters::default();
+        let mut checkpoint = None;
+        // The readers report the snapshot's start, the decider the rest.
+        let report = Mutex::new(progress);
+        let (read, decided, written) = std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("export-writer".into())
+                .spawn_scoped(scope, || write_rows(batches, prepared, &secret, &record))
+                .map_err(|e| ExportError::io(Path::new("a thread"), e))?;
+            // The decider owns the writer's only sender: when it ends, the writer's loop ends.
+            let decider = std::thread::Builder::new()
+                .name("export-decider".into())
+                .spawn_scoped(scope, || {
+                    decide(policy, chunks, to_writer, &counts, &report)
+                })
+                .map_err(|e| ExportError::io(Path::new("a thread"), e))?;
+            let read = self.store.scan_training_chunks(
                 prepared.cutoff,
                 prepared.now,
-                true,
                 &mut |latest, conversations| {
-                    checkpoint.replace(latest);
-                    total.set(conversations);
+                    checkpoint = latest;
+                    counts.total.store(conversations, Ordering::Relaxed);
                     // The first report: the snapshot is fixed from here on.
-                    (progress.borrow_mut())(Progress {
-                        total: conversations,
-                        ..Progress::default()
-                    });
-                    Ok(())
+                    counts.report(&report);
                 },
-                &mut |scanned| {
-                    let (owner, conversation) = (scanned.owner, scanned.conversation);
-                    counted.total = total.get();
-                    counted.scanned += 1;
-                    match snapshot_eligibility(
-                        policy,
-                        owner,
-                        conversation,
-                        scanned.cutoff,
-                        scanned.now,
-                    ) {
-                        EligibilityReason::Eligible => {
-                            let content =
-                                training_content(policy, owner, conversation, scanned.cutoff);
-                            counted.included += 1;
-                            batch.push(Selected {
-                                conversation: conversation.id.as_str().to_owned(),
-                                account: owner.id.as_str().to_owned(),
-                                surface: conversation.surface.as_str(),
-                                messages: content.messages.into_iter().cloned().collect(),
-                                feedback: content.feedback.into_iter().cloned().collect(),
-                            });
-                            if batch.len() == BATCH
-                                && sender.send(std::mem::take(&mut batch)).is_err()
-                            {
-                                // The writer stopped; its error says why.
-                                return Err(StoreError::Stopped);
-                            }
-                        }
-                        reason => *excluded.entry(reason).or_default() += 1,
-                    }
-                    if counted.scanned % PROGRESS_EVERY == 0 {
-                        (progress.borrow_mut())(counted);
-                    }
-                    Ok(())
-                },
+                // A failed send means the decider stopped; its error says why.
+                &mut |chunk| to_decider.send(chunk).map_err(|_| StoreError::Stopped),
             );
-            if scan.is_ok() && !batch.is_empty() {
-                // A failed send means the writer failed, which its join reports.
-                let _ = sender.send(batch);
-            }
-            drop(sender);
+            drop(to_decider);
+            let decided = decider
+                .join()
+                .unwrap_or(Err(ExportError::Internal("the decider thread panicked")));
             let written = writer
                 .join()
                 .unwrap_or(Err(ExportError::Internal("the writer thread panicked")));
-            (scan, written)
-        });
-        let written = match (scan, written) {
-            (Err(StoreError::Stopped), Err(writer_error)) | (Ok(()), Err(writer_error)) => {
-                return Err(writer_error);
-            }
-            (Err(scan_error), _) => return Err(scan_error.into()),
-            (Ok(()), Ok(written)) => written,
+            Ok::<_, ExportError>((read, decided, written))
+        })?;
+        // The first error in the pipeline's order is the cause; the later ones follow from it.
+        let (excluded, written) = match (read, decided, written) {
+            (Ok(()), Ok(excluded), Ok(written)) => (excluded, written),
+            (Err(StoreError::Stopped) | Ok(()), Err(error), _)
+            | (Err(StoreError::Stopped) | Ok(()), Ok(_), Err(error)) => return Err(error),
+            (Err(error), _, _) => return Err(error.into()),
         };
-        counted.total = total.get();
-        (progress.into_inner())(counted);
-        let manifest = self.manifest(prepared, checkpoint.take(), counted, &excluded, &written);
+        let counted = counts.progress();
+        counts.report(&report);
+        let manifest = self.manifest(prepared, checkpoint, counted, &excluded, &written);
         let bytes = serde_json::to_vec_pretty(&manifest)
             .map_err(|_| ExportError::Internal("a manifest that does not serialize"))?;
         let signature = json!({
@@ -559,6 +529,101 @@ fn row_key(secret: &[u8; 32], label: &[u8], id: &str) -> [u8; KEY_BYTES] {
     let mut key = [0u8; KEY_BYTES];
     key.iter_mut().zip(mac).for_each(|(k, m)| *k = m);
     key
+}
+
+/// How far an export has got, shared by its threads.
+#[derive(Default)]
+struct Counters {
+    total: AtomicU64,
+    scanned: AtomicU64,
+    included: AtomicU64,
+}
+
+type Reporter<'p> = Mutex<&'p mut (dyn FnMut(Progress) + Send)>;
+
+impl Counters {
+    fn progress(&self) -> Progress {
+        Progress {
+            total: self.total.load(Ordering::Relaxed),
+            scanned: self.scanned.load(Ordering::Relaxed),
+            included: self.included.load(Ordering::Relaxed),
+        }
+    }
+
+    fn report(&self, reporter: &Reporter<'_>) {
+        if let Ok(mut report) = reporter.lock() {
+            report(self.progress());
+        }
+    }
+}
+
+/// The decider thread: parses each chunk the reader read, in order, and asks the core about
+/// each of its conversations; the selected ones go to the writer in batches. Returns the
+/// excluded counts by reason.
+fn decide(
+    policy: &custos_core::Policy,
+    chunks: mpsc::Receiver<RawChunk>,
+    to_writer: mpsc::SyncSender<Vec<Selected>>,
+    counts: &Counters,
+    reporter: &Reporter<'_>,
+) -> Result<BTreeMap<EligibilityReason, u64>, ExportError> {
+    let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    for raw in chunks {
+        let mut chunk = raw.parse()?;
+        let mut writer_stopped = false;
+        chunk
+            .visit(&mut |scanned| {
+                let (owner, conversation) = (scanned.owner, scanned.conversation);
+                counts.scanned.fetch_add(1, Ordering::Relaxed);
+                match snapshot_eligibility(policy, owner, conversation, scanned.cutoff, scanned.now)
+                {
+                    EligibilityReason::Eligible => {
+                        let content = training_content(policy, owner, conversation, scanned.cutoff);
+                        let keep: (Vec<EventKey>, Vec<EventKey>) = (
+                            content.messages.iter().map(|m| m.key).collect(),
+                            content.feedback.iter().map(|f| f.key).collect(),
+                        );
+                        counts.included.fetch_add(1, Ordering::Relaxed);
+                        // The chunk is done with the conversation: its selected parts are
+                        // moved, not copied.
+                        let mut messages = std::mem::take(&mut conversation.messages);
+                        messages.retain(|m| keep.0.binary_search(&m.key).is_ok());
+                        let mut feedback = std::mem::take(&mut conversation.feedback);
+                        feedback.retain(|f| keep.1.binary_search(&f.key).is_ok());
+                        batch.push(Selected {
+                            conversation: conversation.id.as_str().to_owned(),
+                            account: owner.id.as_str().to_owned(),
+                            surface: conversation.surface.as_str(),
+                            messages,
+                            feedback,
+                        });
+                        if batch.len() == BATCH
+                            && to_writer.send(std::mem::take(&mut batch)).is_err()
+                        {
+                            writer_stopped = true;
+                            return Err(StoreError::Stopped);
+                        }
+                    }
+                    reason => *excluded.entry(reason).or_default() += 1,
+                }
+                Ok(())
+            })
+            .or_else(|error| match error {
+                // The writer's own error is the one to report; it comes from its join.
+                StoreError::Stopped if writer_stopped => Ok(()),
+                error => Err(error),
+            })?;
+        if writer_stopped {
+            return Ok(excluded);
+        }
+        counts.report(reporter);
+    }
+    if !batch.is_empty() {
+        // A failed send means the writer failed, which its join reports.
+        let _ = to_writer.send(batch);
+    }
+    Ok(excluded)
 }
 
 /// The writer thread: keys, redaction and encoding of every selected conversation, in the

@@ -16,7 +16,7 @@ use crate::engine::{
     feedback_from_row, history_from, in_key_order, message_columns, message_from_row,
 };
 use crate::ledger::Entry;
-use crate::sql::Tx;
+use crate::sql::{Row, Rows, Tx};
 
 /// Accounts read per chunk: enough that each range query is worth its round trip, few enough
 /// that a chunk's rows stay small.
@@ -27,7 +27,9 @@ const ACCOUNTS_PER_CHUNK: i64 = 512;
 #[derive(Debug)]
 pub struct Scanned<'a> {
     pub owner: &'a AccountHistory,
-    pub conversation: &'a Conversation,
+    /// Lent mutably so that a visitor may take what it keeps (texts) instead of copying it;
+    /// the scan drops it after the visit.
+    pub conversation: &'a mut Conversation,
     pub cutoff: EventKey,
     pub now: EventKey,
 }
@@ -40,6 +42,21 @@ pub fn scan_conversations(
     now: Timestamp,
     with_text: bool,
     visit: &mut dyn FnMut(Scanned<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    scan_chunks(tx, cutoff, now, with_text, &mut |raw| {
+        raw.parse()?.visit(visit)
+    })
+}
+
+/// Reads every conversation in chunks of a few hundred accounts, in key order, and hands each
+/// chunk over as read: the caller may parse and visit it on another thread while the next one
+/// is read.
+pub fn scan_chunks(
+    tx: &mut dyn Tx,
+    cutoff: Timestamp,
+    now: Timestamp,
+    with_text: bool,
+    each: &mut dyn FnMut(RawChunk) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     // Account ids are never empty, so every id sorts after "".
     let mut after = String::new();
@@ -57,11 +74,36 @@ pub fn scan_conversations(
             return Ok(());
         };
         let last = last.clone();
-        let chunk = read_chunk(tx, &after, &last, &accounts, with_text)?;
-        for conversation in &chunk.conversations {
+        let mut chunk = read_raw(tx, &after, &last, accounts, with_text)?;
+        (chunk.cutoff, chunk.now) = (cutoff, now);
+        each(chunk)?;
+        after = last;
+    }
+}
+
+/// The conversations of a range of accounts, with their owners' histories, as read in one
+/// snapshot.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Account id → (index in `histories`, the account's event counter).
+    accounts: HashMap<String, (usize, i64)>,
+    histories: Vec<AccountHistory>,
+    /// In (account, conversation) order, each with its activity in key order.
+    conversations: Vec<Conversation>,
+    cutoff: Timestamp,
+    now: Timestamp,
+}
+
+impl Chunk {
+    /// Lends each conversation, in key order, with its owner and the keys that see the owner's
+    /// events up to the cutoff and up to now.
+    pub fn visit(
+        &mut self,
+        visit: &mut dyn FnMut(Scanned<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for conversation in &mut self.conversations {
             let &(account, next_seq) =
-                chunk
-                    .accounts
+                self.accounts
                     .get(conversation.owner.as_str())
                     .ok_or_else(|| {
                         StoreError::corrupt(format!(
@@ -69,7 +111,7 @@ pub fn scan_conversations(
                             conversation.id
                         ))
                     })?;
-            let owner = chunk.histories.get(account).ok_or_else(|| {
+            let owner = self.histories.get(account).ok_or_else(|| {
                 StoreError::corrupt(format!("account `{}` has no ledger", conversation.owner))
             })?;
             let next_seq = u64::try_from(next_seq)
@@ -77,124 +119,171 @@ pub fn scan_conversations(
             visit(Scanned {
                 owner,
                 conversation,
-                cutoff: EventKey::new(cutoff, next_seq),
-                now: EventKey::new(now, next_seq),
+                cutoff: EventKey::new(self.cutoff, next_seq),
+                now: EventKey::new(self.now, next_seq),
             })?;
         }
-        after = last;
+        Ok(())
     }
 }
 
-struct Chunk {
-    /// Account id → (index in `histories`, the account's event counter).
-    accounts: HashMap<String, (usize, i64)>,
-    histories: Vec<AccountHistory>,
-    /// In (account, conversation) order, each with its activity in key order.
-    conversations: Vec<Conversation>,
+/// The tables a chunk reads, in the order they are read.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Ledger,
+    Conversations,
+    Messages,
+    Feedback,
 }
 
-/// The rows of the accounts in (`after`, `last`], read table by table.
-fn read_chunk(
+const TABLES: [Table; 4] = [
+    Table::Ledger,
+    Table::Conversations,
+    Table::Messages,
+    Table::Feedback,
+];
+
+/// The query of one table for the accounts in (`?`, `?`].
+fn query(table: Table, with_text: bool) -> String {
+    let within = "WHERE account_id > ? AND account_id <= ?";
+    match table {
+        Table::Ledger => {
+            format!("SELECT {LEDGER_COLUMNS} FROM ledger {within} ORDER BY account_id, idx")
+        }
+        Table::Conversations => format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations {within} ORDER BY account_id, conversation_id"
+        ),
+        Table::Messages => format!(
+            "SELECT conversation_id, {} FROM messages {within}",
+            message_columns(with_text)
+        ),
+        Table::Feedback => format!(
+            "SELECT conversation_id, {} FROM feedback {within}",
+            feedback_columns(with_text)
+        ),
+    }
+}
+
+/// The rows of a chunk's accounts as the database gave them, not yet parsed: reading them is
+/// all the reading thread does, and parsing them into histories and conversations
+/// ([`RawChunk::parse`]) can happen on another.
+#[derive(Debug)]
+pub struct RawChunk {
+    accounts: Vec<(String, i64)>,
+    tables: [Rows; 4],
+    cutoff: Timestamp,
+    now: Timestamp,
+}
+
+fn read_raw(
     tx: &mut dyn Tx,
     after: &str,
     last: &str,
-    accounts: &[(String, i64)],
+    accounts: Vec<(String, i64)>,
     with_text: bool,
-) -> Result<Chunk, StoreError> {
+) -> Result<RawChunk, StoreError> {
     let range = [after.into(), last.into()];
-    let within = "WHERE account_id > ? AND account_id <= ?";
+    let mut tables: [Rows; 4] = Default::default();
+    for (table, rows) in TABLES.into_iter().zip(&mut tables) {
+        tx.query_rows(&query(table, with_text), &range, rows)?;
+    }
+    Ok(RawChunk {
+        accounts,
+        tables,
+        cutoff: Timestamp::MIN,
+        now: Timestamp::MIN,
+    })
+}
 
-    let mut histories = Vec::with_capacity(accounts.len());
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut finish = |entries: &mut Vec<Entry>| -> Result<(), StoreError> {
-        if let Some(history) = history_from(entries)? {
-            histories.push(history);
-        }
-        entries.clear();
-        Ok(())
-    };
-    tx.query_each(
-        &format!("SELECT {LEDGER_COLUMNS} FROM ledger {within} ORDER BY account_id, idx"),
-        &range,
-        &mut |row| {
+impl RawChunk {
+    /// The chunk's histories and conversations, each conversation with its activity in key
+    /// order.
+    pub fn parse(self) -> Result<Chunk, StoreError> {
+        let rows = |table: Table| {
+            self.tables
+                .get(table as usize)
+                .ok_or_else(|| StoreError::corrupt("a chunk without a table"))
+        };
+        let mut histories = Vec::with_capacity(self.accounts.len());
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut finish = |entries: &mut Vec<Entry>| -> Result<(), StoreError> {
+            if let Some(history) = history_from(entries)? {
+                histories.push(history);
+            }
+            entries.clear();
+            Ok(())
+        };
+        rows(Table::Ledger)?.replay(&mut |row| {
             let entry = entry_from_row(row)?;
             if entries.first().is_some_and(|e| e.account != entry.account) {
                 finish(&mut entries)?;
             }
             entries.push(entry);
             Ok(())
-        },
-    )?;
-    finish(&mut entries)?;
-    let index: HashMap<&str, usize> = histories
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.id.as_str(), i))
-        .collect();
-    let accounts = accounts
-        .iter()
-        .filter_map(|(id, next_seq)| {
-            index
-                .get(id.as_str())
-                .map(|i| (id.clone(), (*i, *next_seq)))
-        })
-        .collect();
+        })?;
+        finish(&mut entries)?;
+        let index: HashMap<&str, usize> = histories
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.id.as_str(), i))
+            .collect();
+        let accounts = self
+            .accounts
+            .iter()
+            .filter_map(|(id, next_seq)| {
+                index
+                    .get(id.as_str())
+                    .map(|i| (id.clone(), (*i, *next_seq)))
+            })
+            .collect();
 
-    let mut conversations = Vec::new();
-    tx.query_each(
-        &format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations {within} ORDER BY account_id, conversation_id"
-        ),
-        &range,
-        &mut |row| {
+        let mut conversations = Vec::new();
+        rows(Table::Conversations)?.replay(&mut |row| {
             conversations.push(conversation_from_row(row)?);
             Ok(())
-        },
-    )?;
-    let by_id: HashMap<String, usize> = conversations
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id.as_str().to_owned(), i))
-        .collect();
-    let place = |row: &crate::sql::Row| -> Result<usize, StoreError> {
-        let id = row.optional_str(0)?.unwrap_or("");
-        by_id
-            .get(id)
-            .copied()
-            .ok_or_else(|| StoreError::corrupt(format!("activity of `{id}` has no conversation")))
-    };
-    tx.query_each(
-        &format!(
-            "SELECT conversation_id, {} FROM messages {within}",
-            message_columns(with_text)
-        ),
-        &range,
-        &mut |row| {
+        })?;
+        let by_id: HashMap<String, usize> = conversations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str().to_owned(), i))
+            .collect();
+        // Rows come grouped by conversation (the key's order), so most lookups are the last
+        // one's.
+        let mut last: Option<(String, usize)> = None;
+        let mut place = |row: &Row| -> Result<usize, StoreError> {
+            let id = row.optional_str(0)?.unwrap_or("");
+            if let Some((last_id, index)) = &last
+                && last_id == id
+            {
+                return Ok(*index);
+            }
+            let index = by_id.get(id).copied().ok_or_else(|| {
+                StoreError::corrupt(format!("activity of `{id}` has no conversation"))
+            })?;
+            last = Some((id.to_owned(), index));
+            Ok(index)
+        };
+        rows(Table::Messages)?.replay(&mut |row| {
             let message = message_from_row(row, 1)?;
             if let Some(c) = conversations.get_mut(place(row)?) {
                 c.messages.push(message);
             }
             Ok(())
-        },
-    )?;
-    tx.query_each(
-        &format!(
-            "SELECT conversation_id, {} FROM feedback {within}",
-            feedback_columns(with_text)
-        ),
-        &range,
-        &mut |row| {
+        })?;
+        rows(Table::Feedback)?.replay(&mut |row| {
             let feedback = feedback_from_row(row, 1)?;
             if let Some(c) = conversations.get_mut(place(row)?) {
                 c.feedback.push(feedback);
             }
             Ok(())
-        },
-    )?;
-    conversations.iter_mut().for_each(in_key_order);
-    Ok(Chunk {
-        accounts,
-        histories,
-        conversations,
-    })
+        })?;
+        conversations.iter_mut().for_each(in_key_order);
+        Ok(Chunk {
+            accounts,
+            histories,
+            conversations,
+            cutoff: self.cutoff,
+            now: self.now,
+        })
+    }
 }

@@ -204,6 +204,19 @@ pub trait Tx {
         each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// Appends every row to `rows`: flat buffers, for a scan that parses them elsewhere.
+    fn query_rows(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: &mut Rows,
+    ) -> Result<(), StoreError> {
+        self.query_each(sql, params, &mut |row| {
+            rows.push(row);
+            Ok(())
+        })
+    }
+
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let mut rows = Vec::new();
         self.query_each(sql, params, &mut |row| {
@@ -215,6 +228,92 @@ pub trait Tx {
 
     fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+/// Rows copied into flat buffers: one slot per value, texts and bytes in one buffer each.
+#[derive(Debug, Default)]
+pub struct Rows {
+    columns: usize,
+    slots: Vec<Slot>,
+    text: String,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Null,
+    Int(i64),
+    Bool(bool),
+    Text(usize, usize),
+    Bytes(usize, usize),
+}
+
+impl Rows {
+    /// Sets how many values make a row; call before the first value of a query.
+    pub fn start(&mut self, columns: usize) {
+        self.columns = columns;
+    }
+
+    pub fn push(&mut self, row: &Row) {
+        self.start(row.0.len());
+        for value in &row.0 {
+            match value {
+                Value::Null => self.push_null(),
+                Value::Int(value) => self.push_int(*value),
+                Value::Bool(value) => self.slots.push(Slot::Bool(*value)),
+                Value::Text(text) => self.push_text(text),
+                Value::Bytes(bytes) => self.push_bytes(bytes),
+            }
+        }
+    }
+
+    pub fn push_null(&mut self) {
+        self.slots.push(Slot::Null);
+    }
+
+    pub fn push_int(&mut self, value: i64) {
+        self.slots.push(Slot::Int(value));
+    }
+
+    pub fn push_text(&mut self, text: &str) {
+        let start = self.text.len();
+        self.text.push_str(text);
+        self.slots.push(Slot::Text(start, self.text.len()));
+    }
+
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        self.slots.push(Slot::Bytes(start, self.bytes.len()));
+    }
+
+    /// Lends each row again, through one `Row` whose buffers are reused.
+    pub fn replay(
+        &self,
+        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.columns == 0 {
+            return Ok(());
+        }
+        let mut row = Row(vec![Value::Null; self.columns]);
+        for slots in self.slots.chunks_exact(self.columns) {
+            for (value, slot) in row.0.iter_mut().zip(slots) {
+                match *slot {
+                    Slot::Null => *value = Value::Null,
+                    Slot::Int(int) => *value = Value::Int(int),
+                    Slot::Bool(bool) => *value = Value::Bool(bool),
+                    Slot::Text(start, end) => {
+                        value.set_text(self.text.get(start..end).unwrap_or_default());
+                    }
+                    Slot::Bytes(start, end) => {
+                        value.set_bytes(self.bytes.get(start..end).unwrap_or_default());
+                    }
+                }
+            }
+            each(&row)?;
+        }
+        Ok(())
     }
 }
 

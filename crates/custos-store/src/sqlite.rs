@@ -13,7 +13,7 @@ use rusqlite::types::{Value as SqliteValue, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use crate::StoreError;
-use crate::sql::{Backend, Dialect, Row, Tx, Value};
+use crate::sql::{Backend, Dialect, Row, Rows, Tx, Value};
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -65,55 +65,77 @@ impl SqliteBackend {
         })
     }
 
+    /// A read connection from the pool, opened if fewer than [`MAX_READERS`] exist, else the
+    /// next one returned.
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        let poisoned = || StoreError::Database("a read connection pool lock was poisoned".into());
+        let mut pool = self.readers.pool.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(connection) = pool.0.pop() {
+                return Ok(connection);
+            }
+            if pool.1 < MAX_READERS {
+                pool.1 += 1;
+                drop(pool);
+                let opened = Connection::open(&self.path)
+                    .and_then(|c| configure(&c, 16_384).map(|_| c))
+                    // Reads map the file (up to 1 TiB, see `.cargo/config.toml`): a scan then
+                    // reads pages from the OS page cache in place, instead of copying each into
+                    // this connection's cache. Writes still go through the WAL.
+                    .and_then(|c| c.pragma_update(None, "mmap_size", 1i64 << 40).map(|()| c))
+                    .map_err(|e| map_error(&self.path, &e));
+                if opened.is_err()
+                    && let Ok(mut pool) = self.readers.pool.lock()
+                {
+                    pool.1 -= 1;
+                }
+                return opened;
+            }
+            pool = self.readers.returned.wait(pool).map_err(|_| poisoned())?;
+        }
+    }
+
+    fn give_back(&self, connection: Connection) {
+        if let Ok(mut pool) = self.readers.pool.lock() {
+            pool.0.push(connection);
+            self.readers.returned.notify_one();
+        }
+    }
+
+    /// Runs `work` in a read transaction on `connection`.
+    fn read_on<R>(
+        &self,
+        connection: &mut Connection,
+        first: &mut dyn FnMut(),
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| map_error(&self.path, &e))?;
+        let mut tx = SqliteTx {
+            path: &self.path,
+            read_only: true,
+            transaction: &transaction,
+        };
+        // A deferred transaction takes its snapshot at its first read.
+        let fixed = tx.query_one("SELECT version FROM custos_schema", &[]);
+        first();
+        fixed?;
+        let result = work(&mut tx)?;
+        transaction
+            .commit()
+            .map_err(|e| map_error(&self.path, &e))?;
+        Ok(result)
+    }
+
     /// Runs `work` in a read transaction on a pooled read connection.
     fn read_on_pool<R>(
         &self,
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let poisoned = || StoreError::Database("a read connection pool lock was poisoned".into());
-        let mut connection = {
-            let mut pool = self.readers.pool.lock().map_err(|_| poisoned())?;
-            loop {
-                if let Some(connection) = pool.0.pop() {
-                    break connection;
-                }
-                if pool.1 < MAX_READERS {
-                    pool.1 += 1;
-                    drop(pool);
-                    let opened = Connection::open(&self.path)
-                        .and_then(|c| configure(&c, 16_384).map(|_| c))
-                        .map_err(|e| map_error(&self.path, &e));
-                    match opened {
-                        Ok(connection) => break connection,
-                        Err(error) => {
-                            if let Ok(mut pool) = self.readers.pool.lock() {
-                                pool.1 -= 1;
-                            }
-                            return Err(error);
-                        }
-                    }
-                }
-                pool = self.readers.returned.wait(pool).map_err(|_| poisoned())?;
-            }
-        };
-        let result = (|| {
-            let transaction = connection
-                .transaction_with_behavior(TransactionBehavior::Deferred)
-                .map_err(|e| map_error(&self.path, &e))?;
-            let result = work(&mut SqliteTx {
-                path: &self.path,
-                read_only: true,
-                transaction: &transaction,
-            })?;
-            transaction
-                .commit()
-                .map_err(|e| map_error(&self.path, &e))?;
-            Ok(result)
-        })();
-        if let Ok(mut pool) = self.readers.pool.lock() {
-            pool.0.push(connection);
-            self.readers.returned.notify_one();
-        }
+        let mut connection = self.take_reader()?;
+        let result = self.read_on(&mut connection, &mut || {}, work);
+        self.give_back(connection);
         result
     }
 
@@ -281,6 +303,54 @@ impl Tx for SqliteTx<'_> {
                 fill_from_sqlite(slot, row.get_ref(index).map_err(error)?)?;
             }
             each(&buffer)?;
+        }
+        Ok(())
+    }
+
+    fn query_rows(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: &mut Rows,
+    ) -> Result<(), StoreError> {
+        self.query_rows_direct(sql, params, rows)
+    }
+}
+
+impl SqliteTx<'_> {
+    /// [`Tx::query_rows`] without a `Row` in between: each value is copied once, from SQLite's
+    /// buffer into the flat buffers.
+    fn query_rows_direct(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: &mut Rows,
+    ) -> Result<(), StoreError> {
+        let error = |e: rusqlite::Error| map_error(self.path, &e);
+        let mut statement = self
+            .transaction
+            .prepare_cached(&Self::sql(sql))
+            .map_err(error)?;
+        let columns = statement.column_count();
+        rows.start(columns);
+        let mut result = statement
+            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+            .map_err(error)?;
+        while let Some(row) = result.next().map_err(error)? {
+            for index in 0..columns {
+                match row.get_ref(index).map_err(error)? {
+                    ValueRef::Null => rows.push_null(),
+                    ValueRef::Integer(v) => rows.push_int(v),
+                    ValueRef::Text(v) => rows.push_text(
+                        std::str::from_utf8(v)
+                            .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?,
+                    ),
+                    ValueRef::Blob(v) => rows.push_bytes(v),
+                    ValueRef::Real(_) => {
+                        return Err(StoreError::corrupt("a column holds a floating-point value"));
+                    }
+                }
+            }
         }
         Ok(())
     }

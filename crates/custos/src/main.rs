@@ -20,6 +20,12 @@ mod retention;
 mod serve;
 mod write_load;
 
+/// mimalloc rather than glibc's allocator: an export's threads hand millions of strings to one
+/// another, and glibc's cross-thread frees and consolidations took a fifth of the export's time
+/// (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "custos",
