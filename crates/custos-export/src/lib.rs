@@ -26,7 +26,7 @@ use custos_core::{
     EligibilityReason, EventKey, RevocationReason, Timestamp, revocation, snapshot_eligibility,
     training_content,
 };
-use custos_store::ledger::{hmac_sha256, load_or_create_secret, verify_signature};
+use custos_store::ledger::{Hmac, load_or_create_secret, verify_signature};
 use custos_store::{Checkpoint, RawChunk, Store, StoreError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -52,9 +52,9 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
 
 /// Conversations per batch handed from the decider to the writer, and batches in flight.
 const BATCH: usize = 256;
-const BATCHES_IN_FLIGHT: usize = 8;
+const BATCHES_IN_FLIGHT: usize = 32;
 /// Chunks (a few hundred accounts each) read ahead of the decider.
-const CHUNKS_IN_FLIGHT: usize = 2;
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -270,6 +270,8 @@ impl<'a> Exports<'a> {
         let record = self.record_folder(&prepared.id)?;
         let policy = self.store.policy();
         let (to_decider, chunks) = mpsc::sync_channel::<RawChunk>(CHUNKS_IN_FLIGHT);
+        // Parsed chunks go back to the reader, which fills their buffers again.
+        let (to_reader, spent) = mpsc::channel::<RawChunk>();
         let (to_writer, batches) = mpsc::sync_channel::<Vec<Selected>>(BATCHES_IN_FLIGHT);
         let counts = Counters::default();
         let mut checkpoint = None;
@@ -284,7 +286,7 @@ impl<'a> Exports<'a> {
             let decider = std::thread::Builder::new()
                 .name("export-decider".into())
                 .spawn_scoped(scope, || {
-                    decide(policy, chunks, to_writer, &counts, &report)
+                    decide(policy, chunks, to_reader, to_writer, &counts, &report)
                 })
                 .map_err(|e| ExportError::io(Path::new("a thread"), e))?;
             let read = self.store.scan_training_chunks(
@@ -297,7 +299,10 @@ impl<'a> Exports<'a> {
                     counts.report(&report);
                 },
                 // A failed send means the decider stopped; its error says why.
-                &mut |chunk| to_decider.send(chunk).map_err(|_| StoreError::Stopped),
+                &mut |chunk| {
+                    to_decider.send(chunk).map_err(|_| StoreError::Stopped)?;
+                    Ok(spent.try_recv().ok())
+                },
             );
             drop(to_decider);
             let decided = decider
@@ -453,16 +458,12 @@ impl<'a> Exports<'a> {
             .filter_map(|chunk| chunk.try_into().ok())
             .collect();
         keys.sort_unstable();
-        let secret = self.secret()?;
+        let hmac = Hmac::new(&self.secret()?);
         let policy = self.store.policy();
         let mut revoked = Vec::new();
         self.store
             .scan_training(now, now, false, &mut |_, _| Ok(()), &mut |scanned| {
-                let key = row_key(
-                    &secret,
-                    CONVERSATION_LABEL,
-                    scanned.conversation.id.as_str(),
-                );
+                let key = keyed(&hmac, CONVERSATION_LABEL, scanned.conversation.id.as_str());
                 if keys.binary_search(&key).is_ok()
                     && let Some(reason) =
                         revocation(policy, scanned.owner, scanned.conversation, scanned.now)
@@ -525,7 +526,11 @@ const ACCOUNT_LABEL: &[u8] = b"custos.export.account\0";
 /// The pseudonymous key of a row: the first 128 bits of HMAC-SHA-256 under the export secret,
 /// with a label per kind of id so that a conversation's key never equals an account's.
 fn row_key(secret: &[u8; 32], label: &[u8], id: &str) -> [u8; KEY_BYTES] {
-    let mac = hmac_sha256(secret, &[label, id.as_bytes()]);
+    keyed(&Hmac::new(secret), label, id)
+}
+
+fn keyed(hmac: &Hmac, label: &[u8], id: &str) -> [u8; KEY_BYTES] {
+    let mac = hmac.mac(&[label, id.as_bytes()]);
     let mut key = [0u8; KEY_BYTES];
     key.iter_mut().zip(mac).for_each(|(k, m)| *k = m);
     key
@@ -563,6 +568,7 @@ impl Counters {
 fn decide(
     policy: &custos_core::Policy,
     chunks: mpsc::Receiver<RawChunk>,
+    to_reader: mpsc::Sender<RawChunk>,
     to_writer: mpsc::SyncSender<Vec<Selected>>,
     counts: &Counters,
     reporter: &Reporter<'_>,
@@ -571,6 +577,8 @@ fn decide(
     let mut batch = Vec::with_capacity(BATCH);
     for raw in chunks {
         let mut chunk = raw.parse()?;
+        // The reader may have finished; then the buffers are simply dropped.
+        let _ = to_reader.send(raw);
         let mut writer_stopped = false;
         chunk
             .visit(&mut |scanned| {
@@ -635,6 +643,9 @@ fn write_rows(
     record: &Path,
 ) -> Result<Written, ExportError> {
     let redactor = Redactor::new();
+    let hmac = Hmac::new(secret);
+    // Rows come grouped by account: its key is computed once per run of its rows.
+    let mut account: Option<(String, String)> = None;
     let mut written = Written::default();
     let mut sink = sink::Sink::new(&prepared.out, prepared.format, prepared.max_file_bytes);
     let keys_path = record.join(KEYS);
@@ -643,7 +654,16 @@ fn write_rows(
     let mut keys = std::io::BufWriter::new(keys_file);
     for batch in batches {
         for selected in batch {
-            let conversation_key = row_key(secret, CONVERSATION_LABEL, &selected.conversation);
+            let conversation_key = keyed(&hmac, CONVERSATION_LABEL, &selected.conversation);
+            let account_key = match &account {
+                Some((id, key)) if *id == selected.account => key.clone(),
+                _ => {
+                    let key =
+                        custos_core::policy::hex(&keyed(&hmac, ACCOUNT_LABEL, &selected.account));
+                    account = Some((selected.account.clone(), key.clone()));
+                    key
+                }
+            };
             keys.write_all(&conversation_key)
                 .map_err(|e| ExportError::io(&keys_path, e))?;
             written.messages += selected.messages.len() as u64;
@@ -654,11 +674,7 @@ fn write_rows(
             };
             let row = TrainingRow {
                 conversation_key: custos_core::policy::hex(&conversation_key),
-                account_key: custos_core::policy::hex(&row_key(
-                    secret,
-                    ACCOUNT_LABEL,
-                    &selected.account,
-                )),
+                account_key,
                 surface: selected.surface,
                 messages: selected
                     .messages

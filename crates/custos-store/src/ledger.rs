@@ -106,24 +106,51 @@ pub fn pseudonym(key: &[u8; 32], account: &str) -> String {
 
 /// HMAC-SHA-256 (RFC 2104) of the concatenated `parts` under a 32-byte key.
 pub fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut inner_pad = [0x36u8; BLOCK];
-    let mut outer_pad = [0x5cu8; BLOCK];
-    for (index, byte) in key.iter().enumerate() {
-        if let (Some(i), Some(o)) = (inner_pad.get_mut(index), outer_pad.get_mut(index)) {
-            *i ^= byte;
-            *o ^= byte;
+    Hmac::new(key).mac(parts)
+}
+
+/// An HMAC-SHA-256 key with its padded blocks already absorbed: each MAC then costs two
+/// compressions fewer (what keying millions of exported rows spends most on).
+#[derive(Clone)]
+pub struct Hmac {
+    inner: Sha256,
+    outer: Sha256,
+}
+
+impl std::fmt::Debug for Hmac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hmac(…)")
+    }
+}
+
+impl Hmac {
+    pub fn new(key: &[u8; 32]) -> Hmac {
+        const BLOCK: usize = 64;
+        let mut inner_pad = [0x36u8; BLOCK];
+        let mut outer_pad = [0x5cu8; BLOCK];
+        for (index, byte) in key.iter().enumerate() {
+            if let (Some(i), Some(o)) = (inner_pad.get_mut(index), outer_pad.get_mut(index)) {
+                *i ^= byte;
+                *o ^= byte;
+            }
+        }
+        Hmac {
+            inner: Sha256::new().chain_update(inner_pad),
+            outer: Sha256::new().chain_update(outer_pad),
         }
     }
-    let mut inner = Sha256::new().chain_update(inner_pad);
-    for part in parts {
-        inner.update(part);
+
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut inner = self.inner.clone();
+        for part in parts {
+            inner.update(part);
+        }
+        self.outer
+            .clone()
+            .chain_update(inner.finalize())
+            .finalize()
+            .into()
     }
-    Sha256::new()
-        .chain_update(outer_pad)
-        .chain_update(inner.finalize())
-        .finalize()
-        .into()
 }
 
 impl Entry {

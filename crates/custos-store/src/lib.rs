@@ -263,14 +263,14 @@ impl Store {
 
     /// Like [`Store::scan_training`], handing over chunks as read (a few hundred accounts'
     /// worth each), so that the caller can parse and decide on other threads while the next
-    /// chunk is read. (Two readers sharing one snapshot were measured too, on two cores: slower,
+    /// chunk is read; `each` may hand back a chunk it is done with, whose buffers are reused. (Two readers sharing one snapshot were measured too, on two cores: slower,
     /// see BENCHMARKS.md.)
     pub fn scan_training_chunks(
         &self,
         cutoff: Timestamp,
         now: Timestamp,
         begin: &mut dyn FnMut(Option<Checkpoint>, u64),
-        each: &mut dyn FnMut(scan::RawChunk) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(scan::RawChunk) -> Result<Option<scan::RawChunk>, StoreError>,
     ) -> Result<(), StoreError> {
         self.read(&mut |tx| {
             let (checkpoint, conversations) = snapshot_start(tx)?;

@@ -8,7 +8,7 @@ use crate::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -140,6 +140,81 @@ INSERT INTO tombstones_by_time (purged_at, conversation_hash, reason)
     SELECT purged_at, conversation_hash, reason FROM tombstones;
 DROP TABLE tombstones;
 ALTER TABLE tombstones_by_time RENAME TO tombstones
+",
+    // The tables read by ranges of accounts, clustered by their key (SQLite: WITHOUT ROWID;
+    // PostgreSQL keeps its heap): a range is then read in one pass over the tree's leaves,
+    // instead of an index walk with a table lookup per row. Exports read every table this way,
+    // and an account's ledger is read whole on each of its writes.
+    r"
+CREATE TABLE ledger_by_key (
+    account_id TEXT NOT NULL,
+    idx INT8 NOT NULL,
+    at INT8 NOT NULL,
+    seq INT8 NOT NULL,
+    kind TEXT NOT NULL,
+    plan TEXT,
+    preference TEXT,
+    channel TEXT,
+    notice_id TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    prev_hash BYTES NOT NULL,
+    hash BYTES NOT NULL,
+    PRIMARY KEY (account_id, idx)
+) WITHOUT ROWID;
+INSERT INTO ledger_by_key (account_id, idx, at, seq, kind, plan, preference, channel, notice_id,
+    policy_id, actor, prev_hash, hash)
+    SELECT account_id, idx, at, seq, kind, plan, preference, channel, notice_id, policy_id, actor,
+        prev_hash, hash FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_by_key RENAME TO ledger;
+CREATE TABLE conversations_by_key (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    surface TEXT NOT NULL,
+    incognito BOOLEAN NOT NULL,
+    deleted_at INT8,
+    deleted_seq INT8,
+    purged_at INT8,
+    expires_at INT8,
+    retention_class TEXT,
+    expiry_bound TEXT,
+    PRIMARY KEY (account_id, conversation_id)
+) WITHOUT ROWID;
+INSERT INTO conversations_by_key (account_id, conversation_id, surface, incognito, deleted_at,
+    deleted_seq, purged_at, expires_at, retention_class, expiry_bound)
+    SELECT account_id, conversation_id, surface, incognito, deleted_at, deleted_seq, purged_at,
+        expires_at, retention_class, expiry_bound FROM conversations;
+DROP TABLE conversations;
+ALTER TABLE conversations_by_key RENAME TO conversations;
+CREATE UNIQUE INDEX conversations_by_id ON conversations (conversation_id);
+CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL;
+CREATE TABLE messages_by_key (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INT8 NOT NULL,
+    at INT8 NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (account_id, conversation_id, seq)
+) WITHOUT ROWID;
+INSERT INTO messages_by_key (account_id, conversation_id, seq, at, role, text)
+    SELECT account_id, conversation_id, seq, at, role, text FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_by_key RENAME TO messages;
+CREATE TABLE feedback_by_key (
+    account_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INT8 NOT NULL,
+    at INT8 NOT NULL,
+    rating TEXT NOT NULL,
+    comment TEXT,
+    PRIMARY KEY (account_id, conversation_id, seq)
+) WITHOUT ROWID;
+INSERT INTO feedback_by_key (account_id, conversation_id, seq, at, rating, comment)
+    SELECT account_id, conversation_id, seq, at, rating, comment FROM feedback;
+DROP TABLE feedback;
+ALTER TABLE feedback_by_key RENAME TO feedback
 ",
 ];
 

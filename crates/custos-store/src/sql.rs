@@ -160,7 +160,10 @@ impl Dialect {
         match self {
             Dialect::Sqlite => sql.replace("BYTES", "BLOB").replace("INT8", "INTEGER"),
             Dialect::Postgres => {
-                let sql = sql.replace("BYTES", "BYTEA").replace("INT8", "BIGINT");
+                let sql = sql
+                    .replace("BYTES", "BYTEA")
+                    .replace("INT8", "BIGINT")
+                    .replace(" WITHOUT ROWID", "");
                 let mut out = String::with_capacity(sql.len() + 8);
                 let mut n = 0;
                 for c in sql.chars() {
@@ -250,6 +253,13 @@ enum Slot {
 }
 
 impl Rows {
+    /// Empties the buffers, keeping their capacity.
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.text.clear();
+        self.bytes.clear();
+    }
+
     /// Sets how many values make a row; call before the first value of a query.
     pub fn start(&mut self, columns: usize) {
         self.columns = columns;
