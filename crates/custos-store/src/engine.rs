@@ -19,7 +19,7 @@ use crate::StoreError;
 use crate::ledger::{
     self, Encoding, Entry, EntryKind, GENESIS, LedgerKey, checkpoint_message, heads_root, pseudonym,
 };
-use crate::sql::{Row, Tx};
+use crate::sql::{Columns, Row, Tx};
 
 /// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
 ///
@@ -120,7 +120,7 @@ fn conversation_id(text: String) -> Result<ConversationId, StoreError> {
 pub(crate) const LEDGER_COLUMNS: &str = "account_id, idx, at, seq, kind, plan, preference, channel, \
                               notice_id, policy_id, actor, prev_hash, hash";
 
-pub fn entry_from_row(row: &Row) -> Result<Entry, StoreError> {
+pub fn entry_from_row(row: &impl Columns) -> Result<Entry, StoreError> {
     let kind_text = row.text(4)?;
     Ok(Entry {
         account: account_id(row.text(0)?)?,
@@ -258,7 +258,7 @@ pub(crate) const CONVERSATION_COLUMNS: &str =
     "account_id, conversation_id, surface, incognito, deleted_at, deleted_seq, purged_at";
 
 /// A conversation's row, without its activity.
-pub(crate) fn conversation_from_row(row: &Row) -> Result<Conversation, StoreError> {
+pub(crate) fn conversation_from_row(row: &impl Columns) -> Result<Conversation, StoreError> {
     let owner = account_id(row.text(0)?)?;
     let id = conversation_id(row.text(1)?)?;
     let surface = parse_or_corrupt(&row.text(2)?, Surface::parse)?;
@@ -292,7 +292,7 @@ pub(crate) fn feedback_columns(with_text: bool) -> &'static str {
 }
 
 /// A message from the columns of [`message_columns`], starting at column `from`.
-pub(crate) fn message_from_row(row: &Row, from: usize) -> Result<Message, StoreError> {
+pub(crate) fn message_from_row(row: &impl Columns, from: usize) -> Result<Message, StoreError> {
     Ok(Message {
         key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
         role: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Role::parse)?,
@@ -300,7 +300,7 @@ pub(crate) fn message_from_row(row: &Row, from: usize) -> Result<Message, StoreE
     })
 }
 
-pub(crate) fn feedback_from_row(row: &Row, from: usize) -> Result<Feedback, StoreError> {
+pub(crate) fn feedback_from_row(row: &impl Columns, from: usize) -> Result<Feedback, StoreError> {
     Ok(Feedback {
         key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
         rating: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Rating::parse)?,

@@ -16,7 +16,7 @@ use crate::engine::{
     feedback_from_row, history_from, in_key_order, message_columns, message_from_row,
 };
 use crate::ledger::Entry;
-use crate::sql::{Row, Rows, Tx};
+use crate::sql::{Columns, RowView, Rows, Tx};
 
 /// Accounts read per chunk: enough that each range query is worth its round trip, few enough
 /// that a chunk's rows stay small.
@@ -256,7 +256,7 @@ impl RawChunk {
         // Rows come grouped by conversation (the key's order), so most lookups are the last
         // one's.
         let mut last: Option<(String, usize)> = None;
-        let mut place = |row: &Row| -> Result<usize, StoreError> {
+        let mut place = |row: &RowView<'_>| -> Result<usize, StoreError> {
             let id = row.optional_str(0)?.unwrap_or("");
             if let Some((last_id, index)) = &last
                 && last_id == id

@@ -124,6 +124,47 @@ impl Row {
     }
 }
 
+/// Typed access to a row's columns, by index: a [`Row`], or a row of [`Rows`] read in place.
+/// The row parsers are written once against it.
+pub trait Columns {
+    fn optional_int(&self, index: usize) -> Result<Option<i64>, StoreError>;
+    fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError>;
+    fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError>;
+    fn bool(&self, index: usize) -> Result<bool, StoreError>;
+
+    fn int(&self, index: usize) -> Result<i64, StoreError> {
+        self.optional_int(index)?
+            .ok_or_else(|| StoreError::corrupt(format!("column {index} is NULL")))
+    }
+
+    fn optional_text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.optional_str(index)?.map(str::to_owned))
+    }
+
+    fn text(&self, index: usize) -> Result<String, StoreError> {
+        self.optional_text(index)?
+            .ok_or_else(|| StoreError::corrupt(format!("column {index} is NULL")))
+    }
+}
+
+impl Columns for Row {
+    fn optional_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        Row::optional_int(self, index)
+    }
+
+    fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
+        Row::optional_str(self, index)
+    }
+
+    fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError> {
+        Row::bytes(self, index)
+    }
+
+    fn bool(&self, index: usize) -> Result<bool, StoreError> {
+        Row::bool(self, index)
+    }
+}
+
 impl Value {
     /// Sets a text value, reusing this value's buffer when it holds one already.
     pub fn set_text(&mut self, text: &str) {
@@ -298,32 +339,81 @@ impl Rows {
         self.slots.push(Slot::Bytes(start, self.bytes.len()));
     }
 
-    /// Lends each row again, through one `Row` whose buffers are reused.
+    /// Lends each row again, read in place from the buffers.
     pub fn replay(
         &self,
-        each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(&RowView<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         if self.columns == 0 {
             return Ok(());
         }
-        let mut row = Row(vec![Value::Null; self.columns]);
         for slots in self.slots.chunks_exact(self.columns) {
-            for (value, slot) in row.0.iter_mut().zip(slots) {
-                match *slot {
-                    Slot::Null => *value = Value::Null,
-                    Slot::Int(int) => *value = Value::Int(int),
-                    Slot::Bool(bool) => *value = Value::Bool(bool),
-                    Slot::Text(start, end) => {
-                        value.set_text(self.text.get(start..end).unwrap_or_default());
-                    }
-                    Slot::Bytes(start, end) => {
-                        value.set_bytes(self.bytes.get(start..end).unwrap_or_default());
-                    }
-                }
-            }
-            each(&row)?;
+            each(&RowView {
+                slots,
+                text: &self.text,
+                bytes: &self.bytes,
+            })?;
         }
         Ok(())
+    }
+}
+
+/// One row of [`Rows`], read in place.
+#[derive(Debug)]
+pub struct RowView<'a> {
+    slots: &'a [Slot],
+    text: &'a str,
+    bytes: &'a [u8],
+}
+
+impl RowView<'_> {
+    fn slot(&self, index: usize) -> Result<Slot, StoreError> {
+        self.slots
+            .get(index)
+            .copied()
+            .ok_or_else(|| StoreError::corrupt(format!("a row has no column {index}")))
+    }
+}
+
+impl Columns for RowView<'_> {
+    fn optional_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        match self.slot(index)? {
+            Slot::Null => Ok(None),
+            Slot::Int(value) => Ok(Some(value)),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not an integer: {other:?}"
+            ))),
+        }
+    }
+
+    fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
+        match self.slot(index)? {
+            Slot::Null => Ok(None),
+            Slot::Text(start, end) => Ok(Some(self.text.get(start..end).unwrap_or_default())),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not text: {other:?}"
+            ))),
+        }
+    }
+
+    fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError> {
+        match self.slot(index)? {
+            Slot::Bytes(start, end) => Ok(self.bytes.get(start..end).unwrap_or_default().to_vec()),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not bytes: {other:?}"
+            ))),
+        }
+    }
+
+    /// SQLite keeps booleans as integers; PostgreSQL as booleans.
+    fn bool(&self, index: usize) -> Result<bool, StoreError> {
+        match self.slot(index)? {
+            Slot::Bool(value) => Ok(value),
+            Slot::Int(value) => Ok(value != 0),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not a boolean: {other:?}"
+            ))),
+        }
     }
 }
 
