@@ -66,6 +66,11 @@ PY
 fi
 
 peak() { grep "Maximum resident set size" "$1" | awk '{printf "%.0f", $NF / 1024}'; }
+# Seconds of wall time from a `/usr/bin/time -v` report ([h:]mm:ss.ss).
+wall() {
+  grep "Elapsed (wall clock)" "$1" | awk '{print $NF}' \
+    | awk -F: '{ if (NF == 3) print $1*3600 + $2*60 + $3; else print $1*60 + $2 }'
+}
 # The peak of a process's own memory (RssAnon: heap and stacks), sampled every 100 ms. Peak RSS
 # also counts the pages of the database file that SQLite maps for reading: those are the OS
 # page cache, shared and reclaimable, and grow with the file, not with what custos holds.
@@ -94,7 +99,7 @@ tail -1 "$work/export-custos.out"
 rm -rf "$root/custos"
 /usr/bin/time -v -o "$work/export-custos.time" "$custos" export --data "$demo" --cutoff "$cutoff" \
   --now "$cutoff" --export-root "$root" --out "$root/custos" --format parquet 2>&1 | tail -1
-custos_s=$(grep "Elapsed (wall clock)" "$work/export-custos.time" | awk '{print $NF}' | awk -F: '{ if (NF == 3) print $1*3600 + $2*60 + $3; else print $1*60 + $2 }')
+custos_s=$(wall "$work/export-custos.time")
 custos_mb=$(peak "$work/export-custos.time")
 custos_rows=$("$python" -c "import json; print(json.load(open('$root/custos/manifest.json'))['conversations']['included'])")
 custos_bytes=$(du -sb "$root/custos" | awk '{print $1}')
@@ -135,7 +140,7 @@ COPY (
 """)
 print(con.execute(f"SELECT count(*) FROM '{out}'").fetchall()[0][0], "rows")
 PY
-duck_s=$(grep "Elapsed (wall clock)" "$work/export-duckdb.time" | awk '{print $NF}' | awk -F: '{ if (NF == 3) print $1*3600 + $2*60 + $3; else print $1*60 + $2 }')
+duck_s=$(wall "$work/export-duckdb.time")
 duck_mb=$(peak "$work/export-duckdb.time")
 duck_rows=$("$python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$root/duckdb.parquet'\").fetchall()[0][0])")
 

@@ -252,16 +252,7 @@ impl Sink {
             return Ok(());
         }
         if self.current.is_none() {
-            let path = self.next_path();
-            let file = HashingFile::create(path.clone())?;
-            let writer =
-                SerializedFileWriter::new(file, Arc::new(schema()?), Arc::new(properties()))
-                    .map_err(|e| ExportError::parquet(&path, e))?;
-            self.current = Some(Open::Parquet {
-                writer: Box::new(writer),
-                path,
-                rows: 0,
-            });
+            self.open_parquet()?;
         }
         let Some(Open::Parquet { writer, path, rows }) = self.current.as_mut() else {
             return Err(ExportError::Internal(
@@ -275,6 +266,20 @@ impl Sink {
         if writer.bytes_written() as u64 >= self.max_file_bytes {
             self.close_file()?;
         }
+        Ok(())
+    }
+
+    /// Starts the next Parquet file.
+    fn open_parquet(&mut self) -> Result<(), ExportError> {
+        let path = self.next_path();
+        let file = HashingFile::create(path.clone())?;
+        let writer = SerializedFileWriter::new(file, Arc::new(schema()?), Arc::new(properties()))
+            .map_err(|e| ExportError::parquet(&path, e))?;
+        self.current = Some(Open::Parquet {
+            writer: Box::new(writer),
+            path,
+            rows: 0,
+        });
         Ok(())
     }
 
@@ -305,21 +310,7 @@ impl Sink {
                     let file = HashingFile::create(self.next_path())?;
                     self.current = Some(Open::Jsonl { file, rows: 0 });
                 }
-                Format::Parquet => {
-                    let path = self.next_path();
-                    let file = HashingFile::create(path.clone())?;
-                    let writer = SerializedFileWriter::new(
-                        file,
-                        Arc::new(schema()?),
-                        Arc::new(properties()),
-                    )
-                    .map_err(|e| ExportError::parquet(&path, e))?;
-                    self.current = Some(Open::Parquet {
-                        writer: Box::new(writer),
-                        path,
-                        rows: 0,
-                    });
-                }
+                Format::Parquet => self.open_parquet()?,
             }
         }
         self.close_file()?;

@@ -160,18 +160,9 @@ pub async fn start(
             .max_file_bytes
             .unwrap_or(custos_export::DEFAULT_MAX_FILE_BYTES),
     };
-    let worker = Arc::clone(&state);
-    let prepared = tokio::task::spawn_blocking(move || {
-        let exports = Exports::new(
-            &worker.store,
-            &worker.exports.data,
-            worker.exports.root.as_deref(),
-        );
-        exports.prepare(&request, now)
-    })
-    .await
-    .map_err(|_| Problem::internal())?
-    .map_err(|e| refusal(&state, e))?;
+    let prepared = on_exports(&state, move |exports| exports.prepare(&request, now))
+        .await?
+        .map_err(|e| refusal(&state, e))?;
     state
         .running
         .set(&prepared.id, Some(Run::Running(Progress::default())));
@@ -239,6 +230,23 @@ pub async fn start(
     ))
 }
 
+/// Runs `work` on this server's exports, on a blocking thread (it reads files and the store).
+async fn on_exports<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&Exports<'_>) -> Result<T, ExportError> + Send + 'static,
+) -> Result<Result<T, ExportError>, Problem> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        work(&Exports::new(
+            &state.store,
+            &state.exports.data,
+            state.exports.root.as_deref(),
+        ))
+    })
+    .await
+    .map_err(|_| Problem::internal())
+}
+
 /// An export's status: running (with progress), failed, incomplete, or done with its manifest.
 pub async fn read(
     State(state): Shared,
@@ -267,14 +275,7 @@ pub async fn read(
         }
         None => {}
     }
-    let place = state.exports.clone();
-    let store = Arc::clone(&state.store);
-    let found = tokio::task::spawn_blocking(move || {
-        Exports::new(&store, &place.data, place.root.as_deref()).manifest_of(&id)
-    })
-    .await
-    .map_err(|_| Problem::internal())?;
-    match found {
+    match on_exports(&state, move |exports| exports.manifest_of(&id)).await? {
         Ok(manifest) => Ok(Json(json!({
             "snapshot_id": manifest.get("snapshot_id").cloned().unwrap_or(Value::Null),
             "status": "done",
@@ -296,13 +297,9 @@ pub async fn list(State(state): Shared, headers: HeaderMap) -> Result<Json<Value
         None,
     )
     .await?;
-    let place = state.exports.clone();
-    let manifests = blocking(&state, move |store| {
-        Exports::new(store, &place.data, place.root.as_deref())
-            .finished()
-            .map_err(|e| custos_store::StoreError::Database(e.to_string()))
-    })
-    .await?;
+    let manifests = on_exports(&state, |exports| exports.finished())
+        .await?
+        .map_err(|e| refusal(&state, e))?;
     Ok(Json(json!({"exports": manifests})))
 }
 
@@ -314,14 +311,7 @@ pub async fn revocations(
 ) -> Result<Json<Value>, Problem> {
     admit(&state, &headers, Allowed::roles(&[Role::Trainer]), None).await?;
     let now = state.now();
-    let place = state.exports.clone();
-    let store = Arc::clone(&state.store);
-    let found = tokio::task::spawn_blocking(move || {
-        Exports::new(&store, &place.data, place.root.as_deref()).revocations(&id, now)
-    })
-    .await
-    .map_err(|_| Problem::internal())?;
-    match found {
+    match on_exports(&state, move |exports| exports.revocations(&id, now)).await? {
         Ok(revocations) => Ok(Json(revocations.to_json())),
         Err(error) => Err(refusal(&state, error)),
     }
