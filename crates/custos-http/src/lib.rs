@@ -5,6 +5,7 @@
 //! index. No handler restates a rule of SPEC.md.
 
 mod access;
+pub mod charts;
 mod clock;
 mod exports;
 mod gate_index;
