@@ -234,21 +234,30 @@ fn to_sqlite(value: &Value) -> SqliteValue {
     }
 }
 
-/// Reads a column into `slot`, reusing its buffer.
-fn fill_from_sqlite(slot: &mut Value, value: ValueRef<'_>) -> Result<(), StoreError> {
-    match value {
-        ValueRef::Null => *slot = Value::Null,
-        ValueRef::Integer(v) => *slot = Value::Int(v),
-        ValueRef::Text(v) => slot.set_text(
+/// A column as SQLite gave it, checked: text is UTF-8, and no column holds a float.
+enum Cell<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+/// Reads a result row's cell by column index.
+type Cells<'r> = dyn Fn(usize) -> Result<Cell<'r>, StoreError> + 'r;
+
+fn cell(value: ValueRef<'_>) -> Result<Cell<'_>, StoreError> {
+    Ok(match value {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(v) => Cell::Int(v),
+        ValueRef::Text(v) => Cell::Text(
             std::str::from_utf8(v)
                 .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?,
         ),
-        ValueRef::Blob(v) => slot.set_bytes(v),
+        ValueRef::Blob(v) => Cell::Bytes(v),
         ValueRef::Real(_) => {
             return Err(StoreError::corrupt("a column holds a floating-point value"));
         }
-    }
-    Ok(())
+    })
 }
 
 impl SqliteTx<'_> {
@@ -288,6 +297,53 @@ impl Tx for SqliteTx<'_> {
         params: &[Value],
         each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut buffer = Row(Vec::new());
+        self.for_each_row(sql, params, &mut |columns, row| {
+            buffer.0.resize(columns, Value::Null);
+            for (index, slot) in buffer.0.iter_mut().enumerate() {
+                // Each value reuses its slot's buffer.
+                match row(index)? {
+                    Cell::Null => *slot = Value::Null,
+                    Cell::Int(v) => *slot = Value::Int(v),
+                    Cell::Text(v) => slot.set_text(v),
+                    Cell::Bytes(v) => slot.set_bytes(v),
+                }
+            }
+            each(&buffer)
+        })
+    }
+
+    /// Without a `Row` in between: each value is copied once, from SQLite's buffer into the
+    /// flat buffers.
+    fn query_rows(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: &mut Rows,
+    ) -> Result<(), StoreError> {
+        self.for_each_row(sql, params, &mut |columns, row| {
+            rows.start(columns);
+            for index in 0..columns {
+                match row(index)? {
+                    Cell::Null => rows.push_null(),
+                    Cell::Int(v) => rows.push_int(v),
+                    Cell::Text(v) => rows.push_text(v),
+                    Cell::Bytes(v) => rows.push_bytes(v),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl SqliteTx<'_> {
+    /// Runs a query and lends each result row as its column count and a reader of its cells.
+    fn for_each_row(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn for<'r> FnMut(usize, &'r Cells<'r>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let error = |e: rusqlite::Error| map_error(self.path, &e);
         let mut statement = self
             .transaction
@@ -297,60 +353,8 @@ impl Tx for SqliteTx<'_> {
         let mut rows = statement
             .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
             .map_err(error)?;
-        let mut buffer = Row(vec![Value::Null; columns]);
         while let Some(row) = rows.next().map_err(error)? {
-            for (index, slot) in buffer.0.iter_mut().enumerate() {
-                fill_from_sqlite(slot, row.get_ref(index).map_err(error)?)?;
-            }
-            each(&buffer)?;
-        }
-        Ok(())
-    }
-
-    fn query_rows(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        rows: &mut Rows,
-    ) -> Result<(), StoreError> {
-        self.query_rows_direct(sql, params, rows)
-    }
-}
-
-impl SqliteTx<'_> {
-    /// [`Tx::query_rows`] without a `Row` in between: each value is copied once, from SQLite's
-    /// buffer into the flat buffers.
-    fn query_rows_direct(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        rows: &mut Rows,
-    ) -> Result<(), StoreError> {
-        let error = |e: rusqlite::Error| map_error(self.path, &e);
-        let mut statement = self
-            .transaction
-            .prepare_cached(&Self::sql(sql))
-            .map_err(error)?;
-        let columns = statement.column_count();
-        rows.start(columns);
-        let mut result = statement
-            .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
-            .map_err(error)?;
-        while let Some(row) = result.next().map_err(error)? {
-            for index in 0..columns {
-                match row.get_ref(index).map_err(error)? {
-                    ValueRef::Null => rows.push_null(),
-                    ValueRef::Integer(v) => rows.push_int(v),
-                    ValueRef::Text(v) => rows.push_text(
-                        std::str::from_utf8(v)
-                            .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?,
-                    ),
-                    ValueRef::Blob(v) => rows.push_bytes(v),
-                    ValueRef::Real(_) => {
-                        return Err(StoreError::corrupt("a column holds a floating-point value"));
-                    }
-                }
-            }
+            each(columns, &|index| cell(row.get_ref(index).map_err(error)?))?;
         }
         Ok(())
     }
