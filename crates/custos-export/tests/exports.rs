@@ -769,8 +769,11 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
         .flat_map(|a| (0..PER_ACCOUNT).map(move |c| (format!("u{a:03}"), format!("c{a:03}-{c}"))))
         .map(|(a, c)| (exports.conversation_key(&c).unwrap(), (a, c)))
         .collect();
-    // (committed at, account withdrawn or conversation deleted)
-    let committed: std::sync::Mutex<Vec<(Instant, Result<String, String>)>> =
+    // (began, committed, account withdrawn or conversation deleted). A write that began after a
+    // snapshot was fixed must not show in it; one that committed before an export began must.
+    // A write whose span straddles the moment the snapshot was fixed may go either way.
+    #[allow(clippy::type_complexity)]
+    let committed: std::sync::Mutex<Vec<(Instant, Instant, Result<String, String>)>> =
         std::sync::Mutex::default();
     let done = AtomicBool::new(false);
     let mut snapshots = Vec::new();
@@ -781,9 +784,13 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
                     break;
                 }
                 let id = format!("u{a:03}");
+                let started = Instant::now();
                 if a % 2 == 0 {
                     fixture.apply(writes_at, choose(&id, false));
-                    committed.lock().unwrap().push((Instant::now(), Ok(id)));
+                    committed
+                        .lock()
+                        .unwrap()
+                        .push((started, Instant::now(), Ok(id)));
                 } else {
                     let c = format!("c{a:03}-{}", a % PER_ACCOUNT);
                     fixture.apply(
@@ -792,7 +799,10 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
                             conversation: conversation(&c),
                         },
                     );
-                    committed.lock().unwrap().push((Instant::now(), Err(c)));
+                    committed
+                        .lock()
+                        .unwrap()
+                        .push((started, Instant::now(), Err(c)));
                 }
             }
         });
@@ -829,7 +839,7 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
             .map(|r| &keys[r["conversation_key"].as_str().unwrap()])
             .collect();
         let of_account = |a: &str| exported.iter().filter(|(owner, _)| owner == a).count();
-        for (at, change) in &committed {
+        for (started, at, change) in &committed {
             if at < began {
                 honored += 1;
                 match change {
@@ -843,7 +853,7 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
                         "{deleted} was deleted before the snapshot, and is in it"
                     ),
                 }
-            } else if at > fixed {
+            } else if started > fixed {
                 // Committed after the snapshot was fixed: none of it shows, not even in part.
                 kept_out += 1;
                 match change {
@@ -865,7 +875,7 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
     eprintln!("{honored} writes committed before a snapshot began, {kept_out} after one was fixed");
     // The last snapshot, if taken after every write, holds none of them.
     let (began, _, last, folder) = snapshots.last().unwrap();
-    if committed.len() == ACCOUNTS && committed.iter().all(|(at, _)| at < began) {
+    if committed.len() == ACCOUNTS && committed.iter().all(|(_, at, _)| at < began) {
         let included = jsonl_rows(last, folder).len();
         assert_eq!(
             included,
