@@ -144,6 +144,13 @@ impl TokenCache {
         (fresh && unexpired).then(|| caller.clone())
     }
 
+    /// Drops a token at once, e.g. the session of an erased account.
+    pub fn forget(&self, token_hash: &[u8; 32]) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.remove(token_hash);
+        }
+    }
+
     pub fn keep(
         &self,
         token_hash: [u8; 32],

@@ -66,9 +66,20 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[Series]) -> St
         .collect();
     let mut svg = String::new();
     let description = describe(categories, series, &totals);
+    // Several charts share a page: each names its title and description by its own ids.
+    let id: String = title
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="chart-title chart-desc" class="chart"><title id="chart-title">{}</title><desc id="chart-desc">{}</desc>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="chart-{id}-title chart-{id}-desc" class="chart"><title id="chart-{id}-title">{}</title><desc id="chart-{id}-desc">{}</desc>"#,
         escape(title),
         escape(&description),
     );
@@ -233,7 +244,7 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains(r#"role="img""#));
-        assert!(svg.contains("<title id=\"chart-title\">Choices by plan</title>"));
+        assert!(svg.contains("<title id=\"chart-choices-by-plan-title\">Choices by plan</title>"));
         // Totals above the bars, with thousands separated, and each category's label.
         assert!(svg.contains(">1,500</text>") && svg.contains(">40</text>"));
         assert!(svg.contains(">free</text>"));

@@ -90,7 +90,7 @@ pub fn new_export_schema() -> Value {
     })
 }
 
-fn refusal(state: &AppState, error: ExportError) -> Problem {
+pub(crate) fn refusal(state: &AppState, error: ExportError) -> Problem {
     let kind = match &error {
         ExportError::Purpose(_) => "purpose-refused",
         ExportError::Destination { .. } => "destination-refused",
@@ -231,7 +231,7 @@ pub async fn start(
 }
 
 /// Runs `work` on this server's exports, on a blocking thread (it reads files and the store).
-async fn on_exports<T: Send + 'static>(
+pub(crate) async fn on_exports<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&Exports<'_>) -> Result<T, ExportError> + Send + 'static,
 ) -> Result<Result<T, ExportError>, Problem> {

@@ -10,6 +10,7 @@ mod clock;
 mod exports;
 mod gate_index;
 mod metrics;
+mod pages;
 mod problem;
 mod retention;
 mod routes;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub exports: exports::ExportPlace,
     /// Exports this process started that have not finished well.
     pub running: exports::Running,
+    /// The operator dashboard's figures and this server's recent sweeps.
+    pub dashboard: pages::DashboardCache,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
             tokens: access::TokenCache::default(),
             exports,
             running: exports::Running::default(),
+            dashboard: pages::DashboardCache::default(),
         })
     }
 
@@ -89,6 +93,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     sweep_every: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
+    pages::refresh_dashboard_in_background(&state);
     let sweeper = sweep_every
         .map(|interval| tokio::spawn(retention::sweep_periodically(Arc::clone(&state), interval)));
     let served = axum::serve(listener, router(state).into_make_service())

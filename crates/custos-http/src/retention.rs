@@ -7,13 +7,13 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use custos_core::{Command, HoldId, HoldTarget};
+use custos_core::{AccountId, Command, HoldId, HoldTarget};
 use custos_store::HoldRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::access::{Allowed, Role};
+use crate::access::{Allowed, Caller, Role};
 use crate::problem::Problem;
 use crate::routes::{account_id, admit, admit_account, blocking, body, caller, conversation_id};
 
@@ -21,10 +21,13 @@ type Shared = State<Arc<AppState>>;
 
 /// Runs a sweep at `at` on a thread of its own at a lower CPU priority (nice 10): a sweep is
 /// background work, and on a small machine it must not take the cores the gate answers on.
+/// Each sweep is listed on the dashboard, with `by` (`scheduled`, or who asked).
 async fn sweep_in_background(
     state: &AppState,
     at: custos_core::Timestamp,
+    by: String,
 ) -> Result<custos_core::SweepReport, Problem> {
+    let started = std::time::Instant::now();
     let store = Arc::clone(&state.store);
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -34,10 +37,18 @@ async fn sweep_in_background(
             let _ = done.send(store.sweep(at, custos_store::SWEEP_BATCH, &mut |_, _| {}));
         })
         .map_err(|_| Problem::internal())?;
-    result
+    let report = result
         .await
         .map_err(|_| Problem::internal())?
-        .map_err(Problem::from)
+        .map_err(Problem::from)?;
+    state.dashboard.record_sweep(crate::pages::SweepRecord {
+        at,
+        by,
+        purged: report.purged_total(),
+        held_back: report.held_back,
+        took: started.elapsed(),
+    });
+    Ok(report)
 }
 
 /// On Linux each thread has its own nice value: this sets the calling thread's to 10. The
@@ -62,7 +73,7 @@ pub async fn sweep_periodically(state: Arc<AppState>, interval: std::time::Durat
     loop {
         ticks.tick().await;
         let at = state.now();
-        match sweep_in_background(&state, at).await {
+        match sweep_in_background(&state, at, "scheduled".into()).await {
             Ok(report) => eprintln!(
                 "custos: scheduled sweep at {at}: purged {}, held back {}",
                 report.purged_total(),
@@ -122,7 +133,7 @@ pub async fn conversation_status(
 pub async fn run_sweep(State(state): Shared, headers: HeaderMap) -> Result<Json<Value>, Problem> {
     let caller = admit(&state, &headers, Allowed::roles(&[]), None).await?;
     let at = state.now();
-    let report = sweep_in_background(&state, at).await?;
+    let report = sweep_in_background(&state, at, caller.actor()).await?;
     eprintln!(
         "custos: sweep by {} at {at}: purged {}, held back {}",
         caller.actor(),
@@ -248,15 +259,24 @@ pub async fn erase_account(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let (id, caller) = admit_account(&state, &headers, &id, Allowed::and_user_self(&[])).await?;
+    erase_account_as(&state, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erases an account (R14) for a caller already admitted for it.
+pub(crate) async fn erase_account_as(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &AccountId,
+) -> Result<(), Problem> {
     let at = state.now();
     let actor = caller.actor();
     let account = id.clone();
-    blocking(&state, move |store| {
+    blocking(state, move |store| {
         store.apply(at, &Command::EraseAccount { account }, &actor)
     })
     .await?;
-    state.refresh_gate_blocking(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    state.refresh_gate_blocking(id).await
 }
 
 /// R14 access and portability: everything held about the account, as one JSON document.

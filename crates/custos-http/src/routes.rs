@@ -392,7 +392,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         };
         by_path.insert(route.path, merged);
     }
-    let mut router = Router::new();
+    let mut router = crate::pages::router();
     for (path, handler) in by_path {
         router = router.route(path, handler);
     }
@@ -528,6 +528,11 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
     let token = bearer(headers)
         .ok_or_else(Problem::unauthorized)?
         .to_owned();
+    authenticate(state, token).await
+}
+
+/// Who a token speaks for: from the cache of recent answers, or asked of the store.
+pub(crate) async fn authenticate(state: &AppState, token: String) -> Result<Caller, Problem> {
     let now = state.now();
     let hash = custos_store::token_hash(&token);
     if let Some(caller) = state.tokens.get(&hash, now) {
@@ -767,6 +772,49 @@ async fn change_plan(
     Ok(Json(account_json(&view, &state)))
 }
 
+/// Records a training choice; answers the account as it now stands and the choice's receipt
+/// id. The API and the pages both record choices through this.
+pub(crate) async fn record_choice(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &AccountId,
+    allowed: bool,
+    channel: Channel,
+) -> Result<(AccountView, Option<String>), Problem> {
+    let at = state.now();
+    let actor = caller.actor();
+    let command = Command::Choose {
+        account: id.clone(),
+        allowed,
+        channel,
+    };
+    let account = id.clone();
+    let answer = blocking(state, move |store| {
+        store.apply(at, &command, &actor)?;
+        let receipt = store
+            .ledger(&account)?
+            .last()
+            .map(|e| custos_core::policy::hex(&e.hash));
+        Ok((store.account_view(&account, at)?, receipt))
+    })
+    .await?;
+    state.refresh_gate_blocking(id).await?;
+    Ok(answer)
+}
+
+/// Records that the notice was shown and the user chose "Not now".
+pub(crate) async fn record_notice_shown(
+    state: &AppState,
+    caller: &Caller,
+    id: AccountId,
+) -> Result<(), Problem> {
+    let at = state.now();
+    let command = Command::NoticeShown { account: id };
+    let actor = caller.actor();
+    blocking(state, move |store| store.apply(at, &command, &actor)).await?;
+    Ok(())
+}
+
 /// The notice was shown and the user chose "Not now": recorded as evidence that it was shown.
 async fn notice_shown(
     State(state): Shared,
@@ -780,10 +828,7 @@ async fn notice_shown(
         Allowed::and_user_self(&[Role::Service]),
     )
     .await?;
-    let at = state.now();
-    let command = Command::NoticeShown { account: id };
-    let actor = caller.actor();
-    blocking(&state, move |store| store.apply(at, &command, &actor)).await?;
+    record_notice_shown(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -819,24 +864,7 @@ async fn set_preference(
     )
     .await?;
     let (allowed, channel) = body(payload)?.parse(&state)?;
-    let at = state.now();
-    let actor = caller.actor();
-    let command = Command::Choose {
-        account: id.clone(),
-        allowed,
-        channel,
-    };
-    let account = id.clone();
-    let (view, receipt) = blocking(&state, move |store| {
-        store.apply(at, &command, &actor)?;
-        let receipt = store
-            .ledger(&account)?
-            .last()
-            .map(|e| custos_core::policy::hex(&e.hash));
-        Ok((store.account_view(&account, at)?, receipt))
-    })
-    .await?;
-    state.refresh_gate_blocking(&id).await?;
+    let (view, receipt) = record_choice(&state, &caller, &id, allowed, channel).await?;
     let mut result = preference_json(&view);
     result.insert("receipt".into(), json!(receipt));
     Ok(Json(Value::Object(result)))
@@ -962,6 +990,17 @@ async fn delete_conversation(
 ) -> Result<StatusCode, Problem> {
     let id = conversation_id(&id)?;
     let caller = caller(&state, &headers).await?;
+    delete_conversation_as(&state, &caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a conversation (R7) for a caller that may: the service, an admin, or the user who
+/// owns it. Another user's conversation looks the same as none.
+pub(crate) async fn delete_conversation_as(
+    state: &AppState,
+    caller: &Caller,
+    id: ConversationId,
+) -> Result<(), Problem> {
     let at = state.now();
     let actor = caller.actor();
     let owner_must_be = match caller.role {
@@ -969,7 +1008,7 @@ async fn delete_conversation(
         Role::User => Some(caller.account.clone().ok_or_else(Problem::forbidden)?),
         _ => return Err(Problem::forbidden()),
     };
-    blocking(&state, move |store| {
+    blocking(state, move |store| {
         if let Some(owner) = owner_must_be {
             // A user may delete only its own conversations; another's looks the same as none.
             if store.conversation_owner(&id)? != Some(owner) {
@@ -984,8 +1023,7 @@ async fn delete_conversation(
             )
             .map(|_| ())
     })
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 /// One event of a batch, as sent.

@@ -30,6 +30,7 @@ pub use engine::{
     Principal, RetentionCheck, StoredSnapshot, VerifyReport,
 };
 pub use ledger::{Entry, EntryKind, LedgerKey};
+pub use reports::ConsentOverTime;
 pub use scan::{Chunk, RawChunk, Scanned};
 pub use schema::SCHEMA_VERSION;
 
@@ -564,6 +565,16 @@ impl Store {
     /// Consent figures for auditors (counts only).
     pub fn consent_report(&self, now: Timestamp) -> Result<serde_json::Value, StoreError> {
         self.read(&mut |tx| reports::consent(tx, &self.policy, now))
+    }
+
+    /// Consumer accounts' choices at the end of each of the last `weeks` weeks, by plan, and
+    /// the choices made each week by channel, replayed from the ledger (the dashboard's series).
+    pub fn consent_over_time(
+        &self,
+        now: Timestamp,
+        weeks: usize,
+    ) -> Result<reports::ConsentOverTime, StoreError> {
+        self.read(&mut |tx| reports::consent_over_time(tx, &self.policy, now, weeks))
     }
 
     /// Every legal hold, active or released, with its audit trail.

@@ -144,3 +144,132 @@ pub fn consent(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<Value
         },
     }))
 }
+
+/// How the consumer accounts' choices stood at the end of each of the last weeks, replayed from
+/// the ledger (the evidence itself, not a counter kept beside it), and the choices made in each
+/// week by channel. For the operator dashboard; counts only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsentOverTime {
+    /// The end of each week, oldest first; the last is `now`.
+    pub week_ends: Vec<Timestamp>,
+    /// Per consumer plan: per week, accounts `[allowed, declined, undecided]` on it then.
+    pub by_plan: Vec<(String, Vec<[u64; 3]>)>,
+    /// Accounts on a business plan at each week's end (never asked).
+    pub business: Vec<u64>,
+    /// Per channel (`signup`, `notice`, `settings`): choices made in each week.
+    pub choices_by_channel: Vec<(String, Vec<u64>)>,
+}
+
+/// Where an account stood at one moment, as its ledger says.
+#[derive(Debug, Clone, Copy, Default)]
+struct Standing<'a> {
+    plan: Option<&'a str>,
+    preference: Option<&'a str>,
+    erased: bool,
+}
+
+pub fn consent_over_time(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    now: Timestamp,
+    weeks: usize,
+) -> Result<ConsentOverTime, StoreError> {
+    let now_ms = now.unix_millis();
+    let week_ends: Vec<i64> = (0..weeks)
+        .rev()
+        .map(|back| now_ms - i64::try_from(back).unwrap_or(0) * WEEK_MS)
+        .collect();
+    let plans: Vec<String> = policy
+        .consumer_plans()
+        .iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    let channels = ["signup", "notice", "settings"];
+    let mut out = ConsentOverTime {
+        week_ends: week_ends
+            .iter()
+            .filter_map(|&ms| Timestamp::from_unix_millis(ms))
+            .collect(),
+        by_plan: plans
+            .iter()
+            .map(|p| (p.clone(), vec![[0; 3]; weeks]))
+            .collect(),
+        business: vec![0; weeks],
+        choices_by_channel: channels
+            .iter()
+            .map(|c| ((*c).to_owned(), vec![0; weeks]))
+            .collect(),
+    };
+    let first_week_starts = week_ends.first().map_or(now_ms, |end| end - WEEK_MS);
+    // One account's entries at a time, in chain order; each week's end takes the standing
+    // after every entry at or before it.
+    let mut account = String::new();
+    let mut entries: Vec<(i64, String, Option<String>, Option<String>)> = Vec::new();
+    let tally = |entries: &[(i64, String, Option<String>, Option<String>)],
+                 out: &mut ConsentOverTime| {
+        for (week, &end) in week_ends.iter().enumerate() {
+            let mut standing = Standing::default();
+            for (_, kind, plan, preference) in entries.iter().filter(|e| e.0 <= end) {
+                match kind.as_str() {
+                    "created" | "plan_changed" => standing.plan = plan.as_deref(),
+                    "choice" => standing.preference = preference.as_deref(),
+                    "erased" => standing.erased = true,
+                    _ => {}
+                }
+            }
+            let Some(plan) = standing.plan.filter(|_| !standing.erased) else {
+                continue;
+            };
+            match out.by_plan.iter_mut().find(|(p, _)| p == plan) {
+                Some((_, counts)) => {
+                    let slot = match standing.preference {
+                        Some("allowed") => 0,
+                        Some("declined") => 1,
+                        _ => 2,
+                    };
+                    if let Some(count) = counts.get_mut(week).and_then(|c| c.get_mut(slot)) {
+                        *count += 1;
+                    }
+                }
+                None => {
+                    if let Some(count) = out.business.get_mut(week) {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+    };
+    tx.query_each(
+        "SELECT account_id, at, kind, plan, preference, channel FROM ledger \
+         ORDER BY account_id, idx",
+        &[],
+        &mut |row| {
+            let id = row.optional_str(0)?.unwrap_or_default();
+            if id != account {
+                tally(&entries, &mut out);
+                entries.clear();
+                account.clear();
+                account.push_str(id);
+            }
+            let at = row.int(1)?;
+            let kind = row.text(2)?;
+            if kind == "choice" && at > first_week_starts && at <= now_ms {
+                let week = usize::try_from((at - first_week_starts - 1) / WEEK_MS).unwrap_or(0);
+                let channel = row.optional_str(5)?.unwrap_or_default();
+                if let Some((_, counts)) = out
+                    .choices_by_channel
+                    .iter_mut()
+                    .find(|(c, _)| c == channel)
+                {
+                    if let Some(slot) = counts.get_mut(week) {
+                        *slot += 1;
+                    }
+                }
+            }
+            entries.push((at, kind, row.optional_text(3)?, row.optional_text(4)?));
+            Ok(())
+        },
+    )?;
+    tally(&entries, &mut out);
+    Ok(out)
+}

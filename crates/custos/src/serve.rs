@@ -137,7 +137,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let store = Store::open(&Location::new(data.clone(), database), Policy::bundled())?;
-    if args.demo {
+    let demo = args.demo;
+    if demo {
         fill_demo(&store, &data, clock.now())?;
     }
     let exports = custos_http::ExportPlace {
@@ -160,6 +161,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state.gates.len(),
             data.display()
         );
+        if demo {
+            print_pages(bound);
+        }
         custos_http::serve(state, listener, custos_http::shutdown_signal(), sweep_every).await?;
         Ok::<(), anyhow::Error>(())
     });
@@ -168,6 +172,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     eprintln!("custos: stopped; every acknowledged write is committed");
     Ok(())
+}
+
+/// The pages a person trying the demo can open, each with the token it needs.
+fn print_pages(bound: std::net::SocketAddr) {
+    println!("custos demo pages (sign in with a token printed above):");
+    for (what, path) in [
+        ("sign in", "/signin"),
+        ("sign up (a new account, with its choice)", "/signup"),
+        ("privacy settings (user token)", "/privacy"),
+        ("the training notice (user token)", "/notice"),
+        ("operator dashboard (admin or auditor token)", "/dashboard"),
+    ] {
+        println!("  {what}: http://{bound}{path}");
+    }
 }
 
 /// Demo data and one token per role, printed for the person trying custos.

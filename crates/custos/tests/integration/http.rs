@@ -1,8 +1,7 @@
 //! The HTTP service, started as the real binary on port 0 with a temporary data folder and a
 //! manual clock, and spoken to over a plain TCP socket.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
@@ -150,43 +149,16 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String, String) {
-        let mut stream = TcpStream::connect(&self.address).unwrap();
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.address
-        );
-        if let Some(token) = token {
+        let authorization = token.map(|token| {
             let secret = self.tokens.get(token).map_or(token, String::as_str);
-            request.push_str(&format!("Authorization: Bearer {secret}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        stream.write_all(body.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let content_type = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-type:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .unwrap_or_default();
-        (status, content_type, payload.to_owned())
+            format!("Bearer {secret}")
+        });
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
+        let reply = crate::support::http(&self.address, method, path, &headers, body);
+        (reply.status, reply.header("content-type"), reply.body)
     }
 
     /// Stops the server (SIGKILL) and starts a new one on the same store, its clock at `now`.
@@ -273,9 +245,9 @@ fn spawn_serve(data: &std::path::Path, database_args: &[String], now: &str) -> (
     (child, address)
 }
 
-const NOTICE: &str = "consumer-terms-2025";
+pub const NOTICE: &str = "consumer-terms-2025";
 
-fn signup(server: &Server, id: &str, plan: &str, allowed: Option<bool>) -> Reply {
+pub fn signup(server: &Server, id: &str, plan: &str, allowed: Option<bool>) -> Reply {
     let mut body = json!({"id": id, "plan": plan});
     if let Some(allowed) = allowed {
         body["choice"] = json!({"allowed": allowed, "channel": "signup", "notice": NOTICE});
@@ -1117,12 +1089,8 @@ fn metrics_count_requests_gate_reasons_and_event_outcomes() {
         Some("service"),
         Some(&batch.to_string()),
     );
-    let mut raw = String::new();
-    let mut stream = TcpStream::connect(&server.address).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    stream.read_to_string(&mut raw).unwrap();
+    let reply = crate::support::http(&server.address, "GET", "/metrics", &[], None);
+    let raw = format!("{}\r\n\r\n{}", reply.head, reply.body);
     for line in [
         "custos_http_requests_total{route=\"/v1/accounts/{id}/gate\",method=\"GET\",status=\"200\"} 3",
         "custos_gate_decisions_total{reason=\"decided\"} 3",

@@ -9,10 +9,12 @@
 )]
 
 mod architecture;
+mod browser;
 mod exports;
 mod http;
 mod http_replay;
 mod invalid_steps;
+mod pages;
 mod policy_check;
 mod retention;
 mod scenarios;
