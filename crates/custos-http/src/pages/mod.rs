@@ -165,7 +165,7 @@ async fn home(
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     Ok(match session(&state, &headers).await? {
-        Some(session) => see_other(start_page(&session.caller)),
+        Some(session) => see_other(&person::first_page(&state, &session.caller).await?),
         None => see_other("/signin"),
     })
 }

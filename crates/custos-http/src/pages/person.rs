@@ -119,9 +119,23 @@ pub async fn signin(
             StatusCode::UNAUTHORIZED,
         ));
     };
-    let mut response = see_other(start_page(&caller));
+    let mut response = see_other(&first_page(&state, &caller).await?);
     set_cookie(&mut response, &session_cookie(&token));
     Ok(response)
+}
+
+/// Where a caller goes once signed in: a person whom the gate would prompt or block sees the
+/// notice first; otherwise the caller's own start page.
+pub async fn first_page(
+    state: &AppState,
+    caller: &crate::access::Caller,
+) -> Result<String, PageError> {
+    if let (Role::User, Some(account)) = (caller.role, &caller.account) {
+        if view_of(state, account).await?.gate.decision != GateDecision::Allow {
+            return Ok("/notice".to_owned());
+        }
+    }
+    Ok(start_page(caller).to_owned())
 }
 
 fn set_cookie(response: &mut Response, cookie: &str) {

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Each page's answer time on a large store, against nginx serving the same pages as static files
+# with the same wrk settings in the same run.
+#
+# Usage: bench/pages.sh [ACCOUNTS] [CONVERSATIONS] [DURATION]   (default 1000000 10000000 5s)
+# Goal (issue 7): every page answers within 50 ms on a demo folder of 1M accounts (p99, one
+# request at a time, so that each figure is one page's own time, not a queue's).
+#
+# The dashboard renders from figures computed in the background (counts over every table and a
+# replay of the ledger); the first visit waits for them, and that time is printed too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+accounts="${1:-1000000}"
+conversations="${2:-10000000}"
+duration="${3:-5s}"
+
+. bench/lib.sh
+need wrk wrk
+need nginx nginx
+
+prepare
+data="$work/demo-$accounts-$conversations"
+demo_folder "$data" "$accounts" "$conversations"
+user_token=$("$custos" token create --data "$data" --role user --account demo-00000042)
+admin_token=$("$custos" token create --data "$data" --role admin)
+
+out=$(mktemp)
+"$custos" serve --data "$data" --listen 127.0.0.1:0 --sweep-every off >"$out" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true' EXIT  # never leave a server behind, even on failure
+for _ in $(seq 1 6000); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
+address=$(grep -o 'http://[0-9.:]*' "$out" | head -1)
+echo "== custos serving $accounts accounts at $address"
+
+# The first visit to the dashboard waits for its figures; then wait for the ledger's
+# verification, which runs in the background, so that it does not share the cores with wrk.
+t0=$(date +%s.%N)
+curl -sf -o /dev/null -b "custos_session=$admin_token" "$address/dashboard"
+t1=$(date +%s.%N)
+echo "dashboard figures, first computation: $(python3 -c "print(f'{$t1 - $t0:.2f}')") s"
+for _ in $(seq 1 1200); do
+  curl -sf -b "custos_session=$admin_token" "$address/dashboard" | grep -q 'id="ledger-status"' && break
+  sleep 1
+done
+t2=$(date +%s.%N)
+echo "ledger verification for the dashboard done within $(python3 -c "print(f'{$t2 - $t0:.1f}')") s of the first visit"
+
+pages=(signin signup notice privacy dashboard)
+cookie_of() { case "$1" in notice|privacy) echo "$user_token" ;; dashboard) echo "$admin_token" ;; *) echo "" ;; esac; }
+
+# Static copies of the same pages, for nginx.
+root=$(mktemp -d)
+for page in "${pages[@]}"; do
+  curl -sf -b "custos_session=$(cookie_of "$page")" "$address/$page" >"$root/$page.html"
+  echo "$page: $(wc -c <"$root/$page.html") bytes"
+done
+
+measure() { # url cookie → "p50_ms p99_ms requests_per_s"
+  local result
+  result=$(wrk -t1 -c1 -d"$duration" --latency -H "Cookie: custos_session=$2" "$1")
+  if echo "$result" | grep -q "Non-2xx"; then echo "non-2xx answers from $1" >&2; exit 1; fi
+  python3 - "$result" <<'PY'
+import re, sys
+text = sys.argv[1]
+def ms(label):
+    value, unit = re.search(rf"{label}%?\s+([\d.]+)(us|ms|s)\b", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+print(f"{ms('50'):.2f} {ms('99'):.2f} {rps:.0f}")
+PY
+}
+
+echo "== custos, one request at a time, $duration per page"
+declare -A custos_p50 custos_p99
+for page in "${pages[@]}"; do
+  read -r p50 p99 rps < <(measure "$address/$page" "$(cookie_of "$page")")
+  custos_p50[$page]=$p50; custos_p99[$page]=$p99
+  printf '%-10s p50 %7s ms   p99 %7s ms   %6s pages/s\n' "$page" "$p50" "$p99" "$rps"
+done
+kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+
+echo "== nginx, the same pages as static files, same settings"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$root/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $root/nginx.pid;
+error_log $root/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$port; root $root; location / { default_type text/html; } }
+}
+NGINX
+nginx -c "$root/nginx.conf" -p "$root" &
+nginx_pid=$!
+sleep 0.5
+worst=0
+for page in "${pages[@]}"; do
+  read -r p50 p99 rps < <(measure "http://127.0.0.1:$port/$page.html" x)
+  printf '%-10s p50 %7s ms   p99 %7s ms   %6s pages/s   custos/nginx p50: %sx\n' "$page" "$p50" "$p99" "$rps" \
+    "$(python3 -c "print(f'{${custos_p50[$page]} / max($p50, 0.001):.1f}')")"
+  worst=$(python3 -c "print(max($worst, ${custos_p99[$page]}))")
+done
+kill "$nginx_pid"; wait "$nginx_pid" 2>/dev/null || true
+echo "== result: slowest custos page p99 ${worst} ms (goal <= 50 ms)"
