@@ -63,22 +63,8 @@ kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 echo "== wrk against nginx (static 60-byte JSON, same settings)"
 root=$(mktemp -d)
 printf '{"decision":"allow","reason":"decided","notice":"terms-25"}' >"$root/gate.json"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$root/nginx.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $root/nginx.pid;
-error_log $root/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$port; root $root; location / { default_type application/json; } }
-}
-NGINX
-nginx -c "$root/nginx.conf" -p "$root" &
-nginx_pid=$!
-sleep 0.5
-static=$(wrk -t2 -c"$connections" -d"$duration" --latency -H "Authorization: Bearer x" "http://127.0.0.1:$port/gate.json")
+nginx_serve "$root" application/json
+static=$(wrk -t2 -c"$connections" -d"$duration" --latency -H "Authorization: Bearer x" "http://127.0.0.1:$nginx_port/gate.json")
 echo "$static" | grep -E "Requests/sec|99%" || true
 kill "$nginx_pid"; wait "$nginx_pid" 2>/dev/null || true
 

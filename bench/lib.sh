@@ -17,3 +17,23 @@ demo_folder() {
     "$custos" demo --data "$1" --accounts "$2" --conversations "$3" --now 2026-11-28T00:00:00Z
   fi
 }
+
+# Serves folder $1 with nginx (2 workers, no access log) on a free port, every file typed $2;
+# sets $nginx_pid and $nginx_port.
+nginx_serve() {
+  nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$1/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$nginx_port; root $1; location / { default_type $2; } }
+}
+NGINX
+  nginx -c "$1/nginx.conf" -p "$1" &
+  nginx_pid=$!
+  sleep 0.5
+}

@@ -80,24 +80,10 @@ done
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 
 echo "== nginx, the same pages as static files, same settings"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$root/nginx.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $root/nginx.pid;
-error_log $root/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$port; root $root; location / { default_type text/html; } }
-}
-NGINX
-nginx -c "$root/nginx.conf" -p "$root" &
-nginx_pid=$!
-sleep 0.5
+nginx_serve "$root" text/html
 worst=0
 for page in "${pages[@]}"; do
-  read -r p50 p99 rps < <(measure "http://127.0.0.1:$port/$page.html" x)
+  read -r p50 p99 rps < <(measure "http://127.0.0.1:$nginx_port/$page.html" x)
   printf '%-10s p50 %7s ms   p99 %7s ms   %6s pages/s   custos/nginx p50: %sx\n' "$page" "$p50" "$p99" "$rps" \
     "$(python3 -c "print(f'{${custos_p50[$page]} / max($p50, 0.001):.1f}')")"
   worst=$(python3 -c "print(max($worst, ${custos_p99[$page]}))")
