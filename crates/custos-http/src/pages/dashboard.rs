@@ -595,3 +595,19 @@ pub async fn manifest(
         .map_err(|e| refusal(&state, e))?;
     Ok(download(&format!("manifest-{id}.json"), &manifest))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chart_colour_keeps_a_contrast_of_at_least_3_to_1_on_white() {
+        for colour in [ALLOWED, DECLINED, UNDECIDED]
+            .into_iter()
+            .chain(CHANNEL_COLOURS)
+        {
+            let ratio = crate::pages::tests::contrast(colour, "#ffffff");
+            assert!(ratio >= 3.0, "{colour}: {ratio:.2}:1");
+        }
+    }
+}

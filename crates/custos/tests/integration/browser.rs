@@ -16,6 +16,11 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// W3C's name for an element reference in a WebDriver answer.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// WebDriver's key codes.
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
+const SHIFT: &str = "\u{E008}";
+
 /// One browser at a time: two Chromiums on two cores make every test slow.
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -241,6 +246,42 @@ impl Browser {
         let path = folder.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();
         path
+    }
+
+    /// Presses one key (a WebDriver key code, e.g. [`TAB`] or [`ENTER`]) on whatever has the
+    /// focus, as a keyboard would.
+    pub fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.expect("POST", "/actions", Some(actions));
+    }
+
+    /// Shift+Tab: the focus moves back one.
+    pub fn back_tab(&self) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": SHIFT}, {"type": "keyDown", "value": TAB},
+            {"type": "keyUp", "value": TAB}, {"type": "keyUp", "value": SHIFT}]}]});
+        self.expect("POST", "/actions", Some(actions));
+    }
+
+    /// The text (or, for a field, the name) of the element that has the focus.
+    pub fn focused(&self) -> String {
+        let active = self.expect("GET", "/element/active", None);
+        let element = active[ELEMENT].as_str().unwrap_or_default().to_owned();
+        let text = self
+            .expect("GET", &format!("/element/{element}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if text.is_empty() {
+            self.expect("GET", &format!("/element/{element}/attribute/name"), None)
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            text
+        }
     }
 
     /// The size of the first element matching `css`: (width, height).

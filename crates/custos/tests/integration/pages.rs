@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::browser::Browser;
+use crate::browser::{Browser, ENTER, TAB};
 use crate::http::{NOTICE, Server, signup};
 use crate::support::http;
 
@@ -180,6 +180,50 @@ fn the_notice_offers_not_now_before_the_deadline_and_blocks_after_it_until_a_cho
     assert_eq!(phone.text("#current-choice"), "Allowed");
     assert_eq!(gate(&server, "u1")["decision"], "allow");
     let view = server.call("GET", "/v1/accounts/u1", Some("service"), None);
+    assert_eq!(view.body["preference"]["channel"], "notice");
+}
+
+#[test]
+fn a_keyboard_alone_reaches_both_answers_in_order_and_chooses() {
+    let server = Server::start("2025-08-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "max", None).status, 201);
+    server.set_clock("2025-09-10T00:00:00Z");
+    let browser = Browser::start(1280, 1000);
+    browser.open(&url(&server, "/signin"));
+    browser.screenshot("signin");
+    sign_in(&browser, &server, "user");
+    assert!(browser.url().ends_with("/notice"), "{}", browser.url());
+    // Tab from the top: the skip link first, then the header, then the answers in reading order.
+    let mut order = Vec::new();
+    for _ in 0..12 {
+        browser.press(TAB);
+        order.push(browser.focused());
+        if order.last().is_some_and(|f| f == "Not now") {
+            break;
+        }
+    }
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("Skip to content"),
+        "{order:?}"
+    );
+    let answers: Vec<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|f| ["Allow", "Don't allow", "Not now"].contains(f))
+        .collect();
+    assert_eq!(answers, ["Allow", "Don't allow", "Not now"], "{order:?}");
+    // Back one, to "Don't allow", and choose it with Enter.
+    browser.back_tab();
+    assert_eq!(browser.focused(), "Don't allow");
+    browser.press(ENTER);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !browser.url().contains("/privacy") {
+        assert!(std::time::Instant::now() < deadline, "Enter chose nothing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let view = server.call("GET", "/v1/accounts/u1", Some("service"), None);
+    assert_eq!(view.body["preference"]["state"], "declined");
     assert_eq!(view.body["preference"]["channel"], "notice");
 }
 
