@@ -21,6 +21,7 @@ demo_folder() {
 # Serves folder $1 with nginx (2 workers, no access log) on a free port, every file typed $2;
 # sets $nginx_pid and $nginx_port.
 nginx_serve() {
+  chmod -R a+rX "$1"  # nginx's workers drop root; mktemp -d folders are private
   nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   cat >"$1/nginx.conf" <<NGINX
 worker_processes 2;

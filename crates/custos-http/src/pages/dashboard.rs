@@ -60,6 +60,8 @@ pub struct SweepRecord {
 #[derive(Debug)]
 struct Figures {
     as_of: Timestamp,
+    /// When counting began, and when it ended.
+    started: Instant,
     computed: Instant,
     took: Duration,
     over_time: ConsentOverTime,
@@ -101,10 +103,21 @@ impl DashboardCache {
     }
 }
 
-/// Computes the figures now (waiting for a computation already running rather than starting a
-/// second one), and starts a verification of the ledger if the last is old.
-async fn refresh_figures(state: &Arc<AppState>) -> Result<Arc<Figures>, PageError> {
+/// Computes the figures, one computation at a time, and starts a verification of the ledger if
+/// the last is old. Figures whose counting began after `newer_than` (any, with `None`) are
+/// taken as they are if another computation made them while this one waited its turn.
+async fn refresh_figures(
+    state: &Arc<AppState>,
+    newer_than: Option<Instant>,
+) -> Result<Arc<Figures>, PageError> {
     let _one_at_a_time = state.dashboard.refreshing.lock().await;
+    let made_meanwhile = state
+        .dashboard
+        .current()
+        .filter(|f| newer_than.is_none_or(|asked| f.started >= asked));
+    if let Some(figures) = made_meanwhile {
+        return Ok(figures);
+    }
     let as_of = state.now();
     let started = Instant::now();
     let (over_time, consent, retention) = blocking(state, move |store| {
@@ -117,6 +130,7 @@ async fn refresh_figures(state: &Arc<AppState>) -> Result<Arc<Figures>, PageErro
     .await?;
     let figures = Arc::new(Figures {
         as_of,
+        started,
         computed: Instant::now(),
         took: started.elapsed(),
         over_time,
@@ -136,7 +150,8 @@ pub fn refresh_in_background(state: &Arc<AppState>) {
     let state = Arc::clone(state);
     tokio::spawn(async move {
         if state.dashboard.refreshing.try_lock().is_ok() {
-            if let Err(PageError::Shown { message, .. }) = refresh_figures(&state).await {
+            let stale = Some(Instant::now());
+            if let Err(PageError::Shown { message, .. }) = refresh_figures(&state, stale).await {
                 eprintln!("custos: the dashboard's figures could not be computed: {message}");
             }
         }
@@ -177,9 +192,14 @@ fn verify_in_background(state: &Arc<AppState>) {
     });
 }
 
+/// How long the very first visit waits for the first figures before it shows a page that
+/// says they are being counted (and reloads itself).
+const FIRST_WAIT: Duration = Duration::from_secs(2);
+
 /// The figures to show: the kept ones if fresh; otherwise the kept ones while new ones are
-/// computed in the background; on the very first visit, computed now.
-async fn figures(state: &Arc<AppState>) -> Result<Arc<Figures>, PageError> {
+/// computed in the background. Before the first figures exist, `None` once [`FIRST_WAIT`] is
+/// over: the page never waits on a whole-table count for longer.
+async fn figures(state: &Arc<AppState>) -> Option<Arc<Figures>> {
     match state.dashboard.current() {
         Some(figures) => {
             // A manual clock may jump: figures as of another time are stale too.
@@ -188,9 +208,34 @@ async fn figures(state: &Arc<AppState>) -> Result<Arc<Figures>, PageError> {
             if figures.computed.elapsed() >= FRESH_FOR || clock_moved {
                 refresh_in_background(state);
             }
-            Ok(figures)
+            Some(figures)
         }
-        None => refresh_figures(state).await,
+        None => {
+            refresh_in_background(state);
+            let waited = Instant::now();
+            while waited.elapsed() < FIRST_WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Some(figures) = state.dashboard.current() {
+                    return Some(figures);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The dashboard before its first figures exist.
+fn counting(session: &Session) -> Markup {
+    html! {
+        h1 { "Dashboard" }
+        p role="status" {
+            "The figures are being counted for the first time since this server started. "
+            "This page reloads itself every 5 seconds until they are ready."
+        }
+        form method="post" action="/dashboard/refresh" {
+            input type="hidden" name="csrf" value=(session.csrf());
+            button type="submit" { "Wait for them here" }
+        }
     }
 }
 
@@ -209,7 +254,14 @@ pub async fn dashboard(
 ) -> Result<Response, PageError> {
     let session = signed_in(&state, &headers).await?;
     operator(&session)?;
-    let figures = figures(&state).await?;
+    let Some(figures) = figures(&state).await else {
+        let mut response = page("Dashboard", Some(&session), counting(&session));
+        response.headers_mut().insert(
+            axum::http::header::REFRESH,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return Ok(response);
+    };
     let verification = state
         .dashboard
         .verification
@@ -576,7 +628,9 @@ pub async fn refresh(
     let sent =
         sent.map_err(|_| PageError::new(StatusCode::BAD_REQUEST, "The form was not sent whole."))?;
     session.check_form(&sent.0.csrf)?;
-    refresh_figures(&state).await?;
+    // With no figures yet, the first ones will do; otherwise only ones counted from now.
+    let newer_than = state.dashboard.current().map(|_| Instant::now());
+    refresh_figures(&state, newer_than).await?;
     verify_in_background(&state);
     Ok(see_other("/dashboard"))
 }
