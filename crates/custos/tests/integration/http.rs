@@ -260,6 +260,30 @@ pub fn signup(server: &Server, id: &str, plan: &str, allowed: Option<bool>) -> R
     )
 }
 
+/// Records a message from `account` in `conversation` at `at`, through the service API.
+pub fn message(
+    server: &Server,
+    id: &str,
+    account: &str,
+    conversation: &str,
+    surface: &str,
+    at: &str,
+) {
+    let event = json!({"events": [{"id": id, "type": "message", "at": at, "account": account,
+        "conversation": conversation, "surface": surface, "role": "user", "text": "hello"}]});
+    let reply = server.call(
+        "POST",
+        "/v1/events",
+        Some("service"),
+        Some(&event.to_string()),
+    );
+    assert_eq!(
+        reply.body["results"][0]["status"], "accepted",
+        "{}",
+        reply.body
+    );
+}
+
 #[test]
 fn the_gate_follows_the_deadline_and_choices_as_the_scenario_runner_does() {
     // deadline-and-signup.json, over HTTP: the same answers as `custos scenario run`.
@@ -324,18 +348,13 @@ fn every_route_checks_its_role() {
         format!("{prefix}{}", counter.get())
     };
     let message = |conversation: &str| {
-        let event = json!({"events": [{"id": fresh("e"), "type": "message", "at": "2025-10-01T00:00:00Z",
-            "account": "u1", "conversation": conversation}]});
-        let reply = server.call(
-            "POST",
-            "/v1/events",
-            Some("service"),
-            Some(&event.to_string()),
-        );
-        assert_eq!(
-            reply.body["results"][0]["status"], "accepted",
-            "{}",
-            reply.body
+        message(
+            &server,
+            &fresh("e"),
+            "u1",
+            conversation,
+            "chat",
+            "2025-10-01T00:00:00Z",
         );
     };
     let choice = json!({"allowed": true, "channel": "settings", "notice": NOTICE}).to_string();

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, ENTER, TAB};
-use crate::http::{NOTICE, Server, signup};
+use crate::http::{NOTICE, Server, message, signup};
 use crate::support::http;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
@@ -20,23 +20,6 @@ fn sign_in(browser: &Browser, server: &Server, who: &str) {
     browser.open(&url(server, "/signin"));
     browser.type_into("#token", &server.tokens[who]);
     browser.follow("form[action='/signin'] button[type=submit]");
-}
-
-/// Records a message from `account` in `conversation` at `at`, through the service API.
-fn message(server: &Server, id: &str, account: &str, conversation: &str, surface: &str, at: &str) {
-    let event = json!({"events": [{"id": id, "type": "message", "at": at, "account": account,
-        "conversation": conversation, "surface": surface, "role": "user", "text": "hello"}]});
-    let reply = server.call(
-        "POST",
-        "/v1/events",
-        Some("service"),
-        Some(&event.to_string()),
-    );
-    assert_eq!(
-        reply.body["results"][0]["status"], "accepted",
-        "{}",
-        reply.body
-    );
 }
 
 fn gate(server: &Server, account: &str) -> Value {
