@@ -426,6 +426,15 @@ struct Strings {
 }
 
 impl Strings {
+    /// Room for `count` values of `bytes` bytes in all: the buffers grow once, instead of
+    /// doubling (and copying) their way up to a row group's tens of megabytes.
+    fn with_capacity(count: usize, bytes: usize) -> Strings {
+        Strings {
+            buffer: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
     fn push(&mut self, text: &str) {
         self.buffer.extend_from_slice(text.as_bytes());
         self.ends.push(self.buffer.len());
@@ -470,12 +479,35 @@ fn write_row_group(
     writer: &mut SerializedFileWriter<HashingFile>,
     rows: &[TrainingRow],
 ) -> parquet::errors::Result<()> {
-    let (mut conversation_keys, mut account_keys, mut surfaces) =
-        (Strings::default(), Strings::default(), Strings::default());
-    let (mut roles, mut texts, mut message_times) =
-        (Strings::default(), Strings::default(), Vec::new());
-    let (mut ratings, mut comments, mut feedback_times) =
-        (Strings::default(), Strings::default(), Vec::new());
+    // One pass to size every buffer, so that none grows while it is filled.
+    let (mut message_count, mut text_bytes, mut feedback_count, mut comment_bytes) = (0, 0, 0, 0);
+    for row in rows {
+        message_count += row.messages.len();
+        text_bytes += row.messages.iter().map(|m| m.text.len()).sum::<usize>();
+        feedback_count += row.feedback.len();
+        comment_bytes += row
+            .feedback
+            .iter()
+            .map(|f| f.comment.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+    }
+    let keys = |row: &TrainingRow| row.conversation_key.len();
+    let key_bytes = rows.iter().map(keys).sum();
+    let (mut conversation_keys, mut account_keys, mut surfaces) = (
+        Strings::with_capacity(rows.len(), key_bytes),
+        Strings::with_capacity(rows.len(), key_bytes),
+        Strings::with_capacity(rows.len(), rows.len() * 4),
+    );
+    let (mut roles, mut texts, mut message_times) = (
+        Strings::with_capacity(message_count, message_count * 9),
+        Strings::with_capacity(message_count, text_bytes),
+        Vec::with_capacity(message_count),
+    );
+    let (mut ratings, mut comments, mut feedback_times) = (
+        Strings::with_capacity(feedback_count, feedback_count * 4),
+        Strings::with_capacity(feedback_count, comment_bytes),
+        Vec::with_capacity(feedback_count),
+    );
     let (mut message_levels, mut feedback_levels) = (ListLevels::default(), ListLevels::default());
     let mut comment_definition = Vec::new();
     for row in rows {

@@ -248,41 +248,61 @@ impl RawChunk {
             conversations.push(conversation_from_row(row)?);
             Ok(())
         })?;
-        let by_id: HashMap<String, usize> = conversations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id.as_str().to_owned(), i))
-            .collect();
-        // Rows come grouped by conversation (the key's order), so most lookups are the last
-        // one's.
-        let mut last: Option<(String, usize)> = None;
-        let mut place = |row: &RowView<'_>| -> Result<usize, StoreError> {
+        // Messages and feedback come in the conversations' own key order, so each finds its
+        // conversation by walking forward from the last one's (a merge join). An index by id
+        // is built only if a row is ever out of that order.
+        let mut by_id: Option<HashMap<String, usize>> = None;
+        let mut place = |row: &RowView<'_>, cursor: &mut usize| -> Result<usize, StoreError> {
             let id = row.optional_str(0)?.unwrap_or("");
-            if let Some((last_id, index)) = &last
-                && last_id == id
-            {
-                return Ok(*index);
-            }
-            let index = by_id.get(id).copied().ok_or_else(|| {
-                StoreError::corrupt(format!("activity of `{id}` has no conversation"))
-            })?;
-            last = Some((id.to_owned(), index));
+            // Once rows were out of order, the index answers from then on.
+            let ahead = match by_id {
+                Some(_) => None,
+                None => conversations
+                    .get(*cursor..)
+                    .unwrap_or_default()
+                    .iter()
+                    .position(|c| c.id.as_str() == id),
+            };
+            let index = match ahead {
+                Some(offset) => *cursor + offset,
+                None => {
+                    let by_id = by_id.get_or_insert_with(|| {
+                        conversations
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| (c.id.as_str().to_owned(), i))
+                            .collect()
+                    });
+                    by_id.get(id).copied().ok_or_else(|| {
+                        StoreError::corrupt(format!("activity of `{id}` has no conversation"))
+                    })?
+                }
+            };
+            *cursor = index;
             Ok(index)
         };
+        let mut messages = Vec::new();
+        let mut cursor = 0;
         rows(Table::Messages)?.replay(&mut |row| {
-            let message = message_from_row(row, 1)?;
-            if let Some(c) = conversations.get_mut(place(row)?) {
+            messages.push((place(row, &mut cursor)?, message_from_row(row, 1)?));
+            Ok(())
+        })?;
+        let mut feedback = Vec::new();
+        let mut cursor = 0;
+        rows(Table::Feedback)?.replay(&mut |row| {
+            feedback.push((place(row, &mut cursor)?, feedback_from_row(row, 1)?));
+            Ok(())
+        })?;
+        for (index, message) in messages {
+            if let Some(c) = conversations.get_mut(index) {
                 c.messages.push(message);
             }
-            Ok(())
-        })?;
-        rows(Table::Feedback)?.replay(&mut |row| {
-            let feedback = feedback_from_row(row, 1)?;
-            if let Some(c) = conversations.get_mut(place(row)?) {
-                c.feedback.push(feedback);
+        }
+        for (index, item) in feedback {
+            if let Some(c) = conversations.get_mut(index) {
+                c.feedback.push(item);
             }
-            Ok(())
-        })?;
+        }
         conversations.iter_mut().for_each(in_key_order);
         Ok(Chunk {
             accounts,

@@ -280,7 +280,8 @@ pub trait Tx {
 pub struct Rows {
     columns: usize,
     slots: Vec<Slot>,
-    text: String,
+    /// Every text value, one after another; checked for UTF-8 as a whole when read.
+    text: Vec<u8>,
     bytes: Vec<u8>,
 }
 
@@ -328,8 +329,15 @@ impl Rows {
     }
 
     pub fn push_text(&mut self, text: &str) {
+        self.push_unchecked_text(text.as_bytes());
+    }
+
+    /// A text value as the database gave it, not yet checked for UTF-8: [`Rows::replay`]
+    /// checks the whole buffer once (one call over megabytes, instead of one per value, and on
+    /// the thread that reads the rows rather than the one that queries them).
+    pub fn push_unchecked_text(&mut self, text: &[u8]) {
         let start = self.text.len();
-        self.text.push_str(text);
+        self.text.extend_from_slice(text);
         self.slots.push(Slot::Text(start, self.text.len()));
     }
 
@@ -339,7 +347,9 @@ impl Rows {
         self.slots.push(Slot::Bytes(start, self.bytes.len()));
     }
 
-    /// Lends each row again, read in place from the buffers.
+    /// Lends each row again, read in place from the buffers. Fails if the text is not UTF-8:
+    /// the buffer must be, and each value must start and end on a character's boundary
+    /// ([`RowView`] checks that), so every value is.
     pub fn replay(
         &self,
         each: &mut dyn FnMut(&RowView<'_>) -> Result<(), StoreError>,
@@ -347,10 +357,12 @@ impl Rows {
         if self.columns == 0 {
             return Ok(());
         }
+        let text = std::str::from_utf8(&self.text)
+            .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?;
         for slots in self.slots.chunks_exact(self.columns) {
             each(&RowView {
                 slots,
-                text: &self.text,
+                text,
                 bytes: &self.bytes,
             })?;
         }
@@ -389,7 +401,12 @@ impl Columns for RowView<'_> {
     fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
         match self.slot(index)? {
             Slot::Null => Ok(None),
-            Slot::Text(start, end) => Ok(Some(self.text.get(start..end).unwrap_or_default())),
+            // Off a character's boundary, the value's own bytes were not UTF-8.
+            Slot::Text(start, end) => self
+                .text
+                .get(start..end)
+                .map(Some)
+                .ok_or_else(|| StoreError::corrupt("a text column is not UTF-8")),
             other => Err(StoreError::corrupt(format!(
                 "column {index} is not text: {other:?}"
             ))),
@@ -435,6 +452,33 @@ pub trait Backend: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text checked once per buffer still fails on any value that is not UTF-8: alone, or
+    /// split so that the buffer as a whole would be.
+    #[test]
+    fn flat_buffers_refuse_text_that_is_not_utf8() {
+        let read = |values: &[&[u8]]| {
+            let mut rows = Rows::default();
+            rows.start(1);
+            for value in values {
+                rows.push_unchecked_text(value);
+            }
+            let mut seen = Vec::new();
+            rows.replay(&mut |row| {
+                seen.push(row.optional_str(0)?.map(str::to_owned));
+                Ok(())
+            })
+            .map(|()| seen)
+        };
+        assert_eq!(
+            read(&[b"caf\xc3\xa9", b"ok"]).unwrap(),
+            [Some("café".to_owned()), Some("ok".to_owned())]
+        );
+        assert!(read(&[b"ok", b"\xff"]).is_err(), "invalid bytes");
+        // "é" cut in two: the buffer is valid UTF-8, each value is not.
+        let error = read(&[b"caf\xc3", b"\xa9"]).unwrap_err();
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
+    }
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
