@@ -1,10 +1,12 @@
 //! Figures for auditors: retention and consent, counted in the database, read from one
 //! snapshot. Counts only: no account id or content appears in a report.
 
-use custos_core::{Policy, Timestamp};
+use custos_core::{AccountHistory, Channel, EventKey, Policy, Preference, Timestamp};
 use serde_json::{Map, Value, json};
 
 use crate::StoreError;
+use crate::engine::{LEDGER_COLUMNS, entry_from_row, history_from};
+use crate::ledger::Entry;
 use crate::sql::Tx;
 
 const DAY_MS: i64 = 86_400_000;
@@ -160,14 +162,8 @@ pub struct ConsentOverTime {
     pub choices_by_channel: Vec<(String, Vec<u64>)>,
 }
 
-/// Where an account stood at one moment, as its ledger says.
-#[derive(Debug, Clone, Copy, Default)]
-struct Standing<'a> {
-    plan: Option<&'a str>,
-    preference: Option<&'a str>,
-    erased: bool,
-}
-
+/// Each account's ledger is rebuilt into the core's `AccountHistory`, and each week's end asks
+/// it `plan_at` and `preference_at`, as every decision does: the report restates no rule.
 pub fn consent_over_time(
     tx: &mut dyn Tx,
     policy: &Policy,
@@ -175,101 +171,93 @@ pub fn consent_over_time(
     weeks: usize,
 ) -> Result<ConsentOverTime, StoreError> {
     let now_ms = now.unix_millis();
-    let week_ends: Vec<i64> = (0..weeks)
+    let week_ends: Vec<Timestamp> = (0..weeks)
         .rev()
-        .map(|back| now_ms - i64::try_from(back).unwrap_or(0) * WEEK_MS)
+        .filter_map(|back| {
+            Timestamp::from_unix_millis(now_ms - i64::try_from(back).unwrap_or(0) * WEEK_MS)
+        })
         .collect();
-    let plans: Vec<String> = policy
-        .consumer_plans()
+    // A week's end sees every event timed at or before it.
+    let as_of: Vec<EventKey> = week_ends
         .iter()
-        .map(|p| p.as_str().to_owned())
+        .map(|end| EventKey::new(*end, u64::MAX))
         .collect();
-    let channels = ["signup", "notice", "settings"];
+    let first_week_starts = week_ends
+        .first()
+        .map_or(now_ms, |end| end.unix_millis() - WEEK_MS);
     let mut out = ConsentOverTime {
-        week_ends: week_ends
+        by_plan: policy
+            .consumer_plans()
             .iter()
-            .filter_map(|&ms| Timestamp::from_unix_millis(ms))
+            .map(|p| (p.as_str().to_owned(), vec![[0; 3]; week_ends.len()]))
             .collect(),
-        by_plan: plans
+        business: vec![0; week_ends.len()],
+        choices_by_channel: [Channel::Signup, Channel::Notice, Channel::Settings]
             .iter()
-            .map(|p| (p.clone(), vec![[0; 3]; weeks]))
+            .map(|c| (c.as_str().to_owned(), vec![0; week_ends.len()]))
             .collect(),
-        business: vec![0; weeks],
-        choices_by_channel: channels
-            .iter()
-            .map(|c| ((*c).to_owned(), vec![0; weeks]))
-            .collect(),
+        week_ends,
     };
-    let first_week_starts = week_ends.first().map_or(now_ms, |end| end - WEEK_MS);
-    // One account's entries at a time, in chain order; each week's end takes the standing
-    // after every entry at or before it.
-    let mut account = String::new();
-    let mut entries: Vec<(i64, String, Option<String>, Option<String>)> = Vec::new();
-    let tally = |entries: &[(i64, String, Option<String>, Option<String>)],
-                 out: &mut ConsentOverTime| {
-        for (week, &end) in week_ends.iter().enumerate() {
-            let mut standing = Standing::default();
-            for (_, kind, plan, preference) in entries.iter().filter(|e| e.0 <= end) {
-                match kind.as_str() {
-                    "created" | "plan_changed" => standing.plan = plan.as_deref(),
-                    "choice" => standing.preference = preference.as_deref(),
-                    "erased" => standing.erased = true,
-                    _ => {}
-                }
-            }
-            let Some(plan) = standing.plan.filter(|_| !standing.erased) else {
+    let tally = |history: &AccountHistory, out: &mut ConsentOverTime| {
+        for (week, &key) in as_of.iter().enumerate() {
+            if history.created() >= key || history.erased_before(key).is_some() {
                 continue;
+            }
+            let plan = history.plan_at(key);
+            let count = if policy.is_consumer(plan) {
+                let slot = match history.preference_at(key) {
+                    Preference::Allowed => 0,
+                    Preference::Declined => 1,
+                    Preference::Unset => 2,
+                };
+                out.by_plan
+                    .iter_mut()
+                    .find(|(p, _)| p == plan.as_str())
+                    .and_then(|(_, counts)| counts.get_mut(week)?.get_mut(slot))
+            } else {
+                out.business.get_mut(week)
             };
-            match out.by_plan.iter_mut().find(|(p, _)| p == plan) {
-                Some((_, counts)) => {
-                    let slot = match standing.preference {
-                        Some("allowed") => 0,
-                        Some("declined") => 1,
-                        _ => 2,
-                    };
-                    if let Some(count) = counts.get_mut(week).and_then(|c| c.get_mut(slot)) {
-                        *count += 1;
-                    }
-                }
-                None => {
-                    if let Some(count) = out.business.get_mut(week) {
-                        *count += 1;
-                    }
-                }
+            if let Some(count) = count {
+                *count += 1;
+            }
+        }
+        for choice in history.choices() {
+            let at = choice.key.at.unix_millis();
+            if at <= first_week_starts || at > now_ms {
+                continue;
+            }
+            let week = usize::try_from((at - first_week_starts - 1) / WEEK_MS).unwrap_or(0);
+            let slot = out
+                .choices_by_channel
+                .iter_mut()
+                .find(|(c, _)| c == choice.channel.as_str())
+                .and_then(|(_, counts)| counts.get_mut(week));
+            if let Some(slot) = slot {
+                *slot += 1;
             }
         }
     };
+    // One account's entries at a time, in chain order.
+    let mut entries: Vec<Entry> = Vec::new();
+    let finish = |entries: &mut Vec<Entry>, out: &mut ConsentOverTime| {
+        if let Some(history) = history_from(entries)? {
+            tally(&history, out);
+        }
+        entries.clear();
+        Ok::<_, StoreError>(())
+    };
     tx.query_each(
-        "SELECT account_id, at, kind, plan, preference, channel FROM ledger \
-         ORDER BY account_id, idx",
+        &format!("SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY account_id, idx"),
         &[],
         &mut |row| {
-            let id = row.optional_str(0)?.unwrap_or_default();
-            if id != account {
-                tally(&entries, &mut out);
-                entries.clear();
-                account.clear();
-                account.push_str(id);
+            let entry = entry_from_row(row)?;
+            if entries.first().is_some_and(|e| e.account != entry.account) {
+                finish(&mut entries, &mut out)?;
             }
-            let at = row.int(1)?;
-            let kind = row.text(2)?;
-            if kind == "choice" && at > first_week_starts && at <= now_ms {
-                let week = usize::try_from((at - first_week_starts - 1) / WEEK_MS).unwrap_or(0);
-                let channel = row.optional_str(5)?.unwrap_or_default();
-                if let Some((_, counts)) = out
-                    .choices_by_channel
-                    .iter_mut()
-                    .find(|(c, _)| c == channel)
-                {
-                    if let Some(slot) = counts.get_mut(week) {
-                        *slot += 1;
-                    }
-                }
-            }
-            entries.push((at, kind, row.optional_text(3)?, row.optional_text(4)?));
+            entries.push(entry);
             Ok(())
         },
     )?;
-    tally(&entries, &mut out);
+    finish(&mut entries, &mut out)?;
     Ok(out)
 }
