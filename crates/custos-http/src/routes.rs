@@ -904,7 +904,10 @@ fn remembered_gate(state: &AppState, id: &AccountId) -> Result<Option<Gate>, Pro
 /// Gate(a, now) from memory, or the problem of an unknown or erased account. An id the index
 /// does not hold is looked up once in the store: an account erased before this server started
 /// is stored only under its pseudonym, and is remembered as erased once found.
-async fn gate_from_memory(state: &Arc<AppState>, id: &AccountId) -> Result<Gate, Problem> {
+pub(crate) async fn gate_from_memory(
+    state: &Arc<AppState>,
+    id: &AccountId,
+) -> Result<Gate, Problem> {
     if let Some(gate) = remembered_gate(state, id)? {
         return Ok(gate);
     }

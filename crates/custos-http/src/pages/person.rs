@@ -23,8 +23,8 @@ use crate::AppState;
 use crate::access::Role;
 use crate::retention::erase_account_as;
 use crate::routes::{
-    account_id, authenticate, blocking, conversation_id, delete_conversation_as, record_choice,
-    record_notice_shown,
+    account_id, authenticate, blocking, conversation_id, delete_conversation_as, gate_from_memory,
+    record_choice, record_notice_shown,
 };
 
 type Shared = State<Arc<AppState>>;
@@ -125,13 +125,14 @@ pub async fn signin(
 }
 
 /// Where a caller goes once signed in: a person whom the gate would prompt or block sees the
-/// notice first; otherwise the caller's own start page.
+/// notice first; otherwise the caller's own start page. The gate is asked of memory, as the
+/// API's gate route asks it.
 pub async fn first_page(
-    state: &AppState,
+    state: &Arc<AppState>,
     caller: &crate::access::Caller,
 ) -> Result<String, PageError> {
     if let (Role::User, Some(account)) = (caller.role, &caller.account) {
-        if view_of(state, account).await?.gate.decision != GateDecision::Allow {
+        if gate_from_memory(state, account).await?.decision != GateDecision::Allow {
             return Ok("/notice".to_owned());
         }
     }
@@ -411,7 +412,7 @@ pub async fn notice_answer(
         }
         "later" => {
             // "Not now" exists only before the deadline.
-            if view_of(&state, &id).await?.gate.decision != GateDecision::Prompt {
+            if gate_from_memory(&state, &id).await?.decision != GateDecision::Prompt {
                 return Err(PageError::new(
                     StatusCode::CONFLICT,
                     "The deadline has passed: choose Allow or Don't allow to continue.",
