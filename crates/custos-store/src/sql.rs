@@ -275,6 +275,15 @@ pub trait Tx {
     }
 }
 
+/// Database text as a `str`, or the error that says it is not UTF-8.
+pub(crate) fn text_of(bytes: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(bytes).map_err(|_| not_utf8())
+}
+
+fn not_utf8() -> StoreError {
+    StoreError::corrupt("a text column is not UTF-8")
+}
+
 /// Rows copied into flat buffers: one slot per value, texts and bytes in one buffer each.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -357,8 +366,7 @@ impl Rows {
         if self.columns == 0 {
             return Ok(());
         }
-        let text = std::str::from_utf8(&self.text)
-            .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?;
+        let text = text_of(&self.text)?;
         for slots in self.slots.chunks_exact(self.columns) {
             each(&RowView {
                 slots,
@@ -402,11 +410,7 @@ impl Columns for RowView<'_> {
         match self.slot(index)? {
             Slot::Null => Ok(None),
             // Off a character's boundary, the value's own bytes were not UTF-8.
-            Slot::Text(start, end) => self
-                .text
-                .get(start..end)
-                .map(Some)
-                .ok_or_else(|| StoreError::corrupt("a text column is not UTF-8")),
+            Slot::Text(start, end) => self.text.get(start..end).map(Some).ok_or_else(not_utf8),
             other => Err(StoreError::corrupt(format!(
                 "column {index} is not text: {other:?}"
             ))),

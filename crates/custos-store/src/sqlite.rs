@@ -13,7 +13,7 @@ use rusqlite::types::{Value as SqliteValue, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use crate::StoreError;
-use crate::sql::{Backend, Dialect, Row, Rows, Tx, Value};
+use crate::sql::{Backend, Dialect, Row, Rows, Tx, Value, text_of};
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -317,10 +317,7 @@ impl Tx for SqliteTx<'_> {
                 match row.get(index)? {
                     Cell::Null => *slot = Value::Null,
                     Cell::Int(v) => *slot = Value::Int(v),
-                    Cell::Text(v) => slot.set_text(
-                        std::str::from_utf8(v)
-                            .map_err(|_| StoreError::corrupt("a text column is not UTF-8"))?,
-                    ),
+                    Cell::Text(v) => slot.set_text(text_of(v)?),
                     Cell::Bytes(v) => slot.set_bytes(v),
                 }
             }
