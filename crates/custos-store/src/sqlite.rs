@@ -162,6 +162,9 @@ impl SqliteBackend {
     }
 }
 
+/// The write-ahead log's own header; frames follow it.
+const WAL_HEADER_BYTES: u64 = 32;
+
 /// Refuses a file that is not an SQLite database, or whose header promises more pages than it
 /// holds (a truncated file). SQLite itself would open an empty file as a new database, and would
 /// only notice missing pages when it reads them.
@@ -190,7 +193,14 @@ fn check_file(path: &Path) -> Result<(), StoreError> {
     let pages = u64::from(u32::from_be_bytes([
         header[28], header[29], header[30], header[31],
     ]));
-    if length < page_size * pages {
+    // A write-ahead log with frames may hold the pages the header counts: a checkpoint copies
+    // them into the file in page order, page 1 (with the new size) first, so a process killed
+    // during one leaves the file shorter than its header until SQLite replays the log on open.
+    // The header's count is then no evidence of truncation.
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let log_has_frames = std::fs::metadata(&log).is_ok_and(|m| m.len() > WAL_HEADER_BYTES);
+    if !log_has_frames && length < page_size * pages {
         return corrupt(format!(
             "the file is {length} bytes but its header says {} (it was truncated)",
             page_size * pages

@@ -333,6 +333,52 @@ fn a_changed_checkpoint_or_a_foreign_key_is_detected() {
     );
 }
 
+/// A process killed during a checkpoint leaves the database file shorter than its header says:
+/// the checkpoint copies pages from the write-ahead log in page order, page 1 (which holds the
+/// new size) first. That is no truncation: the log still holds every page, and SQLite replays
+/// it on open. Here a writer leaves frames in the log (it never closes, as if killed), and the
+/// file's header is given the size a checkpoint would have written first.
+#[test]
+fn a_checkpoint_cut_short_by_a_kill_is_not_taken_for_a_truncated_file() {
+    let (_folder, data) = sample_store();
+    let file = data.join("custos.sqlite3");
+    let writer = rusqlite::Connection::open(&file).unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    writer
+        .execute_batch(
+            "INSERT INTO event_ids (event_id, recorded_at) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+             SELECT 'killed-checkpoint-' || i, 0 FROM n",
+        )
+        .unwrap();
+    let pages: u32 = writer
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .unwrap();
+    // As if killed: the connection is never closed, so the log is neither checkpointed nor
+    // removed.
+    std::mem::forget(writer);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let page_size = u64::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    assert!(
+        (bytes.len() as u64) < page_size * u64::from(pages),
+        "the log must hold pages beyond the file's end for this test to mean anything"
+    );
+    bytes[28..32].copy_from_slice(&pages.to_be_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+
+    let output = verify(&data);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let events: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM event_ids WHERE event_id LIKE 'killed-checkpoint-%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(events, 20_000, "every committed row is still there");
+}
+
 #[test]
 fn a_damaged_or_truncated_database_is_refused_and_left_as_it_was() {
     let (folder, data) = sample_store();
