@@ -23,7 +23,7 @@ use std::sync::{Mutex, mpsc};
 use custos_core::model::{Feedback, Message};
 use custos_core::redaction::{Counts, Redactor};
 use custos_core::{
-    EligibilityReason, EventKey, RevocationReason, Timestamp, revocation, snapshot_eligibility,
+    EligibilityReason, RevocationReason, Timestamp, revocation, snapshot_eligibility,
     training_content,
 };
 use custos_store::ledger::{Hmac, load_or_create_secret, verify_signature};
@@ -576,9 +576,7 @@ fn decide(
     let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     for raw in chunks {
-        let mut chunk = raw.parse()?;
-        // The reader may have finished; then the buffers are simply dropped.
-        let _ = to_reader.send(raw);
+        let chunk = raw.parse()?;
         let mut writer_stopped = false;
         chunk
             .visit(&mut |scanned| {
@@ -588,23 +586,23 @@ fn decide(
                 {
                     EligibilityReason::Eligible => {
                         let content = training_content(policy, owner, conversation, scanned.cutoff);
-                        let keep: (Vec<EventKey>, Vec<EventKey>) = (
-                            content.messages.iter().map(|m| m.key).collect(),
-                            content.feedback.iter().map(|f| f.key).collect(),
-                        );
                         counts.included.fetch_add(1, Ordering::Relaxed);
-                        // The chunk is done with the conversation: its selected parts are
-                        // moved, not copied.
-                        let mut messages = std::mem::take(&mut conversation.messages);
-                        messages.retain(|m| keep.0.binary_search(&m.key).is_ok());
-                        let mut feedback = std::mem::take(&mut conversation.feedback);
-                        feedback.retain(|f| keep.1.binary_search(&f.key).is_ok());
+                        // Only now are texts copied out of the chunk: those of the selected
+                        // content of a selected conversation.
                         batch.push(Selected {
                             conversation: conversation.id.as_str().to_owned(),
                             account: owner.id.as_str().to_owned(),
                             surface: conversation.surface.as_str(),
-                            messages,
-                            feedback,
+                            messages: content
+                                .messages
+                                .into_iter()
+                                .map(|m| scanned.message(m))
+                                .collect::<Result<_, _>>()?,
+                            feedback: content
+                                .feedback
+                                .into_iter()
+                                .map(|f| scanned.feedback(f))
+                                .collect::<Result<_, _>>()?,
                         });
                         if batch.len() == BATCH
                             && to_writer.send(std::mem::take(&mut batch)).is_err()
@@ -622,6 +620,10 @@ fn decide(
                 StoreError::Stopped if writer_stopped => Ok(()),
                 error => Err(error),
             })?;
+        // The chunk lent its texts from the raw buffers; now the reader may fill them again
+        // (or, if it has finished, they are simply dropped).
+        drop(chunk);
+        let _ = to_reader.send(raw);
         if writer_stopped {
             return Ok(excluded);
         }

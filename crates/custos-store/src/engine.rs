@@ -294,17 +294,37 @@ pub(crate) fn feedback_columns(with_text: bool) -> &'static str {
 /// A message from the columns of [`message_columns`], starting at column `from`.
 pub(crate) fn message_from_row(row: &impl Columns, from: usize) -> Result<Message, StoreError> {
     Ok(Message {
+        text: row.text(from + MESSAGE_TEXT)?,
+        ..message_head(row, from)?
+    })
+}
+
+/// Where the text is among [`message_columns`] (and the comment among [`feedback_columns`]).
+pub(crate) const MESSAGE_TEXT: usize = 3;
+pub(crate) const FEEDBACK_COMMENT: usize = 3;
+
+/// A message without its text (left empty), from the columns of [`message_columns`].
+pub(crate) fn message_head(row: &impl Columns, from: usize) -> Result<Message, StoreError> {
+    Ok(Message {
         key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
         role: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Role::parse)?,
-        text: row.text(from + 3)?,
+        text: String::new(),
     })
 }
 
 pub(crate) fn feedback_from_row(row: &impl Columns, from: usize) -> Result<Feedback, StoreError> {
     Ok(Feedback {
+        comment: row.optional_text(from + FEEDBACK_COMMENT)?,
+        ..feedback_head(row, from)?
+    })
+}
+
+/// Feedback without its comment (left out), from the columns of [`feedback_columns`].
+pub(crate) fn feedback_head(row: &impl Columns, from: usize) -> Result<Feedback, StoreError> {
+    Ok(Feedback {
         key: EventKey::new(time(row.int(from + 1)?)?, seq(row.int(from)?)?),
         rating: parse_or_corrupt(row.optional_str(from + 2)?.unwrap_or(""), Rating::parse)?,
-        comment: row.optional_text(from + 3)?,
+        comment: None,
     })
 }
 
@@ -1189,8 +1209,16 @@ pub fn snapshot(
                     id: conversation.id.clone(),
                     account: owner.id.clone(),
                     surface: conversation.surface,
-                    messages: content.messages.into_iter().cloned().collect(),
-                    feedback: content.feedback.into_iter().cloned().collect(),
+                    messages: content
+                        .messages
+                        .into_iter()
+                        .map(|m| scanned.message(m))
+                        .collect::<Result<_, _>>()?,
+                    feedback: content
+                        .feedback
+                        .into_iter()
+                        .map(|f| scanned.feedback(f))
+                        .collect::<Result<_, _>>()?,
                 });
             }
             reason => *result.excluded.entry(reason).or_default() += 1,

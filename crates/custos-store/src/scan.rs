@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
+use custos_core::model::{Feedback, Message};
 use custos_core::{AccountHistory, Conversation, EventKey, Timestamp};
 
 use crate::StoreError;
 use crate::engine::{
-    CONVERSATION_COLUMNS, LEDGER_COLUMNS, conversation_from_row, entry_from_row, feedback_columns,
-    feedback_from_row, history_from, in_key_order, message_columns, message_from_row,
+    CONVERSATION_COLUMNS, FEEDBACK_COMMENT, LEDGER_COLUMNS, MESSAGE_TEXT, conversation_from_row,
+    entry_from_row, feedback_columns, feedback_head, history_from, message_columns, message_head,
 };
 use crate::ledger::Entry;
 use crate::sql::{Columns, RowView, Rows, Tx};
@@ -24,14 +25,53 @@ const ACCOUNTS_PER_CHUNK: i64 = 512;
 
 /// One conversation as the scan lends it, with the keys that see its owner's events up to the
 /// cutoff and up to now.
+///
+/// The conversation's messages and feedback come without their texts: those stay in the
+/// chunk's buffers, lent beside it, and a visitor copies only the ones it keeps
+/// ([`Scanned::message`], [`Scanned::feedback`]). Most conversations are not exported, and
+/// their texts are never copied.
 #[derive(Debug)]
 pub struct Scanned<'a> {
     pub owner: &'a AccountHistory,
-    /// Lent mutably so that a visitor may take what it keeps (texts) instead of copying it;
-    /// the scan drops it after the visit.
-    pub conversation: &'a mut Conversation,
+    pub conversation: &'a Conversation,
     pub cutoff: EventKey,
     pub now: EventKey,
+    /// The texts of `conversation.messages`, index for index.
+    message_texts: &'a [&'a str],
+    /// The comments of `conversation.feedback`, index for index.
+    comments: &'a [Option<&'a str>],
+}
+
+impl Scanned<'_> {
+    /// One of the conversation's messages, with its text.
+    pub fn message(&self, message: &Message) -> Result<Message, StoreError> {
+        let text = self
+            .conversation
+            .messages
+            .binary_search_by_key(&message.key, |m| m.key)
+            .ok()
+            .and_then(|i| self.message_texts.get(i))
+            .ok_or_else(|| StoreError::corrupt("a message the conversation does not hold"))?;
+        Ok(Message {
+            text: (*text).to_owned(),
+            ..message.clone()
+        })
+    }
+
+    /// One of the conversation's feedback, with its comment.
+    pub fn feedback(&self, feedback: &Feedback) -> Result<Feedback, StoreError> {
+        let comment = self
+            .conversation
+            .feedback
+            .binary_search_by_key(&feedback.key, |f| f.key)
+            .ok()
+            .and_then(|i| self.comments.get(i))
+            .ok_or_else(|| StoreError::corrupt("feedback the conversation does not hold"))?;
+        Ok(Feedback {
+            comment: comment.map(str::to_owned),
+            ..feedback.clone()
+        })
+    }
 }
 
 /// Visits every conversation, in (account, conversation) key order. `with_text` reads message
@@ -86,49 +126,77 @@ pub fn scan_chunks(
 }
 
 /// The conversations of a range of accounts, with their owners' histories, as read in one
-/// snapshot.
+/// snapshot; their texts are lent from the [`RawChunk`] they were parsed from.
 #[derive(Debug)]
-pub struct Chunk {
+pub struct Chunk<'r> {
     /// Account id → (index in `histories`, the account's event counter).
     accounts: HashMap<String, (usize, i64)>,
     histories: Vec<AccountHistory>,
-    /// In (account, conversation) order, each with its activity in key order.
+    /// In (account, conversation) order, each with its activity in key order and without texts.
     conversations: Vec<Conversation>,
+    /// Every message's text, conversation after conversation, each conversation's in key order.
+    message_texts: Vec<&'r str>,
+    /// Every feedback's comment, in the same order.
+    comments: Vec<Option<&'r str>>,
     cutoff: Timestamp,
     now: Timestamp,
 }
 
-impl Chunk {
-    /// Lends each conversation, in key order, with its owner and the keys that see the owner's
-    /// events up to the cutoff and up to now.
+impl Chunk<'_> {
+    /// Lends each conversation, in key order, with its owner, its texts, and the keys that see
+    /// the owner's events up to the cutoff and up to now.
     pub fn visit(
-        &mut self,
+        &self,
         visit: &mut dyn FnMut(Scanned<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for conversation in &mut self.conversations {
-            let &(account, next_seq) =
-                self.accounts
-                    .get(conversation.owner.as_str())
-                    .ok_or_else(|| {
-                        StoreError::corrupt(format!(
-                            "conversation `{}` has no account",
-                            conversation.id
-                        ))
-                    })?;
-            let owner = self.histories.get(account).ok_or_else(|| {
-                StoreError::corrupt(format!("account `{}` has no ledger", conversation.owner))
-            })?;
-            let next_seq = u64::try_from(next_seq)
-                .map_err(|_| StoreError::corrupt("a negative event counter"))?;
+        let (mut messages, mut feedback) = (0, 0);
+        // Conversations come grouped by owner: the owner is looked up once per group.
+        let mut owner: Option<(&AccountHistory, u64)> = None;
+        for conversation in &self.conversations {
+            let (owner, next_seq) = match owner {
+                Some(same) if same.0.id == conversation.owner => same,
+                _ => *owner.insert(self.owner_of(conversation)?),
+            };
             visit(Scanned {
                 owner,
                 conversation,
                 cutoff: EventKey::new(self.cutoff, next_seq),
                 now: EventKey::new(self.now, next_seq),
+                message_texts: next_run(
+                    &self.message_texts,
+                    &mut messages,
+                    conversation.messages.len(),
+                )?,
+                comments: next_run(&self.comments, &mut feedback, conversation.feedback.len())?,
             })?;
         }
         Ok(())
     }
+
+    fn owner_of(&self, conversation: &Conversation) -> Result<(&AccountHistory, u64), StoreError> {
+        let &(account, next_seq) =
+            self.accounts
+                .get(conversation.owner.as_str())
+                .ok_or_else(|| {
+                    StoreError::corrupt(format!(
+                        "conversation `{}` has no account",
+                        conversation.id
+                    ))
+                })?;
+        let owner = self.histories.get(account).ok_or_else(|| {
+            StoreError::corrupt(format!("account `{}` has no ledger", conversation.owner))
+        })?;
+        let next_seq =
+            u64::try_from(next_seq).map_err(|_| StoreError::corrupt("a negative event counter"))?;
+        Ok((owner, next_seq))
+    }
+}
+
+/// The next `len` values of `all` from `from`, which moves past them: one conversation's texts.
+fn next_run<'s, T>(all: &'s [T], from: &mut usize, len: usize) -> Result<&'s [T], StoreError> {
+    let run = all.get(*from..*from + len);
+    *from += len;
+    run.ok_or_else(|| StoreError::corrupt("a chunk's texts do not match its rows"))
 }
 
 /// The tables a chunk reads, in the order they are read.
@@ -204,7 +272,7 @@ fn read_raw(
 impl RawChunk {
     /// The chunk's histories and conversations, each conversation with its activity in key
     /// order.
-    pub fn parse(&self) -> Result<Chunk, StoreError> {
+    pub fn parse(&self) -> Result<Chunk<'_>, StoreError> {
         let rows = |table: Table| {
             self.tables
                 .get(table as usize)
@@ -281,33 +349,48 @@ impl RawChunk {
             *cursor = index;
             Ok(index)
         };
+        // Each message and feedback with its conversation's index and its text, lent in place.
         let mut messages = Vec::new();
         let mut cursor = 0;
         rows(Table::Messages)?.replay(&mut |row| {
-            messages.push((place(row, &mut cursor)?, message_from_row(row, 1)?));
+            let text = row
+                .lent_str(1 + MESSAGE_TEXT)?
+                .ok_or_else(|| StoreError::corrupt("a message without text"))?;
+            messages.push((place(row, &mut cursor)?, message_head(row, 1)?, text));
             Ok(())
         })?;
         let mut feedback = Vec::new();
         let mut cursor = 0;
         rows(Table::Feedback)?.replay(&mut |row| {
-            feedback.push((place(row, &mut cursor)?, feedback_from_row(row, 1)?));
+            let comment = row.lent_str(1 + FEEDBACK_COMMENT)?;
+            feedback.push((place(row, &mut cursor)?, feedback_head(row, 1)?, comment));
             Ok(())
         })?;
-        for (index, message) in messages {
+        // Out-of-order arrival can leave seq and time orders apart; the core wants each
+        // conversation's activity in key order. The rows nearly always come in that order
+        // already, which a stable sort checks in one pass.
+        messages.sort_by_key(|(index, message, _)| (*index, message.key));
+        feedback.sort_by_key(|(index, item, _)| (*index, item.key));
+        let mut message_texts = Vec::with_capacity(messages.len());
+        for (index, message, text) in messages {
             if let Some(c) = conversations.get_mut(index) {
                 c.messages.push(message);
+                message_texts.push(text);
             }
         }
-        for (index, item) in feedback {
+        let mut comments = Vec::with_capacity(feedback.len());
+        for (index, item, comment) in feedback {
             if let Some(c) = conversations.get_mut(index) {
                 c.feedback.push(item);
+                comments.push(comment);
             }
         }
-        conversations.iter_mut().for_each(in_key_order);
         Ok(Chunk {
             accounts,
             histories,
             conversations,
+            message_texts,
+            comments,
             cutoff: self.cutoff,
             now: self.now,
         })

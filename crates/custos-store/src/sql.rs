@@ -359,9 +359,9 @@ impl Rows {
     /// Lends each row again, read in place from the buffers. Fails if the text is not UTF-8:
     /// the buffer must be, and each value must start and end on a character's boundary
     /// ([`RowView`] checks that), so every value is.
-    pub fn replay(
-        &self,
-        each: &mut dyn FnMut(&RowView<'_>) -> Result<(), StoreError>,
+    pub fn replay<'a>(
+        &'a self,
+        each: &mut dyn FnMut(&RowView<'a>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         if self.columns == 0 {
             return Ok(());
@@ -395,6 +395,21 @@ impl RowView<'_> {
     }
 }
 
+impl<'a> RowView<'a> {
+    /// A text value lent from the buffers themselves, for as long as they live (where
+    /// [`Columns::optional_str`] lends it only for as long as the row).
+    pub fn lent_str(&self, index: usize) -> Result<Option<&'a str>, StoreError> {
+        match self.slot(index)? {
+            Slot::Null => Ok(None),
+            // Off a character's boundary, the value's own bytes were not UTF-8.
+            Slot::Text(start, end) => self.text.get(start..end).map(Some).ok_or_else(not_utf8),
+            other => Err(StoreError::corrupt(format!(
+                "column {index} is not text: {other:?}"
+            ))),
+        }
+    }
+}
+
 impl Columns for RowView<'_> {
     fn optional_int(&self, index: usize) -> Result<Option<i64>, StoreError> {
         match self.slot(index)? {
@@ -407,14 +422,7 @@ impl Columns for RowView<'_> {
     }
 
     fn optional_str(&self, index: usize) -> Result<Option<&str>, StoreError> {
-        match self.slot(index)? {
-            Slot::Null => Ok(None),
-            // Off a character's boundary, the value's own bytes were not UTF-8.
-            Slot::Text(start, end) => self.text.get(start..end).map(Some).ok_or_else(not_utf8),
-            other => Err(StoreError::corrupt(format!(
-                "column {index} is not text: {other:?}"
-            ))),
-        }
+        self.lent_str(index)
     }
 
     fn bytes(&self, index: usize) -> Result<Vec<u8>, StoreError> {

@@ -10,7 +10,7 @@
 mod timelines;
 
 use custos_core::{
-    AccountId, Channel, Command, ConversationId, Policy, Role, Surface, Timeline, Timestamp,
+    AccountId, Channel, Command, ConversationId, Policy, Rating, Role, Surface, Timeline, Timestamp,
 };
 use custos_store::{Store, StoreError};
 use proptest::strategy::{Strategy, ValueTree};
@@ -49,6 +49,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     a_refused_event_in_a_batch_rolls_back_alone,
     account_views_and_conversation_lists_are_read_without_locks,
     bulk_loaded_accounts_answer_like_the_reference_model,
+    late_activity_is_exported_in_key_order_with_its_own_texts,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -142,14 +143,100 @@ fn assert_same_answers(model: &Timeline, store: &Store, at: Timestamp, context: 
             "{context}: content of {}",
             stored.id
         );
+        let comments = |f: &mut dyn Iterator<Item = &custos_core::model::Feedback>| {
+            // Seqs are numbered apart (the model's count is not the store's): times compare.
+            f.map(|f| (f.key.at, f.rating, f.comment.clone()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            content.feedback.len(),
-            stored.feedback.len(),
+            comments(&mut content.feedback.iter().copied()),
+            comments(&mut stored.feedback.iter()),
             "{context}: feedback of {}",
             stored.id
         );
     }
     assert_eq!(expected.excluded, got.excluded, "{context}: exclusions");
+}
+
+/// Messages and feedback that arrive late (an earlier time, a later seq) sit in the store in
+/// seq order but go to the core, and to the export, in key order: each keeps its own text and
+/// comment through the reordering.
+pub fn late_activity_is_exported_in_key_order_with_its_own_texts(open: Factory<'_>) {
+    let store = open();
+    let mut model = Timeline::new(Policy::bundled());
+    let mut apply = |at: &str, command: Command| {
+        let at = ts(at);
+        let expected = model.apply(at, command.clone());
+        let got = store.apply(at, &command, "conformance");
+        assert_eq!(expected.is_ok(), got.is_ok(), "{command:?}: {got:?}");
+    };
+    apply(
+        "2025-07-01T00:00:00Z",
+        Command::CreateAccount {
+            account: account("u"),
+            plan: "pro".into(),
+            choice: Some((true, Channel::Signup)),
+        },
+    );
+    for (at, text) in [
+        ("2025-07-02T12:00:00Z", "second"),
+        ("2025-07-02T06:00:00Z", "first, arrived late"),
+        ("2025-07-02T18:00:00Z", "third"),
+        ("2025-07-02T09:00:00Z", "between, arrived last"),
+    ] {
+        apply(
+            at,
+            Command::Message {
+                account: account("u"),
+                conversation: ConversationId::parse("c-late").unwrap(),
+                surface: Surface::Chat,
+                role: Role::User,
+                text: text.into(),
+                incognito: false,
+            },
+        );
+    }
+    for (at, up, comment) in [
+        ("2025-07-02T20:00:00Z", true, Some("later")),
+        ("2025-07-02T19:00:00Z", false, Some("earlier, arrived late")),
+        ("2025-07-02T19:30:00Z", true, None),
+    ] {
+        apply(
+            at,
+            Command::Feedback {
+                account: account("u"),
+                conversation: ConversationId::parse("c-late").unwrap(),
+                rating: if up { Rating::Up } else { Rating::Down },
+                comment: comment.map(str::to_owned),
+            },
+        );
+    }
+    let at = ts("2025-07-03T00:00:00Z");
+    assert_same_answers(&model, &store, at, "late activity");
+    let snapshot = store.snapshot(at).unwrap();
+    let texts: Vec<_> = snapshot.included[0]
+        .messages
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "first, arrived late",
+            "between, arrived last",
+            "second",
+            "third"
+        ]
+    );
+    let comments: Vec<_> = snapshot.included[0]
+        .feedback
+        .iter()
+        .map(|f| f.comment.as_deref())
+        .collect();
+    assert_eq!(
+        comments,
+        [Some("earlier, arrived late"), None, Some("later")]
+    );
 }
 
 pub fn every_choice_is_a_verifiable_ledger_entry(open: Factory<'_>) {
