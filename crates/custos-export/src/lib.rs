@@ -16,18 +16,18 @@ mod sink;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 
-use custos_core::model::{Feedback, Message};
 use custos_core::redaction::{Counts, Redactor};
 use custos_core::{
-    EligibilityReason, RevocationReason, Timestamp, revocation, snapshot_eligibility,
-    training_content,
+    EligibilityReason, RevocationReason, Timestamp, TrainingContent, revocation,
+    snapshot_eligibility, training_content,
 };
 use custos_store::ledger::{Hmac, load_or_create_secret, verify_signature};
-use custos_store::{Checkpoint, RawChunk, Store, StoreError};
+use custos_store::{Checkpoint, RawChunk, Scanned, Store, StoreError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -162,13 +162,94 @@ pub struct Exports<'a> {
     root: PathBuf,
 }
 
-/// A conversation selected at the cutoff, owned so that it can cross to the writer thread.
+/// Conversations selected at the cutoff, owned so that they can cross to the writer thread:
+/// every text of a batch in one buffer, every message and feedback in one list each, so that a
+/// batch costs a few allocations rather than one per text.
+#[derive(Default)]
+struct Batch {
+    texts: String,
+    rows: Vec<Selected>,
+    messages: Vec<SelectedMessage>,
+    feedback: Vec<SelectedFeedback>,
+}
+
+/// A selected conversation: its ids, and its selected content, as ranges of its batch.
 struct Selected {
-    conversation: String,
-    account: String,
+    conversation: Range<usize>,
+    account: Range<usize>,
     surface: &'static str,
-    messages: Vec<Message>,
-    feedback: Vec<Feedback>,
+    messages: Range<usize>,
+    feedback: Range<usize>,
+}
+
+struct SelectedMessage {
+    role: &'static str,
+    at: Timestamp,
+    text: Range<usize>,
+}
+
+struct SelectedFeedback {
+    rating: &'static str,
+    at: Timestamp,
+    comment: Option<Range<usize>>,
+}
+
+impl Batch {
+    fn with_capacity(rows: usize) -> Batch {
+        Batch {
+            texts: String::with_capacity(rows * 256),
+            rows: Vec::with_capacity(rows),
+            messages: Vec::with_capacity(rows * 4),
+            feedback: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Adds a selected conversation with its selected content, copying their texts.
+    fn push(
+        &mut self,
+        scanned: &Scanned<'_>,
+        content: &TrainingContent<'_>,
+    ) -> Result<(), StoreError> {
+        let conversation = self.keep(scanned.conversation.id.as_str());
+        let account = self.keep(scanned.owner.id.as_str());
+        let messages = self.messages.len();
+        for message in &content.messages {
+            let text = self.keep(scanned.message_text(message)?);
+            self.messages.push(SelectedMessage {
+                role: message.role.as_str(),
+                at: message.key.at,
+                text,
+            });
+        }
+        let feedback = self.feedback.len();
+        for item in &content.feedback {
+            let comment = scanned.comment(item)?.map(|c| self.keep(c));
+            self.feedback.push(SelectedFeedback {
+                rating: item.rating.as_str(),
+                at: item.key.at,
+                comment,
+            });
+        }
+        self.rows.push(Selected {
+            conversation,
+            account,
+            surface: scanned.conversation.surface.as_str(),
+            messages: messages..self.messages.len(),
+            feedback: feedback..self.feedback.len(),
+        });
+        Ok(())
+    }
+
+    fn keep(&mut self, text: &str) -> Range<usize> {
+        let start = self.texts.len();
+        self.texts.push_str(text);
+        start..self.texts.len()
+    }
+
+    /// A text of the batch; ranges are only ever made by [`Batch::keep`].
+    fn text(&self, range: &Range<usize>) -> &str {
+        self.texts.get(range.clone()).unwrap_or_default()
+    }
 }
 
 /// What the writer thread made.
@@ -272,7 +353,7 @@ impl<'a> Exports<'a> {
         let (to_decider, chunks) = mpsc::sync_channel::<RawChunk>(CHUNKS_IN_FLIGHT);
         // Parsed chunks go back to the reader, which fills their buffers again.
         let (to_reader, spent) = mpsc::channel::<RawChunk>();
-        let (to_writer, batches) = mpsc::sync_channel::<Vec<Selected>>(BATCHES_IN_FLIGHT);
+        let (to_writer, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
         let counts = Counters::default();
         let mut checkpoint = None;
         // The readers report the snapshot's start, the decider the rest.
@@ -569,12 +650,12 @@ fn decide(
     policy: &custos_core::Policy,
     chunks: mpsc::Receiver<RawChunk>,
     to_reader: mpsc::Sender<RawChunk>,
-    to_writer: mpsc::SyncSender<Vec<Selected>>,
+    to_writer: mpsc::SyncSender<Batch>,
     counts: &Counters,
     reporter: &Reporter<'_>,
 ) -> Result<BTreeMap<EligibilityReason, u64>, ExportError> {
     let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Batch::with_capacity(BATCH);
     for raw in chunks {
         let chunk = raw.parse()?;
         let mut writer_stopped = false;
@@ -589,23 +670,11 @@ fn decide(
                         counts.included.fetch_add(1, Ordering::Relaxed);
                         // Only now are texts copied out of the chunk: those of the selected
                         // content of a selected conversation.
-                        batch.push(Selected {
-                            conversation: conversation.id.as_str().to_owned(),
-                            account: owner.id.as_str().to_owned(),
-                            surface: conversation.surface.as_str(),
-                            messages: content
-                                .messages
-                                .into_iter()
-                                .map(|m| scanned.message(m))
-                                .collect::<Result<_, _>>()?,
-                            feedback: content
-                                .feedback
-                                .into_iter()
-                                .map(|f| scanned.feedback(f))
-                                .collect::<Result<_, _>>()?,
-                        });
-                        if batch.len() == BATCH
-                            && to_writer.send(std::mem::take(&mut batch)).is_err()
+                        batch.push(&scanned, &content)?;
+                        if batch.rows.len() == BATCH
+                            && to_writer
+                                .send(std::mem::replace(&mut batch, Batch::with_capacity(BATCH)))
+                                .is_err()
                         {
                             writer_stopped = true;
                             return Err(StoreError::Stopped);
@@ -629,7 +698,7 @@ fn decide(
         }
         counts.report(reporter);
     }
-    if !batch.is_empty() {
+    if !batch.rows.is_empty() {
         // A failed send means the writer failed, which its join reports.
         let _ = to_writer.send(batch);
     }
@@ -639,7 +708,7 @@ fn decide(
 /// The writer thread: keys, redaction and encoding of every selected conversation, in the
 /// order the scan sent them; the row keys go to the record for later revocations.
 fn write_rows(
-    batches: mpsc::Receiver<Vec<Selected>>,
+    batches: mpsc::Receiver<Batch>,
     prepared: &Prepared,
     secret: &[u8; 32],
     record: &Path,
@@ -655,49 +724,53 @@ fn write_rows(
         std::fs::File::create(&keys_path).map_err(|e| ExportError::io(&keys_path, e))?;
     let mut keys = std::io::BufWriter::new(keys_file);
     for batch in batches {
-        for selected in batch {
-            let conversation_key = keyed(&hmac, CONVERSATION_LABEL, &selected.conversation);
-            let account_key = match &account {
-                Some((id, key)) if *id == selected.account => key.clone(),
-                _ => {
-                    let key =
-                        custos_core::policy::hex(&keyed(&hmac, ACCOUNT_LABEL, &selected.account));
-                    account = Some((selected.account.clone(), key.clone()));
-                    key
-                }
-            };
+        for selected in &batch.rows {
+            let conversation = batch.text(&selected.conversation);
+            let conversation_key = keyed(&hmac, CONVERSATION_LABEL, conversation);
+            let account_id = batch.text(&selected.account);
+            if account.as_ref().is_none_or(|(id, _)| id != account_id) {
+                let key = custos_core::policy::hex(&keyed(&hmac, ACCOUNT_LABEL, account_id));
+                account = Some((account_id.to_owned(), key));
+            }
+            let account_key = account.as_ref().map_or("", |(_, key)| key.as_str());
             keys.write_all(&conversation_key)
                 .map_err(|e| ExportError::io(&keys_path, e))?;
-            written.messages += selected.messages.len() as u64;
-            written.feedback += selected.feedback.len() as u64;
-            let mut redact = |text: String| match redactor.redact(&text, &mut written.redactions) {
-                std::borrow::Cow::Borrowed(_) => text,
-                std::borrow::Cow::Owned(redacted) => redacted,
-            };
+            let messages = batch
+                .messages
+                .get(selected.messages.clone())
+                .unwrap_or_default();
+            let feedback = batch
+                .feedback
+                .get(selected.feedback.clone())
+                .unwrap_or_default();
+            written.messages += messages.len() as u64;
+            written.feedback += feedback.len() as u64;
+            let redactions = &mut written.redactions;
             let row = TrainingRow {
-                conversation_key: custos_core::policy::hex(&conversation_key),
+                conversation_key: &custos_core::policy::hex(&conversation_key),
                 account_key,
                 surface: selected.surface,
-                messages: selected
-                    .messages
-                    .into_iter()
+                messages: messages
+                    .iter()
                     .map(|m| TrainingMessage {
-                        role: m.role.as_str(),
-                        text: redact(m.text),
-                        at: m.key.at,
+                        role: m.role,
+                        text: redactor.redact(batch.text(&m.text), redactions),
+                        at: m.at,
                     })
                     .collect(),
-                feedback: selected
-                    .feedback
-                    .into_iter()
+                feedback: feedback
+                    .iter()
                     .map(|f| TrainingFeedback {
-                        rating: f.rating.as_str(),
-                        comment: f.comment.map(&mut redact),
-                        at: f.key.at,
+                        rating: f.rating,
+                        comment: f
+                            .comment
+                            .as_ref()
+                            .map(|c| redactor.redact(batch.text(c), redactions)),
+                        at: f.at,
                     })
                     .collect(),
             };
-            sink.write(row)?;
+            sink.write(&row)?;
         }
     }
     let keys_file = keys

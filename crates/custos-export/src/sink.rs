@@ -5,6 +5,7 @@
 //! order, and on the settings (no clock, no random, no snapshot id), so the same selection
 //! gives byte-identical files (SPEC §4 invariant 4).
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -21,38 +22,39 @@ use sha2::{Digest, Sha256};
 
 use crate::ExportError;
 
-/// One exported conversation, after redaction.
+/// One exported conversation, after redaction. Texts are borrowed where redaction left them
+/// as they were: the sink copies each once, into its file or its row group's column.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrainingRow {
-    pub conversation_key: String,
-    pub account_key: String,
+pub struct TrainingRow<'a> {
+    pub conversation_key: &'a str,
+    pub account_key: &'a str,
     pub surface: &'static str,
-    pub messages: Vec<TrainingMessage>,
-    pub feedback: Vec<TrainingFeedback>,
+    pub messages: Vec<TrainingMessage<'a>>,
+    pub feedback: Vec<TrainingFeedback<'a>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrainingMessage {
+pub struct TrainingMessage<'a> {
     pub role: &'static str,
-    pub text: String,
+    pub text: Cow<'a, str>,
     pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrainingFeedback {
+pub struct TrainingFeedback<'a> {
     pub rating: &'static str,
-    pub comment: Option<String>,
+    pub comment: Option<Cow<'a, str>>,
     pub at: Timestamp,
 }
 
-impl TrainingRow {
+impl TrainingRow<'_> {
     /// The text bytes the row carries: what row groups and files are sized by.
     fn text_bytes(&self) -> usize {
         let messages: usize = self.messages.iter().map(|m| m.text.len() + 16).sum();
         let feedback: usize = self
             .feedback
             .iter()
-            .map(|f| f.comment.as_ref().map_or(0, String::len) + 16)
+            .map(|f| f.comment.as_ref().map_or(0, |c| c.len()) + 16)
             .sum();
         self.conversation_key.len() + self.account_key.len() + messages + feedback
     }
@@ -159,9 +161,8 @@ pub struct Sink {
     max_file_bytes: u64,
     current: Option<Open>,
     finished: Vec<WrittenFile>,
-    /// Rows buffered for the next Parquet row group.
-    group: Vec<TrainingRow>,
-    group_bytes: usize,
+    /// The next Parquet row group, its columns filled as rows come.
+    group: RowGroup,
 }
 
 enum Open {
@@ -198,8 +199,7 @@ impl Sink {
             max_file_bytes: max_file_bytes.max(1),
             current: None,
             finished: Vec::new(),
-            group: Vec::new(),
-            group_bytes: 0,
+            group: RowGroup::default(),
         }
     }
 
@@ -211,15 +211,14 @@ impl Sink {
         ))
     }
 
-    pub fn write(&mut self, row: TrainingRow) -> Result<(), ExportError> {
+    pub fn write(&mut self, row: &TrainingRow<'_>) -> Result<(), ExportError> {
         match self.format {
-            Format::Jsonl => self.write_jsonl(&row),
+            Format::Jsonl => self.write_jsonl(row),
             Format::Parquet => {
-                self.group_bytes += row.text_bytes();
                 self.group.push(row);
                 let limit =
                     ROW_GROUP_BYTES.min(usize::try_from(self.max_file_bytes).unwrap_or(usize::MAX));
-                if self.group_bytes >= limit {
+                if self.group.text_bytes >= limit {
                     self.flush_group()?;
                 }
                 Ok(())
@@ -227,7 +226,7 @@ impl Sink {
         }
     }
 
-    fn write_jsonl(&mut self, row: &TrainingRow) -> Result<(), ExportError> {
+    fn write_jsonl(&mut self, row: &TrainingRow<'_>) -> Result<(), ExportError> {
         if self.current.is_none() {
             let file = HashingFile::create(self.next_path())?;
             self.current = Some(Open::Jsonl { file, rows: 0 });
@@ -248,7 +247,7 @@ impl Sink {
     }
 
     fn flush_group(&mut self) -> Result<(), ExportError> {
-        if self.group.is_empty() {
+        if self.group.rows == 0 {
             return Ok(());
         }
         if self.current.is_none() {
@@ -259,10 +258,10 @@ impl Sink {
                 "a Parquet sink holds another kind of file",
             ));
         };
-        write_row_group(writer, &self.group).map_err(|e| ExportError::parquet(path, e))?;
-        *rows += self.group.len() as u64;
-        self.group.clear();
-        self.group_bytes = 0;
+        *rows += self.group.rows as u64;
+        self.group
+            .write(writer)
+            .map_err(|e| ExportError::parquet(path, e))?;
         if writer.bytes_written() as u64 >= self.max_file_bytes {
             self.close_file()?;
         }
@@ -320,15 +319,15 @@ impl Sink {
 
 /// The common chat format: `messages` with `role` and `content`, plus the keys, the surface,
 /// each message's time and the feedback.
-fn jsonl_line(row: &TrainingRow) -> String {
+fn jsonl_line(row: &TrainingRow<'_>) -> String {
     let mut line = String::with_capacity(row.text_bytes() + 128);
     let quoted = |line: &mut String, text: &str| {
         line.push_str(&serde_json::Value::from(text).to_string());
     };
     line.push_str("{\"conversation_key\":");
-    quoted(&mut line, &row.conversation_key);
+    quoted(&mut line, row.conversation_key);
     line.push_str(",\"account_key\":");
-    quoted(&mut line, &row.account_key);
+    quoted(&mut line, row.account_key);
     line.push_str(",\"surface\":");
     quoted(&mut line, row.surface);
     line.push_str(",\"messages\":[");
@@ -426,12 +425,13 @@ struct Strings {
 }
 
 impl Strings {
-    /// Room for `count` values of `bytes` bytes in all: the buffers grow once, instead of
-    /// doubling (and copying) their way up to a row group's tens of megabytes.
-    fn with_capacity(count: usize, bytes: usize) -> Strings {
+    /// Room for as many values and bytes as `like` holds: each row group's buffers are
+    /// allocated once, the size of the last one's, instead of doubling (and copying) their way
+    /// up to tens of megabytes.
+    fn sized_like(like: &Strings) -> Strings {
         Strings {
-            buffer: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(count),
+            buffer: Vec::with_capacity(like.buffer.len()),
+            ends: Vec::with_capacity(like.ends.len()),
         }
     }
 
@@ -462,6 +462,13 @@ struct ListLevels {
 }
 
 impl ListLevels {
+    fn sized_like(like: &ListLevels) -> ListLevels {
+        ListLevels {
+            definition: Vec::with_capacity(like.definition.len()),
+            repetition: Vec::with_capacity(like.repetition.len()),
+        }
+    }
+
     /// Records a list of `len` elements: an empty list is one level-0 slot with no value.
     fn list(&mut self, len: usize) {
         if len == 0 {
@@ -475,114 +482,135 @@ impl ListLevels {
     }
 }
 
-fn write_row_group(
-    writer: &mut SerializedFileWriter<HashingFile>,
-    rows: &[TrainingRow],
-) -> parquet::errors::Result<()> {
-    // One pass to size every buffer, so that none grows while it is filled.
-    let (mut message_count, mut text_bytes, mut feedback_count, mut comment_bytes) = (0, 0, 0, 0);
-    for row in rows {
-        message_count += row.messages.len();
-        text_bytes += row.messages.iter().map(|m| m.text.len()).sum::<usize>();
-        feedback_count += row.feedback.len();
-        comment_bytes += row
-            .feedback
-            .iter()
-            .map(|f| f.comment.as_ref().map_or(0, String::len))
-            .sum::<usize>();
-    }
-    let keys = |row: &TrainingRow| row.conversation_key.len();
-    let key_bytes = rows.iter().map(keys).sum();
-    let (mut conversation_keys, mut account_keys, mut surfaces) = (
-        Strings::with_capacity(rows.len(), key_bytes),
-        Strings::with_capacity(rows.len(), key_bytes),
-        Strings::with_capacity(rows.len(), rows.len() * 4),
-    );
-    let (mut roles, mut texts, mut message_times) = (
-        Strings::with_capacity(message_count, message_count * 9),
-        Strings::with_capacity(message_count, text_bytes),
-        Vec::with_capacity(message_count),
-    );
-    let (mut ratings, mut comments, mut feedback_times) = (
-        Strings::with_capacity(feedback_count, feedback_count * 4),
-        Strings::with_capacity(feedback_count, comment_bytes),
-        Vec::with_capacity(feedback_count),
-    );
-    let (mut message_levels, mut feedback_levels) = (ListLevels::default(), ListLevels::default());
-    let mut comment_definition = Vec::new();
-    for row in rows {
-        conversation_keys.push(&row.conversation_key);
-        account_keys.push(&row.account_key);
-        surfaces.push(row.surface);
-        message_levels.list(row.messages.len());
+/// The next row group's columns, filled row by row as rows come, so that each text is copied
+/// once, straight into its column.
+#[derive(Default)]
+struct RowGroup {
+    rows: usize,
+    /// As [`TrainingRow::text_bytes`] counts them: what the group is cut by.
+    text_bytes: usize,
+    conversation_keys: Strings,
+    account_keys: Strings,
+    surfaces: Strings,
+    message_levels: ListLevels,
+    roles: Strings,
+    texts: Strings,
+    message_times: Vec<i64>,
+    feedback_levels: ListLevels,
+    ratings: Strings,
+    comments: Strings,
+    comment_definition: Vec<i16>,
+    feedback_times: Vec<i64>,
+}
+
+impl RowGroup {
+    fn push(&mut self, row: &TrainingRow<'_>) {
+        self.rows += 1;
+        self.text_bytes += row.text_bytes();
+        self.conversation_keys.push(row.conversation_key);
+        self.account_keys.push(row.account_key);
+        self.surfaces.push(row.surface);
+        self.message_levels.list(row.messages.len());
         for message in &row.messages {
-            roles.push(message.role);
-            texts.push(&message.text);
-            message_times.push(message.at.unix_millis());
+            self.roles.push(message.role);
+            self.texts.push(&message.text);
+            self.message_times.push(message.at.unix_millis());
         }
-        feedback_levels.list(row.feedback.len());
+        self.feedback_levels.list(row.feedback.len());
         if row.feedback.is_empty() {
-            comment_definition.push(0);
+            self.comment_definition.push(0);
         }
         for feedback in &row.feedback {
-            ratings.push(feedback.rating);
-            feedback_times.push(feedback.at.unix_millis());
+            self.ratings.push(feedback.rating);
+            self.feedback_times.push(feedback.at.unix_millis());
             match &feedback.comment {
                 Some(comment) => {
-                    comments.push(comment);
-                    comment_definition.push(2);
+                    self.comments.push(comment);
+                    self.comment_definition.push(2);
                 }
-                None => comment_definition.push(1),
+                None => self.comment_definition.push(1),
             }
         }
     }
-    let mut group = writer.next_row_group()?;
-    let mut column = |values: Leaf<'_>| -> parquet::errors::Result<()> {
-        let Some(mut column) = group.next_column()? else {
-            return Err(parquet::errors::ParquetError::General(
-                "the schema has fewer columns than the writer".into(),
-            ));
-        };
-        match values {
-            Leaf::Strings(values, levels) => {
-                column.typed::<ByteArrayType>().write_batch(
-                    &values.values(),
-                    levels.map(|l| l.0),
-                    levels.map(|l| l.1),
-                )?;
-            }
-            Leaf::Times(values, levels) => {
-                column.typed::<Int64Type>().write_batch(
-                    &values,
-                    levels.map(|l| l.0),
-                    levels.map(|l| l.1),
-                )?;
-            }
+
+    /// An empty group with room for as much as this one holds.
+    fn sized_like(&self) -> RowGroup {
+        RowGroup {
+            rows: 0,
+            text_bytes: 0,
+            conversation_keys: Strings::sized_like(&self.conversation_keys),
+            account_keys: Strings::sized_like(&self.account_keys),
+            surfaces: Strings::sized_like(&self.surfaces),
+            message_levels: ListLevels::sized_like(&self.message_levels),
+            roles: Strings::sized_like(&self.roles),
+            texts: Strings::sized_like(&self.texts),
+            message_times: Vec::with_capacity(self.message_times.len()),
+            feedback_levels: ListLevels::sized_like(&self.feedback_levels),
+            ratings: Strings::sized_like(&self.ratings),
+            comments: Strings::sized_like(&self.comments),
+            comment_definition: Vec::with_capacity(self.comment_definition.len()),
+            feedback_times: Vec::with_capacity(self.feedback_times.len()),
         }
-        column.close()
-    };
-    column(Leaf::Strings(conversation_keys, None))?;
-    column(Leaf::Strings(account_keys, None))?;
-    column(Leaf::Strings(surfaces, None))?;
-    let messages = (
-        &message_levels.definition[..],
-        &message_levels.repetition[..],
-    );
-    column(Leaf::Strings(roles, Some(messages)))?;
-    column(Leaf::Strings(texts, Some(messages)))?;
-    column(Leaf::Times(message_times, Some(messages)))?;
-    let feedback = (
-        &feedback_levels.definition[..],
-        &feedback_levels.repetition[..],
-    );
-    column(Leaf::Strings(ratings, Some(feedback)))?;
-    column(Leaf::Strings(
-        comments,
-        Some((&comment_definition[..], &feedback_levels.repetition[..])),
-    ))?;
-    column(Leaf::Times(feedback_times, Some(feedback)))?;
-    group.close()?;
-    Ok(())
+    }
+
+    /// Writes the group's columns as the file's next row group, and starts the next group.
+    fn write(
+        &mut self,
+        writer: &mut SerializedFileWriter<HashingFile>,
+    ) -> parquet::errors::Result<()> {
+        let next = self.sized_like();
+        let group = std::mem::replace(self, next);
+        let mut row_group = writer.next_row_group()?;
+        let mut column = |values: Leaf<'_>| -> parquet::errors::Result<()> {
+            let Some(mut column) = row_group.next_column()? else {
+                return Err(parquet::errors::ParquetError::General(
+                    "the schema has fewer columns than the writer".into(),
+                ));
+            };
+            match values {
+                Leaf::Strings(values, levels) => {
+                    column.typed::<ByteArrayType>().write_batch(
+                        &values.values(),
+                        levels.map(|l| l.0),
+                        levels.map(|l| l.1),
+                    )?;
+                }
+                Leaf::Times(values, levels) => {
+                    column.typed::<Int64Type>().write_batch(
+                        &values,
+                        levels.map(|l| l.0),
+                        levels.map(|l| l.1),
+                    )?;
+                }
+            }
+            column.close()
+        };
+        column(Leaf::Strings(group.conversation_keys, None))?;
+        column(Leaf::Strings(group.account_keys, None))?;
+        column(Leaf::Strings(group.surfaces, None))?;
+        let messages = (
+            &group.message_levels.definition[..],
+            &group.message_levels.repetition[..],
+        );
+        column(Leaf::Strings(group.roles, Some(messages)))?;
+        column(Leaf::Strings(group.texts, Some(messages)))?;
+        column(Leaf::Times(group.message_times, Some(messages)))?;
+        let feedback = (
+            &group.feedback_levels.definition[..],
+            &group.feedback_levels.repetition[..],
+        );
+        column(Leaf::Strings(group.ratings, Some(feedback)))?;
+        column(Leaf::Strings(
+            group.comments,
+            Some((
+                &group.comment_definition[..],
+                &group.feedback_levels.repetition[..],
+            )),
+        ))?;
+        column(Leaf::Times(group.feedback_times, Some(feedback)))?;
+        row_group.close()?;
+        Ok(())
+    }
 }
 
 type Levels<'a> = Option<(&'a [i16], &'a [i16])>;

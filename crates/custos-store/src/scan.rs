@@ -42,33 +42,39 @@ pub struct Scanned<'a> {
     comments: &'a [Option<&'a str>],
 }
 
-impl Scanned<'_> {
-    /// One of the conversation's messages, with its text.
-    pub fn message(&self, message: &Message) -> Result<Message, StoreError> {
-        let text = self
-            .conversation
+impl<'a> Scanned<'a> {
+    /// The text of one of the conversation's messages, lent from the chunk.
+    pub fn message_text(&self, message: &Message) -> Result<&'a str, StoreError> {
+        self.conversation
             .messages
             .binary_search_by_key(&message.key, |m| m.key)
             .ok()
-            .and_then(|i| self.message_texts.get(i))
-            .ok_or_else(|| StoreError::corrupt("a message the conversation does not hold"))?;
+            .and_then(|i| self.message_texts.get(i).copied())
+            .ok_or_else(|| StoreError::corrupt("a message the conversation does not hold"))
+    }
+
+    /// The comment of one of the conversation's feedback, lent from the chunk.
+    pub fn comment(&self, feedback: &Feedback) -> Result<Option<&'a str>, StoreError> {
+        self.conversation
+            .feedback
+            .binary_search_by_key(&feedback.key, |f| f.key)
+            .ok()
+            .and_then(|i| self.comments.get(i).copied())
+            .ok_or_else(|| StoreError::corrupt("feedback the conversation does not hold"))
+    }
+
+    /// One of the conversation's messages, with its text.
+    pub fn message(&self, message: &Message) -> Result<Message, StoreError> {
         Ok(Message {
-            text: (*text).to_owned(),
+            text: self.message_text(message)?.to_owned(),
             ..message.clone()
         })
     }
 
     /// One of the conversation's feedback, with its comment.
     pub fn feedback(&self, feedback: &Feedback) -> Result<Feedback, StoreError> {
-        let comment = self
-            .conversation
-            .feedback
-            .binary_search_by_key(&feedback.key, |f| f.key)
-            .ok()
-            .and_then(|i| self.comments.get(i))
-            .ok_or_else(|| StoreError::corrupt("feedback the conversation does not hold"))?;
         Ok(Feedback {
-            comment: comment.map(str::to_owned),
+            comment: self.comment(feedback)?.map(str::to_owned),
             ..feedback.clone()
         })
     }
