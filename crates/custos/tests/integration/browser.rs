@@ -234,14 +234,20 @@ impl Browser {
             .to_owned()
     }
 
-    /// Saves a PNG of the window to `docs/screenshots/<name>.png` (the README shows them).
+    /// Saves a PNG of the window as `<name>.png`: under cargo's temporary folder for tests, or,
+    /// with `CUSTOS_UPDATE_SCREENSHOTS=1`, under `docs/screenshots/`, which the README shows. (A
+    /// plain test run then leaves the checkout as it was: the pages show times and random ids.)
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let encoded = self.expect("GET", "/screenshot", None);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().unwrap_or_default())
             .unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a screenshot must be a PNG");
-        let folder = crate::support::repo_root().join("docs/screenshots");
+        let folder = if std::env::var_os("CUSTOS_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            crate::support::repo_root().join("docs/screenshots")
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+        };
         std::fs::create_dir_all(&folder).unwrap();
         let path = folder.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();

@@ -1,7 +1,7 @@
 //! The pages, in a real headless Chromium against the real binary (manual clock): signup,
 //! the notice before and after the deadline, switching training off, deleting a conversation,
 //! downloading my data, erasing the account, and the dashboard's charts. Each test saves a
-//! screenshot under `docs/screenshots/`, which the README shows. A last test speaks plain HTTP
+//! screenshot (see `Browser::screenshot`). A last test speaks plain HTTP
 //! to check what a browser would not show: roles, form tokens, headers.
 
 use serde_json::{Value, json};
