@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, mpsc};
 
 use custos_core::redaction::{Counts, Redactor};
@@ -74,6 +74,10 @@ pub enum ExportError {
     UnknownSnapshot(String),
     #[error("export `{0}` did not finish, so it has no manifest")]
     Incomplete(String),
+    #[error(
+        "the export was stopped before it finished (custos is shutting down); its partial files were removed"
+    )]
+    Stopped,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -333,7 +337,19 @@ impl<'a> Exports<'a> {
         prepared: &Prepared,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Value, ExportError> {
-        let result = self.run_inner(prepared, progress);
+        self.run_until(prepared, progress, &AtomicBool::new(false))
+    }
+
+    /// Like [`Exports::run`], stopping early once `stop` is set (checked between chunks of a
+    /// few hundred accounts): then it fails with [`ExportError::Stopped`], and what it wrote is
+    /// removed.
+    pub fn run_until(
+        &self,
+        prepared: &Prepared,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        stop: &AtomicBool,
+    ) -> Result<Value, ExportError> {
+        let result = self.run_inner(prepared, progress, stop);
         if result.is_err() {
             // The folder was made new and empty for this export: what a failed run left in it
             // is partial, so it goes. The record stays, without a manifest: `Incomplete`.
@@ -346,6 +362,7 @@ impl<'a> Exports<'a> {
         &self,
         prepared: &Prepared,
         progress: &mut (dyn FnMut(Progress) + Send),
+        stop: &AtomicBool,
     ) -> Result<Value, ExportError> {
         let secret = self.secret()?;
         let record = self.record_folder(&prepared.id)?;
@@ -367,7 +384,7 @@ impl<'a> Exports<'a> {
             let decider = std::thread::Builder::new()
                 .name("export-decider".into())
                 .spawn_scoped(scope, || {
-                    decide(policy, chunks, to_reader, to_writer, &counts, &report)
+                    decide(policy, chunks, to_reader, to_writer, &counts, &report, stop)
                 })
                 .map_err(|e| ExportError::io(Path::new("a thread"), e))?;
             let read = self.store.scan_training_chunks(
@@ -653,10 +670,15 @@ fn decide(
     to_writer: mpsc::SyncSender<Batch>,
     counts: &Counters,
     reporter: &Reporter<'_>,
+    stop: &AtomicBool,
 ) -> Result<BTreeMap<EligibilityReason, u64>, ExportError> {
     let mut excluded: BTreeMap<EligibilityReason, u64> = BTreeMap::new();
     let mut batch = Batch::with_capacity(BATCH);
     for raw in chunks {
+        // Dropping the receiver stops the reader too; the writer's sender goes with this.
+        if stop.load(Ordering::Relaxed) {
+            return Err(ExportError::Stopped);
+        }
         let chunk = raw.parse()?;
         let mut writer_stopped = false;
         chunk

@@ -496,6 +496,49 @@ fn small_file_limits_split_the_export_and_every_file_is_listed_and_verifies() {
     }
 }
 
+/// What shutdown does to a running export: stopped once the snapshot is fixed, it removes its
+/// folder and stays recorded as incomplete; the next export runs as usual.
+#[test]
+fn a_stopped_export_removes_what_it_wrote_and_stays_incomplete() {
+    let fixture = Fixture::sqlite();
+    let t0 = ts("2026-01-01T00:00:00Z");
+    for a in 0..3 {
+        fixture.apply(t0, create(&format!("acct-{a}"), "pro", Some(true)));
+        fixture.apply(
+            plus_ms(t0, 1000),
+            message(&format!("acct-{a}"), &format!("conv-{a}"), "hello"),
+        );
+    }
+    let now = plus_ms(t0, DAY);
+    let exports = fixture.exports();
+    let request = Request {
+        purpose: custos_export::PURPOSE.into(),
+        cutoff: now,
+        format: Format::Parquet,
+        out: Some(exports.root().join("stopped")),
+        max_file_bytes: 1 << 20,
+    };
+    let prepared = exports.prepare(&request, now).unwrap();
+    assert!(prepared.out.is_dir(), "prepare makes the folder");
+    let stop = AtomicBool::new(false);
+    // The first report comes once the snapshot is fixed, before any chunk is decided.
+    let error = exports
+        .run_until(
+            &prepared,
+            &mut |_| stop.store(true, Ordering::Relaxed),
+            &stop,
+        )
+        .unwrap_err();
+    assert!(matches!(error, ExportError::Stopped), "{error}");
+    assert!(!prepared.out.exists(), "nothing partial is left behind");
+    assert!(matches!(
+        exports.manifest_of(&prepared.id),
+        Err(ExportError::Incomplete(_))
+    ));
+    let (manifest, _) = fixture.export(now, now, Format::Parquet, "after", 1 << 20);
+    assert_eq!(manifest["conversations"]["included"], 3);
+}
+
 #[test]
 fn secrets_and_personal_data_never_reach_the_files() {
     let fixture = Fixture::sqlite();

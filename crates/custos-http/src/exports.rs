@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,6 +37,10 @@ pub struct ExportPlace {
 #[derive(Debug, Default)]
 pub struct Running {
     exports: Mutex<HashMap<String, Run>>,
+    /// Set at shutdown: running exports stop between two chunks and remove what they wrote.
+    stop: AtomicBool,
+    /// The export threads, so that shutdown can wait for them to end cleanly.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +61,20 @@ impl Running {
 
     fn get(&self, id: &str) -> Option<Run> {
         self.exports.lock().ok()?.get(id).cloned()
+    }
+
+    /// Stops every running export and waits until each has ended: none leaves partial files
+    /// behind, and each stays recorded as incomplete. Called once the server stops serving.
+    pub fn stop_all(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut threads| std::mem::take(&mut *threads))
+            .unwrap_or_default();
+        for thread in threads {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -101,7 +120,9 @@ pub(crate) fn refusal(state: &AppState, error: ExportError) -> Problem {
         ExportError::Incomplete(_) => {
             return Problem::new(StatusCode::CONFLICT, "export-incomplete", error.to_string());
         }
-        ExportError::Store(_)
+        // Only a running export stops; a request is refused before one runs.
+        ExportError::Stopped
+        | ExportError::Store(_)
         | ExportError::Io { .. }
         | ExportError::Parquet { .. }
         | ExportError::Invalid { .. }
@@ -168,7 +189,7 @@ pub async fn start(
         .set(&prepared.id, Some(Run::Running(Progress::default())));
     let worker = Arc::clone(&state);
     let job = prepared.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("export {}", job.id))
         .spawn(move || {
             let started = Instant::now();
@@ -177,9 +198,13 @@ pub async fn start(
                 &worker.exports.data,
                 worker.exports.root.as_deref(),
             );
-            let result = exports.run(&job, &mut |progress| {
-                worker.running.set(&job.id, Some(Run::Running(progress)));
-            });
+            let result = exports.run_until(
+                &job,
+                &mut |progress| {
+                    worker.running.set(&job.id, Some(Run::Running(progress)));
+                },
+                &worker.running.stop,
+            );
             match result {
                 Ok(manifest) => {
                     worker.metrics.export("done");
@@ -209,7 +234,10 @@ pub async fn start(
                     worker.running.set(&job.id, None);
                 }
                 Err(error) => {
-                    worker.metrics.export("failed");
+                    let stopped = matches!(error, ExportError::Stopped);
+                    worker
+                        .metrics
+                        .export(if stopped { "stopped" } else { "failed" });
                     eprintln!("custos: export {} failed: {error}", job.id);
                     worker
                         .running
@@ -218,6 +246,11 @@ pub async fn start(
             }
         })
         .map_err(|_| Problem::internal())?;
+    if let Ok(mut threads) = state.running.threads.lock() {
+        // Finished ones are let go of here, so the list stays as long as what runs.
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

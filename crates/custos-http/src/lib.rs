@@ -84,7 +84,8 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     routes::router(state)
 }
 
-/// Serves until `shutdown` resolves; requests in flight then finish before this returns.
+/// Serves until `shutdown` resolves; requests in flight then finish before this returns, and
+/// running exports stop (removing their partial files).
 /// With `sweep_every`, a retention sweep also runs at that interval (a sweep in progress at
 /// shutdown stops between two batches of the next; each batch is whole).
 pub async fn serve(
@@ -96,12 +97,15 @@ pub async fn serve(
     pages::refresh_dashboard_in_background(&state);
     let sweeper = sweep_every
         .map(|interval| tokio::spawn(retention::sweep_periodically(Arc::clone(&state), interval)));
-    let served = axum::serve(listener, router(state).into_make_service())
+    let served = axum::serve(listener, router(Arc::clone(&state)).into_make_service())
         .with_graceful_shutdown(shutdown)
         .await;
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
+    // Exports run on threads of their own, which would die mid-file with the process.
+    let exports = Arc::clone(&state);
+    let _ = tokio::task::spawn_blocking(move || exports.running.stop_all()).await;
     served
 }
 

@@ -152,7 +152,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP custos_exports_total Training exports by outcome (done, failed, refused)."
+            "# HELP custos_exports_total Training exports by outcome (done, failed, refused, stopped)."
         );
         let _ = writeln!(out, "# TYPE custos_exports_total counter");
         for (outcome, n) in &c.exports {

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::custos;
+use crate::support::{custos, stderr};
 
 /// A running `custos serve` and the tokens made for it.
 pub struct Server {
@@ -902,6 +902,75 @@ fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("checked 1 accounts, 2 ledger entries")
     );
+}
+
+/// SIGTERM while an export runs: the server stops it (or lets it finish) and exits cleanly,
+/// and no partial file is left: the export either is whole and verifies, or left nothing and
+/// is recorded as incomplete.
+#[test]
+fn sigterm_during_an_export_leaves_no_partial_files() {
+    let mut server = Server::start("2025-10-01T00:00:00Z");
+    let demo = custos()
+        .arg("demo")
+        .args(server.store_args())
+        .args(["--accounts", "10000", "--conversations", "100000"])
+        .args(["--now", "2025-10-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let request =
+        json!({"purpose": "model_training", "format": "parquet", "destination": "at-shutdown"});
+    let started = server.call(
+        "POST",
+        "/v1/exports",
+        Some("trainer"),
+        Some(&request.to_string()),
+    );
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["snapshot_id"].as_str().unwrap().to_owned();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+
+    let root = server.data().join("exports");
+    let mut pending = vec![root.clone()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            assert_ne!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("partial"),
+                "{} was left behind",
+                path.display()
+            );
+            if path.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    let folder = root.join("at-shutdown");
+    let record = server.data().join("export-records").join(&id);
+    if folder.exists() {
+        // It finished before the signal reached it: whole, signed, and listed.
+        let verify = custos()
+            .args(["export", "verify", "--data"])
+            .arg(server.data())
+            .arg(&folder)
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{}", stderr(&verify));
+        assert!(record.join("manifest.json").exists());
+    } else {
+        assert!(record.is_dir(), "the export stays recorded");
+        assert!(
+            !record.join("manifest.json").exists(),
+            "a stopped export has no manifest"
+        );
+    }
 }
 
 /// The receipt id of u1's first choice, read from its history.
