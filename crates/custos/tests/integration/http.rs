@@ -913,7 +913,7 @@ fn sigterm_during_an_export_leaves_no_partial_files() {
     let demo = custos()
         .arg("demo")
         .args(server.store_args())
-        .args(["--accounts", "10000", "--conversations", "100000"])
+        .args(["--accounts", "5000", "--conversations", "50000"])
         .args(["--now", "2025-10-01T00:00:00Z"])
         .output()
         .unwrap();
