@@ -887,13 +887,7 @@ fn the_clock_can_be_set_only_in_manual_mode() {
 fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
     let mut server = Server::start("2025-10-01T00:00:00Z");
     assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = server.child.wait().unwrap();
-    assert!(exit.success(), "{exit}");
+    terminate(&mut server);
     let output = custos()
         .args(["ledger", "verify"])
         .args(server.store_args())
@@ -902,6 +896,17 @@ fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("checked 1 accounts, 2 ledger entries")
     );
+}
+
+/// Sends SIGTERM to the server and waits for it to exit, which it must do cleanly.
+fn terminate(server: &mut Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
 }
 
 /// SIGTERM while an export runs: the server stops it (or lets it finish) and exits cleanly,
@@ -920,21 +925,8 @@ fn sigterm_during_an_export_leaves_no_partial_files() {
     assert!(demo.status.success(), "{}", stderr(&demo));
     let request =
         json!({"purpose": "model_training", "format": "parquet", "destination": "at-shutdown"});
-    let started = server.call(
-        "POST",
-        "/v1/exports",
-        Some("trainer"),
-        Some(&request.to_string()),
-    );
-    assert_eq!(started.status, 202, "{}", started.body);
-    let id = started.body["snapshot_id"].as_str().unwrap().to_owned();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = server.child.wait().unwrap();
-    assert!(exit.success(), "{exit}");
+    let id = start_export(&server, &request);
+    terminate(&mut server);
 
     let root = server.data().join("exports");
     let mut pending = vec![root.clone()];
@@ -956,13 +948,7 @@ fn sigterm_during_an_export_leaves_no_partial_files() {
     let record = server.data().join("export-records").join(&id);
     if folder.exists() {
         // It finished before the signal reached it: whole, signed, and listed.
-        let verify = custos()
-            .args(["export", "verify", "--data"])
-            .arg(server.data())
-            .arg(&folder)
-            .output()
-            .unwrap();
-        assert!(verify.status.success(), "{}", stderr(&verify));
+        assert_export_verifies(&server, &folder);
         assert!(record.join("manifest.json").exists());
     } else {
         assert!(record.is_dir(), "the export stays recorded");
@@ -1761,8 +1747,20 @@ fn reports_count_classes_purges_holds_preferences_and_undecided_accounts() {
     }
 }
 
-/// Starts an export as the trainer and waits for it to finish; returns its snapshot id.
-fn export_and_wait(server: &Server, request: Value) -> String {
+/// `custos export verify` accepts the folder: its manifest is signed by the server's store, and
+/// every file matches it.
+fn assert_export_verifies(server: &Server, folder: &std::path::Path) {
+    let verify = custos()
+        .args(["export", "verify", "--data"])
+        .arg(server.data())
+        .arg(folder)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+/// Starts an export as the trainer; returns its snapshot id.
+fn start_export(server: &Server, request: &Value) -> String {
     let started = server.call(
         "POST",
         "/v1/exports",
@@ -1770,7 +1768,12 @@ fn export_and_wait(server: &Server, request: Value) -> String {
         Some(&request.to_string()),
     );
     assert_eq!(started.status, 202, "{}", started.body);
-    let id = started.body["snapshot_id"].as_str().unwrap().to_owned();
+    started.body["snapshot_id"].as_str().unwrap().to_owned()
+}
+
+/// Starts an export as the trainer and waits for it to finish; returns its snapshot id.
+fn export_and_wait(server: &Server, request: Value) -> String {
+    let id = start_export(server, &request);
     for _ in 0..600 {
         let status = server.call("GET", &format!("/v1/exports/{id}"), Some("trainer"), None);
         match status.body["status"].as_str() {
@@ -1819,17 +1822,7 @@ fn exports_over_http_write_a_signed_snapshot_refuse_other_purposes_and_list_revo
 
     // The files are where the destination said, inside the export root, and verify.
     let folder = server.data().join("exports/weekly/one");
-    let verify = custos()
-        .args(["export", "verify", "--data"])
-        .arg(server.data())
-        .arg(&folder)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_export_verifies(&server, &folder);
     let text = std::fs::read_to_string(folder.join("part-00000.jsonl")).unwrap();
     assert!(
         text.contains("[REDACTED:email]") && !text.contains("a@b.co") && !text.contains("\"yes\"")
