@@ -75,7 +75,7 @@ pub enum ExportError {
     #[error("export `{0}` did not finish, so it has no manifest")]
     Incomplete(String),
     #[error(
-        "the export was stopped before it finished (custos is shutting down); its partial files were removed"
+        "the export was stopped before it finished (interrupted, or custos is shutting down); what it had written was removed"
     )]
     Stopped,
     #[error("{path}: {source}")]

@@ -2,6 +2,8 @@
 //! received export.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Subcommand};
 use custos_core::Timestamp;
@@ -77,7 +79,49 @@ fn keep_freed_memory_for_reuse() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
-/// Runs an export with a progress bar on stderr; returns the manifest.
+/// A flag that Ctrl-C or SIGTERM sets, so that an interrupted export stops between two chunks
+/// and removes what it wrote, rather than dying mid-file and leaving partial files. Returns
+/// once the handlers are in place. Without them (no signal support), the flag is never set and
+/// a signal ends the process as usual.
+fn stop_on_interrupt() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready, installed) = std::sync::mpsc::channel();
+    let flag = Arc::clone(&stop);
+    // The thread lives as long as the process: it waits for a signal that may never come.
+    let spawned = std::thread::Builder::new()
+        .name("export-signals".into())
+        .spawn(move || {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let (Ok(mut interrupt), Ok(mut terminate)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                let _ = ready.send(());
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                flag.store(true, Ordering::Relaxed);
+            });
+        });
+    if spawned.is_ok() {
+        // An error means the thread gave up without handlers; nothing then waits for it.
+        let _ = installed.recv();
+    }
+    stop
+}
+
+/// Runs an export with a progress bar on stderr; returns the manifest. Ctrl-C or SIGTERM stops
+/// it cleanly ([`custos_export::ExportError::Stopped`]).
 pub fn run(
     store: &Store,
     data: &Path,
@@ -86,6 +130,7 @@ pub fn run(
     now: Timestamp,
 ) -> Result<Value, custos_export::ExportError> {
     keep_freed_memory_for_reuse();
+    let stop = stop_on_interrupt();
     let exports = Exports::new(store, data, args.export_root.as_deref());
     let request = Request {
         purpose: args.purpose.clone(),
@@ -103,11 +148,15 @@ pub fn run(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let manifest = exports.run(&prepared, &mut |progress| {
-        bar.set_length(progress.total.max(1));
-        bar.set_position(progress.scanned);
-        bar.set_message(format!("{} included", progress.included));
-    });
+    let manifest = exports.run_until(
+        &prepared,
+        &mut |progress| {
+            bar.set_length(progress.total.max(1));
+            bar.set_position(progress.scanned);
+            bar.set_message(format!("{} included", progress.included));
+        },
+        &stop,
+    );
     bar.finish_and_clear();
     manifest
 }

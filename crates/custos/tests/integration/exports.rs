@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{custos, stderr, stdout};
+use crate::support::{assert_no_partial_files, custos, stderr, stdout};
 
 const NOW: &str = "2026-06-01T00:00:00Z";
 
@@ -147,4 +147,53 @@ fn the_cli_exports_verifies_and_lists_revocations_and_refuses_outside_the_root()
     assert!(!elsewhere.exists() && !root.join("x").exists() && !root.join("y").exists());
     let unknown = custos_in(&data, &["export", "revocations", "--snapshot", "exp-00"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+}
+
+/// Ctrl-C during `custos export` stops it cleanly: it exits with an error that says so, and
+/// leaves no partial file (or, had it finished first, a whole export that verifies).
+#[test]
+fn an_interrupted_cli_export_removes_what_it_wrote() {
+    let folder = tempfile::tempdir().unwrap();
+    let data = folder.path().join("data");
+    let demo = custos()
+        .args(["demo", "--accounts", "5000", "--conversations", "50000"])
+        .args(["--now", NOW, "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let out = data.join("exports/interrupted");
+    let child = custos()
+        .args(["export", "--cutoff", NOW, "--now", NOW, "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The folder appears once the request is accepted, after the signal handlers are in place.
+    let waiting = std::time::Instant::now();
+    while !out.exists() && waiting.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+
+    assert_no_partial_files(&data.join("exports"));
+    if output.status.success() {
+        let verify = custos_in(&data, &["export", "verify", out.to_str().unwrap()]);
+        assert!(verify.status.success(), "{}", stderr(&verify));
+    } else {
+        assert!(
+            stderr(&output).contains("stopped before it finished"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!out.exists(), "the stopped export removed its folder");
+    }
 }

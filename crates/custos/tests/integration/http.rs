@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{custos, stderr};
+use crate::support::{assert_no_partial_files, custos, stderr};
 
 /// A running `custos serve` and the tokens made for it.
 pub struct Server {
@@ -929,21 +929,7 @@ fn sigterm_during_an_export_leaves_no_partial_files() {
     terminate(&mut server);
 
     let root = server.data().join("exports");
-    let mut pending = vec![root.clone()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap() {
-            let path = entry.unwrap().path();
-            assert_ne!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("partial"),
-                "{} was left behind",
-                path.display()
-            );
-            if path.is_dir() {
-                pending.push(path);
-            }
-        }
-    }
+    assert_no_partial_files(&root);
     let folder = root.join("at-shutdown");
     let record = server.data().join("export-records").join(&id);
     if folder.exists() {

@@ -149,3 +149,23 @@ pub fn http(
         body: payload,
     }
 }
+
+/// No file under `root`, at any depth, is a `.partial` one: an export interrupted or stopped
+/// left nothing half-written behind.
+pub fn assert_no_partial_files(root: &Path) {
+    let mut pending = vec![root.to_owned()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            assert_ne!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("partial"),
+                "{} was left behind",
+                path.display()
+            );
+            if path.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+}
