@@ -169,7 +169,6 @@ pub struct Exports<'a> {
 /// Conversations selected at the cutoff, owned so that they can cross to the writer thread:
 /// every text of a batch in one buffer, every message and feedback in one list each, so that a
 /// batch costs a few allocations rather than one per text.
-#[derive(Default)]
 struct Batch {
     texts: String,
     rows: Vec<Selected>,

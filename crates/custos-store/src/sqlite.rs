@@ -102,41 +102,35 @@ impl SqliteBackend {
         }
     }
 
-    /// Runs `work` in a read transaction on `connection`.
-    fn read_on<R>(
-        &self,
-        connection: &mut Connection,
-        first: &mut dyn FnMut(),
-        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(|e| map_error(&self.path, &e))?;
-        let mut tx = SqliteTx {
-            path: &self.path,
-            read_only: true,
-            transaction: &transaction,
-        };
-        // A deferred transaction takes its snapshot at its first read.
-        let fixed = tx.query_one("SELECT version FROM custos_schema", &[]);
-        first();
-        fixed?;
-        let result = work(&mut tx)?;
-        transaction
-            .commit()
-            .map_err(|e| map_error(&self.path, &e))?;
-        Ok(result)
-    }
-
-    /// Runs `work` in a read transaction on a pooled read connection.
+    /// Runs `work` in a read transaction on a pooled read connection. The transaction is
+    /// deferred: it takes its snapshot at `work`'s first read.
     fn read_on_pool<R>(
         &self,
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut connection = self.take_reader()?;
-        let result = self.read_on(&mut connection, &mut || {}, work);
+        let result = self.read_on(&mut connection, work);
         self.give_back(connection);
         result
+    }
+
+    fn read_on<R>(
+        &self,
+        connection: &mut Connection,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| map_error(&self.path, &e))?;
+        let result = work(&mut SqliteTx {
+            path: &self.path,
+            read_only: true,
+            transaction: &transaction,
+        })?;
+        transaction
+            .commit()
+            .map_err(|e| map_error(&self.path, &e))?;
+        Ok(result)
     }
 
     fn run<R>(
