@@ -27,9 +27,9 @@ const ACCOUNTS_PER_CHUNK: i64 = 512;
 /// cutoff and up to now.
 ///
 /// The conversation's messages and feedback come without their texts: those stay in the
-/// chunk's buffers, lent beside it, and a visitor copies only the ones it keeps
-/// ([`Scanned::message`], [`Scanned::feedback`]). Most conversations are not exported, and
-/// their texts are never copied.
+/// chunk's buffers, lent beside it ([`Scanned::message_text`], [`Scanned::comment`]), and a
+/// visitor copies only the ones it keeps. Most conversations are not exported, and their texts
+/// are never copied.
 #[derive(Debug)]
 pub struct Scanned<'a> {
     pub owner: &'a AccountHistory,
