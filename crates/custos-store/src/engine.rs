@@ -157,6 +157,38 @@ pub fn ledger_entries(tx: &mut dyn Tx, account: &str) -> Result<Vec<Entry>, Stor
         .collect()
 }
 
+/// Turns ledger entries that come grouped by account, each account's in chain order (as a
+/// query ordered by `account_id, idx` gives them), into one history per account.
+#[derive(Debug, Default)]
+pub(crate) struct HistoriesInOrder {
+    /// The current account's entries so far.
+    entries: Vec<Entry>,
+}
+
+impl HistoriesInOrder {
+    /// Takes the next entry; when it starts another account, gives the previous one's history.
+    pub(crate) fn push(&mut self, entry: Entry) -> Result<Option<AccountHistory>, StoreError> {
+        let done = if self
+            .entries
+            .first()
+            .is_some_and(|e| e.account != entry.account)
+        {
+            self.finish()?
+        } else {
+            None
+        };
+        self.entries.push(entry);
+        Ok(done)
+    }
+
+    /// The last account's history, once every entry is in.
+    pub(crate) fn finish(&mut self) -> Result<Option<AccountHistory>, StoreError> {
+        let history = history_from(&self.entries)?;
+        self.entries.clear();
+        Ok(history)
+    }
+}
+
 /// Rebuilds the core's view of an account from its ledger.
 pub(crate) fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError> {
     let mut history: Option<AccountHistory> = None;

@@ -5,8 +5,7 @@ use custos_core::{AccountHistory, Channel, EventKey, Policy, Preference, Timesta
 use serde_json::{Map, Value, json};
 
 use crate::StoreError;
-use crate::engine::{LEDGER_COLUMNS, entry_from_row, history_from};
-use crate::ledger::Entry;
+use crate::engine::{HistoriesInOrder, LEDGER_COLUMNS, entry_from_row};
 use crate::sql::Tx;
 
 const DAY_MS: i64 = 86_400_000;
@@ -237,27 +236,20 @@ pub fn consent_over_time(
             }
         }
     };
-    // One account's entries at a time, in chain order.
-    let mut entries: Vec<Entry> = Vec::new();
-    let finish = |entries: &mut Vec<Entry>, out: &mut ConsentOverTime| {
-        if let Some(history) = history_from(entries)? {
-            tally(&history, out);
-        }
-        entries.clear();
-        Ok::<_, StoreError>(())
-    };
+    // One account's history at a time.
+    let mut histories = HistoriesInOrder::default();
     tx.query_each(
         &format!("SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY account_id, idx"),
         &[],
         &mut |row| {
-            let entry = entry_from_row(row)?;
-            if entries.first().is_some_and(|e| e.account != entry.account) {
-                finish(&mut entries, &mut out)?;
+            if let Some(history) = histories.push(entry_from_row(row)?)? {
+                tally(&history, &mut out);
             }
-            entries.push(entry);
             Ok(())
         },
     )?;
-    finish(&mut entries, &mut out)?;
+    if let Some(history) = histories.finish()? {
+        tally(&history, &mut out);
+    }
     Ok(out)
 }

@@ -13,10 +13,10 @@ use custos_core::{AccountHistory, Conversation, EventKey, Timestamp};
 
 use crate::StoreError;
 use crate::engine::{
-    CONVERSATION_COLUMNS, FEEDBACK_COMMENT, LEDGER_COLUMNS, MESSAGE_TEXT, conversation_from_row,
-    entry_from_row, feedback_columns, feedback_head, history_from, message_columns, message_head,
+    CONVERSATION_COLUMNS, FEEDBACK_COMMENT, HistoriesInOrder, LEDGER_COLUMNS, MESSAGE_TEXT,
+    conversation_from_row, entry_from_row, feedback_columns, feedback_head, message_columns,
+    message_head,
 };
-use crate::ledger::Entry;
 use crate::sql::{Columns, RowView, Rows, Tx};
 
 /// Accounts read per chunk: enough that each range query is worth its round trip, few enough
@@ -285,23 +285,12 @@ impl RawChunk {
                 .ok_or_else(|| StoreError::corrupt("a chunk without a table"))
         };
         let mut histories = Vec::with_capacity(self.accounts.len());
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut finish = |entries: &mut Vec<Entry>| -> Result<(), StoreError> {
-            if let Some(history) = history_from(entries)? {
-                histories.push(history);
-            }
-            entries.clear();
-            Ok(())
-        };
+        let mut in_order = HistoriesInOrder::default();
         rows(Table::Ledger)?.replay(&mut |row| {
-            let entry = entry_from_row(row)?;
-            if entries.first().is_some_and(|e| e.account != entry.account) {
-                finish(&mut entries)?;
-            }
-            entries.push(entry);
+            histories.extend(in_order.push(entry_from_row(row)?)?);
             Ok(())
         })?;
-        finish(&mut entries)?;
+        histories.extend(in_order.finish()?);
         let index: HashMap<&str, usize> = histories
             .iter()
             .enumerate()
