@@ -2,10 +2,15 @@
 # binary, and keeps generated data under bench/.work (ignored by git).
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 
-# Builds custos and sets $custos and $work.
+# Builds custos and sets $custos and $work. With CUSTOS_BIN set, that binary is measured
+# instead and nothing is built (to compare two versions on one machine, one after the other).
 prepare() {
-  cargo build --release --quiet
-  custos=./target/release/custos
+  if [ -n "${CUSTOS_BIN:-}" ]; then
+    custos=$CUSTOS_BIN
+  else
+    cargo build --release --quiet
+    custos=./target/release/custos
+  fi
   work=bench/.work
   mkdir -p "$work"
 }

@@ -59,6 +59,19 @@ fn assert_scenarios_match(folder: &Path, at_least: usize) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Shared scenarios that need a part of the spec custos does not implement yet: their files,
+/// and what they wait for. They are not copied, so the fixture run stays green; the test below
+/// fails as soon as one of them passes, so that it is copied then and leaves this list.
+const AWAITING: &[(&str, &[&str], &str)] = &[(
+    "terms-update-reconfirms.json",
+    &[
+        "terms-update-reconfirms.json",
+        "terms-update-reconfirms.expected.jsonl",
+        "terms-update-2026.policy.toml",
+    ],
+    "versions of the terms (SPEC section 7), issue 17",
+)];
+
 #[test]
 fn the_shared_scenarios_are_copied_unchanged() {
     // The copies are the fixtures CI runs; if ../shared is laid beside the checkout (it is for
@@ -78,14 +91,36 @@ fn the_shared_scenarios_are_copied_unchanged() {
         return;
     };
     let copies = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let awaiting = |name: &str| AWAITING.iter().any(|(_, files, _)| files.contains(&name));
     for entry in entries {
         let original = entry.unwrap().path();
-        let copy = copies.join(original.file_name().unwrap());
+        let name = original.file_name().unwrap().to_str().unwrap().to_owned();
+        let copy = copies.join(&name);
+        if awaiting(&name) {
+            assert!(!copy.exists(), "{name} is copied: take it off AWAITING");
+            continue;
+        }
         assert_eq!(
             std::fs::read(&original).unwrap(),
             std::fs::read(&copy).unwrap_or_default(),
             "{} differs from its shared original; copy it again",
             copy.display()
+        );
+    }
+    for (scenario, _, waits_for) in AWAITING {
+        let path = shared.join(scenario);
+        let expected = std::fs::read_to_string(path.with_extension("expected.jsonl")).unwrap();
+        let output = custos()
+            .args(["scenario", "run"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&output) != expected || output.status.code() != Some(0),
+            "{scenario} passes now: copy it into tests/scenarios and take it off AWAITING"
+        );
+        eprintln!(
+            "NOTE: the shared scenario {scenario} does not run yet: it waits for {waits_for}"
         );
     }
 }
