@@ -1,10 +1,17 @@
-//! When an event is refused (API.md §1 "A step is invalid"; the same rules guard the service).
+//! When an event is admitted, and what it records (API.md §1 "A step is invalid"; the same
+//! rules guard the service).
 //!
-//! Each function sees only the records the event names, as they stand just before it, and
-//! answers `Ok` or the [`Refusal`] that says what is wrong.
+//! [`admit`] is the one door every event goes through: the reference model, the store's
+//! per-event path and the bulk loader each look up the records the event names ([`Named`]), ask
+//! it, and carry out the [`Effect`] it answers, or report the [`Refusal`]. None of them checks
+//! anything itself, and the order of the checks is written once, here.
 
+use crate::command::Command;
 use crate::id::{AccountId, ConversationId, HoldId};
-use crate::model::{AccountHistory, Conversation, EventKey, Hold};
+use crate::model::{
+    AccountChange, AccountHistory, Conversation, EventKey, Hold, HoldTarget, Preference, Rating,
+    Role, Surface,
+};
 use crate::policy::{Plan, PlanClass, Policy, UnknownPlan};
 use crate::retention::expiry;
 use crate::time::Timestamp;
@@ -84,7 +91,195 @@ impl Refusal {
     }
 }
 
-/// An account that exists and was not erased: the only kind most events may name.
+/// The records an event names, as they stand just before it (see [`Command::names`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Named<'r> {
+    /// The account the event names, live or erased; for an event that names only a
+    /// conversation, the conversation's owner.
+    pub account: Option<&'r AccountHistory>,
+    pub conversation: Option<&'r Conversation>,
+    /// The hold of the id the event names, if that id was ever used.
+    pub hold: Option<&'r Hold>,
+}
+
+/// What an admitted event records. It borrows its texts and ids from the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect<'c> {
+    /// A new account on `plan`; its ledger starts with its creation, then the signup choice if
+    /// it came with one, both at the event's key.
+    AccountCreated {
+        account: &'c AccountId,
+        plan: Plan,
+        signup_choice: Option<(Preference, crate::model::Channel)>,
+    },
+    /// The next entry of a live account's ledger.
+    AccountChanged {
+        account: &'c AccountId,
+        change: AccountChange,
+    },
+    /// A message; `starts` holds the surface and incognito flag of a conversation it starts.
+    Message {
+        account: &'c AccountId,
+        conversation: &'c ConversationId,
+        starts: Option<(Surface, bool)>,
+        role: Role,
+        text: &'c str,
+    },
+    Feedback {
+        account: &'c AccountId,
+        conversation: &'c ConversationId,
+        rating: Rating,
+        comment: Option<&'c str>,
+    },
+    ConversationDeleted {
+        conversation: &'c ConversationId,
+    },
+    HoldPlaced {
+        hold: &'c HoldId,
+        target: &'c HoldTarget,
+    },
+    HoldReleased {
+        hold: &'c HoldId,
+    },
+    /// A retention sweep as of the event's key; each conversation is decided by
+    /// [`crate::retention::sweep_decision`].
+    Sweep,
+}
+
+/// Admits `command` at `key`, given the records it names, or says why not. `key` is the
+/// event's place in the order of SPEC §2; where the command names no recorded account, any key
+/// at its time will do (nothing then compares with it).
+pub fn admit<'c>(
+    policy: &Policy,
+    named: Named<'_>,
+    key: EventKey,
+    command: &'c Command,
+) -> Result<Effect<'c>, Refusal> {
+    let changed = |account, change| Effect::AccountChanged { account, change };
+    Ok(match command {
+        Command::CreateAccount {
+            account,
+            plan,
+            choice,
+        } => {
+            let plan = admit_create_account(
+                policy,
+                account,
+                named.account,
+                plan,
+                choice.is_some(),
+                key.at,
+            )?;
+            Effect::AccountCreated {
+                account,
+                plan,
+                signup_choice: choice
+                    .map(|(allowed, channel)| (Preference::from_allowed(allowed), channel)),
+            }
+        }
+        Command::Choose {
+            account,
+            allowed,
+            channel,
+        } => {
+            admit_choice(policy, live_account(account, named.account)?, key)?;
+            let preference = Preference::from_allowed(*allowed);
+            changed(
+                account,
+                AccountChange::Choice {
+                    preference,
+                    channel: *channel,
+                },
+            )
+        }
+        Command::NoticeShown { account } => {
+            live_account(account, named.account)?;
+            changed(account, AccountChange::NoticeShown)
+        }
+        Command::ChangePlan { account, plan } => {
+            live_account(account, named.account)?;
+            let (plan, _) = policy.plan(plan)?;
+            changed(account, AccountChange::PlanChanged(plan))
+        }
+        Command::EraseAccount { account } => {
+            live_account(account, named.account)?;
+            changed(account, AccountChange::Erased)
+        }
+        Command::Message {
+            account,
+            conversation,
+            surface,
+            role,
+            text,
+            incognito,
+        } => {
+            let owner = live_account(account, named.account)?;
+            match named.conversation {
+                Some(existing) => admit_activity(policy, owner, existing, key)?,
+                None => admit_new_conversation(owner, key)?,
+            }
+            Effect::Message {
+                account,
+                conversation,
+                starts: named
+                    .conversation
+                    .is_none()
+                    .then_some((*surface, *incognito)),
+                role: *role,
+                text,
+            }
+        }
+        Command::Feedback {
+            account,
+            conversation,
+            rating,
+            comment,
+        } => {
+            let owner = live_account(account, named.account)?;
+            let existing = named
+                .conversation
+                .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
+            admit_activity(policy, owner, existing, key)?;
+            Effect::Feedback {
+                account,
+                conversation,
+                rating: *rating,
+                comment: comment.as_deref(),
+            }
+        }
+        Command::DeleteConversation { conversation } => {
+            let existing = named
+                .conversation
+                .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
+            admit_deletion(existing, key)?;
+            Effect::ConversationDeleted { conversation }
+        }
+        Command::PlaceHold { hold, target } => {
+            if named.hold.is_some() {
+                return Err(Refusal::HoldExists(hold.clone()));
+            }
+            // A hold may name an erased account: its data may still await the sweep.
+            match target {
+                HoldTarget::Account(account) if named.account.is_none() => {
+                    return Err(Refusal::UnknownAccount(account.clone()));
+                }
+                HoldTarget::Conversation(conversation) if named.conversation.is_none() => {
+                    return Err(Refusal::UnknownConversation(conversation.clone()));
+                }
+                _ => {}
+            }
+            Effect::HoldPlaced { hold, target }
+        }
+        Command::ReleaseHold { hold } => match named.hold {
+            Some(existing) if existing.is_active(key) => Effect::HoldReleased { hold },
+            _ => return Err(Refusal::HoldNotActive(hold.clone())),
+        },
+        Command::Sweep => Effect::Sweep,
+    })
+}
+
+/// An account that exists and was not erased: the only kind most events, and the questions
+/// asked about an account (its gate, its view, its conversations), may name.
 pub fn live_account<'a>(
     id: &AccountId,
     account: Option<&'a AccountHistory>,
@@ -97,7 +292,7 @@ pub fn live_account<'a>(
 }
 
 /// Creating an account (R2, R4). `existing` is any account, live or erased, with the same id.
-pub fn admit_create_account(
+fn admit_create_account(
     policy: &Policy,
     id: &AccountId,
     existing: Option<&AccountHistory>,
@@ -126,11 +321,7 @@ pub fn admit_create_account(
 }
 
 /// Making a choice: only on a consumer plan (SPEC §2).
-pub fn admit_choice(
-    policy: &Policy,
-    account: &AccountHistory,
-    key: EventKey,
-) -> Result<(), Refusal> {
+fn admit_choice(policy: &Policy, account: &AccountHistory, key: EventKey) -> Result<(), Refusal> {
     let plan = account.plan_at(key);
     if policy.is_consumer(plan) {
         Ok(())
@@ -144,7 +335,7 @@ pub fn admit_choice(
 
 /// Activity (a message, or feedback) on an existing conversation: it must be the account's own,
 /// and still there for the user (not deleted, purged or expired).
-pub fn admit_activity(
+fn admit_activity(
     policy: &Policy,
     account: &AccountHistory,
     conversation: &Conversation,
@@ -162,7 +353,7 @@ pub fn admit_activity(
         return Err(Refusal::ConversationDeleted(conversation.id.clone()));
     }
     if let Some(expiry) = expiry(policy, account, conversation, key)
-        && expiry.at <= key.at
+        && expiry.has_passed(key.at)
     {
         return Err(Refusal::ConversationExpired {
             conversation: conversation.id.clone(),
@@ -174,7 +365,7 @@ pub fn admit_activity(
 
 /// Activity that starts a conversation: it can't be timed before its account was created (an
 /// event that arrives late may carry an earlier time, never one before the account existed).
-pub fn admit_new_conversation(account: &AccountHistory, key: EventKey) -> Result<(), Refusal> {
+fn admit_new_conversation(account: &AccountHistory, key: EventKey) -> Result<(), Refusal> {
     if key.at < account.created().at {
         return Err(Refusal::BeforeAccountCreated {
             account: account.id.clone(),
@@ -186,7 +377,7 @@ pub fn admit_new_conversation(account: &AccountHistory, key: EventKey) -> Result
 }
 
 /// Deleting a conversation that is still there.
-pub fn admit_deletion(conversation: &Conversation, key: EventKey) -> Result<(), Refusal> {
+fn admit_deletion(conversation: &Conversation, key: EventKey) -> Result<(), Refusal> {
     admit_change_to(conversation, key)?;
     if conversation.deleted_before(key).is_some() {
         return Err(Refusal::ConversationDeleted(conversation.id.clone()));
@@ -199,20 +390,4 @@ fn admit_change_to(conversation: &Conversation, key: EventKey) -> Result<(), Ref
         return Err(Refusal::ConversationPurged(conversation.id.clone()));
     }
     Ok(())
-}
-
-/// Placing a hold: its id must never have been used.
-pub fn admit_hold(id: &HoldId, existing: Option<&Hold>) -> Result<(), Refusal> {
-    match existing {
-        Some(_) => Err(Refusal::HoldExists(id.clone())),
-        None => Ok(()),
-    }
-}
-
-/// Releasing a hold: it must be active.
-pub fn admit_release(id: &HoldId, existing: Option<&Hold>, key: EventKey) -> Result<(), Refusal> {
-    match existing {
-        Some(hold) if hold.is_active(key) => Ok(()),
-        _ => Err(Refusal::HoldNotActive(id.clone())),
-    }
 }

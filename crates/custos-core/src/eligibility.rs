@@ -48,7 +48,7 @@ pub fn eligibility(
     // A conversation with no activity yet has nothing to train on; it is treated as expired,
     // the privacy-protective reading of a conversation that does not exist at the cutoff.
     match expiry(policy, owner, conversation, as_of) {
-        Some(expiry) if expiry.at > as_of.at => {}
+        Some(expiry) if !expiry.has_passed(as_of.at) => {}
         _ => return R::Expired,
     }
     if conversation.incognito {

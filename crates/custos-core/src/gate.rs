@@ -47,10 +47,45 @@ pub fn decide(policy: &Policy, consumer_plan: bool, preference: Preference, at: 
         (GateDecision::Allow, GateReason::NotApplicable)
     } else if preference != Preference::Unset {
         (GateDecision::Allow, GateReason::Decided)
-    } else if at < policy.choose_by {
+    } else if !deadline_passed(policy, at) {
         (GateDecision::Prompt, GateReason::ChoicePending)
     } else {
         (GateDecision::Block, GateReason::ChoiceRequired)
     };
     Gate { decision, reason }
+}
+
+/// Whether the deadline to choose has passed at `at`: rule 4 applies from `choose_by` on, rule 3
+/// before it.
+pub fn deadline_passed(policy: &Policy, at: Timestamp) -> bool {
+    at >= policy.choose_by
+}
+
+/// How the deadline to choose stands at a time, for reports and pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    pub choose_by: Timestamp,
+    /// Whether undecided consumer users are blocked (rule 4) rather than prompted (rule 3).
+    pub passed: bool,
+    /// Whole days left to choose, counting a part of a day as a day; 0 once passed.
+    pub days_left: u64,
+}
+
+/// The deadline of `policy` as it stands at `at`.
+pub fn deadline(policy: &Policy, at: Timestamp) -> Deadline {
+    const DAY_MS: u64 = 86_400_000;
+    let remaining = policy
+        .choose_by
+        .unix_millis()
+        .saturating_sub(at.unix_millis());
+    let passed = deadline_passed(policy, at);
+    Deadline {
+        choose_by: policy.choose_by,
+        passed,
+        days_left: if passed {
+            0
+        } else {
+            u64::try_from(remaining).unwrap_or(0).div_ceil(DAY_MS)
+        },
+    }
 }

@@ -37,10 +37,18 @@ macro_rules! closed_set {
                 Self::ALL.iter().copied().find(|value| value.as_str() == text)
             }
         }
+
+        /// As its fixed string.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
     };
 }
 
 pub mod admission;
+pub mod command;
 pub mod content;
 pub mod eligibility;
 pub mod gate;
@@ -49,21 +57,29 @@ pub mod model;
 pub mod policy;
 pub mod redaction;
 pub mod retention;
+pub mod selection;
+pub mod status;
 pub mod time;
 pub mod timeline;
 
-pub use admission::Refusal;
+pub use admission::{Effect, Named, Refusal, admit};
+pub use command::{Command, Names};
 pub use content::{TrainingContent, training_content};
 pub use eligibility::{
     EligibilityReason, RevocationReason, eligibility, revocation, snapshot_eligibility,
 };
-pub use gate::{Gate, GateDecision, GateReason, gate};
+pub use gate::{Deadline, Gate, GateDecision, GateReason, deadline, gate};
 pub use id::{AccountId, ConversationId, HoldId, IdError};
 pub use model::{
-    AccountHistory, Channel, Choice, Conversation, EventKey, Feedback, Hold, HoldTarget, Message,
-    Preference, Rating, Role, Surface,
+    AccountChange, AccountHistory, Channel, Choice, Conversation, EventKey, Feedback, Hold,
+    HoldTarget, Message, Preference, Rating, Role, Surface,
 };
 pub use policy::{ContentRule, Plan, PlanClass, Policy, PolicyError};
-pub use retention::{Expiry, ExpiryBound, RetentionClass, SweepAction, expiry, sweep_action};
+pub use retention::{
+    Expiry, ExpiryBound, RetentionClass, SweepAction, SweepReport, expiry, sweep_action,
+    sweep_decision,
+};
+pub use selection::{Purpose, Selection, select};
+pub use status::{ConversationStatus, conversation_status};
 pub use time::{Duration, Timestamp, TimestampError};
-pub use timeline::{Command, ConversationStatus, Snapshot, SweepReport, Timeline};
+pub use timeline::{Snapshot, Timeline};

@@ -59,6 +59,29 @@ pub struct Choice {
     pub channel: Channel,
 }
 
+/// A change to an account after its creation, as its ledger records it: what admission answers
+/// for a choice, a notice shown, a plan change or an erasure, and what a stored ledger entry
+/// is read back as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    Choice {
+        preference: Preference,
+        channel: Channel,
+    },
+    /// The notice was shown and the user chose "Not now": evidence only.
+    NoticeShown,
+    PlanChanged(Plan),
+    Erased,
+}
+
+impl AccountChange {
+    /// Whether it may move the expiry of the account's conversations: a choice, a plan change
+    /// or an erasure may (Expiry steps 1, 2 and 4); a notice shown moves nothing.
+    pub fn moves_expiries(&self) -> bool {
+        !matches!(self, AccountChange::NoticeShown)
+    }
+}
+
 /// Everything about an account that decisions depend on.
 ///
 /// INVARIANT: `plan_changes` and `choices` are sorted by key.
@@ -94,23 +117,40 @@ impl AccountHistory {
         &self.initial_plan
     }
 
-    /// Records a plan change; events may arrive out of time order, so it is inserted in place.
-    pub fn record_plan(&mut self, key: EventKey, plan: Plan) {
+    /// Records a change at `key`. Events may arrive out of time order, so each is inserted in
+    /// its place in event order.
+    pub fn record(&mut self, key: EventKey, change: &AccountChange) {
+        match change {
+            AccountChange::Choice {
+                preference,
+                channel,
+            } => self.record_choice(Choice {
+                key,
+                preference: *preference,
+                channel: *channel,
+            }),
+            AccountChange::NoticeShown => self.record_notice_shown(key),
+            AccountChange::PlanChanged(plan) => self.record_plan(key, plan.clone()),
+            AccountChange::Erased => self.record_erasure(key),
+        }
+    }
+
+    fn record_plan(&mut self, key: EventKey, plan: Plan) {
         let at = self.plan_changes.partition_point(|(k, _)| *k < key);
         self.plan_changes.insert(at, (key, plan));
     }
 
-    pub fn record_choice(&mut self, choice: Choice) {
+    fn record_choice(&mut self, choice: Choice) {
         let at = self.choices.partition_point(|c| c.key < choice.key);
         self.choices.insert(at, choice);
     }
 
-    pub fn record_notice_shown(&mut self, key: EventKey) {
+    fn record_notice_shown(&mut self, key: EventKey) {
         let at = self.notices_shown.partition_point(|k| *k < key);
         self.notices_shown.insert(at, key);
     }
 
-    pub fn record_erasure(&mut self, key: EventKey) {
+    fn record_erasure(&mut self, key: EventKey) {
         self.erased = Some(self.erased.map_or(key, |earlier| earlier.min(key)));
     }
 

@@ -1,5 +1,7 @@
 //! Expiry(c) and the sweep's rule (SPEC §3, R6–R8, R12–R13).
 
+use std::collections::BTreeMap;
+
 use crate::model::{AccountHistory, Conversation, EventKey, Hold};
 use crate::policy::Policy;
 use crate::time::Timestamp;
@@ -33,6 +35,14 @@ pub struct Expiry {
     pub at: Timestamp,
     pub class: RetentionClass,
     pub bound: ExpiryBound,
+}
+
+impl Expiry {
+    /// Whether the conversation's time is up at `at`: from its expiry on, inclusive. Then it
+    /// is gone for its user, takes no more activity, is not eligible, and a sweep purges it.
+    pub fn has_passed(&self, at: Timestamp) -> bool {
+        self.at <= at
+    }
 }
 
 /// Expiry(c) as of `as_of`, or `None` when the conversation has no activity before it (it did
@@ -119,7 +129,7 @@ pub enum SweepAction {
 /// under an active hold.
 pub fn sweep_action(expiry: Option<Expiry>, held: bool, now: Timestamp) -> SweepAction {
     match expiry {
-        Some(expiry) if expiry.at <= now => {
+        Some(expiry) if expiry.has_passed(now) => {
             if held {
                 SweepAction::HeldBack
             } else {
@@ -127,5 +137,52 @@ pub fn sweep_action(expiry: Option<Expiry>, held: bool, now: Timestamp) -> Sweep
             }
         }
         _ => SweepAction::Keep,
+    }
+}
+
+/// What a sweep as of `as_of` does with one conversation, given the holds that may cover it.
+pub fn sweep_decision<'h>(
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+    holds: impl IntoIterator<Item = &'h Hold>,
+    as_of: EventKey,
+) -> SweepAction {
+    sweep_action(
+        expiry(policy, owner, conversation, as_of),
+        is_held(holds, conversation, as_of),
+        as_of.at,
+    )
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Conversations purged, by the step of Expiry that made them due.
+    pub purged: BTreeMap<&'static str, usize>,
+    /// Expired conversations kept because a hold covers them.
+    pub held_back: usize,
+}
+
+impl SweepReport {
+    /// Counts what the sweep did with one conversation.
+    pub fn count(&mut self, action: SweepAction) {
+        match action {
+            SweepAction::Purge(bound) => *self.purged.entry(bound.as_str()).or_default() += 1,
+            SweepAction::HeldBack => self.held_back += 1,
+            SweepAction::Keep => {}
+        }
+    }
+
+    /// Adds another part of the same sweep (sweeps run in batches).
+    pub fn add(&mut self, other: &SweepReport) {
+        for (reason, count) in &other.purged {
+            *self.purged.entry(reason).or_default() += count;
+        }
+        self.held_back += other.held_back;
+    }
+
+    pub fn purged_total(&self) -> usize {
+        self.purged.values().sum()
     }
 }

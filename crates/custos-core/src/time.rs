@@ -115,6 +115,14 @@ fn day_number_of(date: Date) -> i64 {
 /// Julian day number of 1970-01-01.
 const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
+/// As RFC 3339 in UTC with milliseconds, `YYYY-MM-DDTHH:MM:SS.sssZ`: how every answer prints a
+/// time.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Display for Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS.sssZ`, the one form custos prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

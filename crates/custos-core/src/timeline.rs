@@ -1,107 +1,25 @@
 //! An in-memory timeline of events, judged by the decisions of this crate.
 //!
-//! It is the reference model of custos: commands go through [`crate::admission`], state is kept
-//! as [`crate::model`] records, and every answer comes from the decision functions. It holds no
-//! clock: every command and query names its time.
+//! It is the reference model of custos: each command goes through [`admission::admit`], which
+//! answers the effect to record; state is kept as [`crate::model`] records, and every answer
+//! comes from the decision functions. It holds no clock: every command and query names its time.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::admission::{self, Refusal};
-use crate::content::{TrainingContent, training_content};
-use crate::eligibility::{EligibilityReason, eligibility};
+use crate::admission::{self, Effect, Named, Refusal};
+use crate::command::Command;
+use crate::content::TrainingContent;
+use crate::eligibility::EligibilityReason;
 use crate::gate::{Gate, gate};
 use crate::id::{AccountId, ConversationId, HoldId};
 use crate::model::{
-    AccountHistory, Channel, Choice, Conversation, EventKey, Feedback, Hold, HoldTarget, Message,
-    Preference, Rating, Role, Surface,
+    AccountChange, AccountHistory, Conversation, EventKey, Feedback, Hold, Message,
 };
 use crate::policy::Policy;
-use crate::retention::{Expiry, SweepAction, expiry, is_held, sweep_action};
+use crate::retention::{SweepReport, sweep_decision};
+use crate::selection::{Selection, select};
+use crate::status::{ConversationStatus, conversation_status};
 use crate::time::Timestamp;
-
-/// A change to the timeline (API.md §1 `do` steps).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    CreateAccount {
-        account: AccountId,
-        plan: String,
-        choice: Option<(bool, Channel)>,
-    },
-    Choose {
-        account: AccountId,
-        allowed: bool,
-        channel: Channel,
-    },
-    NoticeShown {
-        account: AccountId,
-    },
-    ChangePlan {
-        account: AccountId,
-        plan: String,
-    },
-    Message {
-        account: AccountId,
-        conversation: ConversationId,
-        surface: Surface,
-        role: Role,
-        text: String,
-        incognito: bool,
-    },
-    Feedback {
-        account: AccountId,
-        conversation: ConversationId,
-        rating: Rating,
-        comment: Option<String>,
-    },
-    DeleteConversation {
-        conversation: ConversationId,
-    },
-    PlaceHold {
-        hold: HoldId,
-        target: HoldTarget,
-    },
-    ReleaseHold {
-        hold: HoldId,
-    },
-    EraseAccount {
-        account: AccountId,
-    },
-    Sweep,
-}
-
-/// What a sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Conversations purged, by the step of Expiry that made them due.
-    pub purged: BTreeMap<&'static str, usize>,
-    /// Expired conversations kept because a hold covers them.
-    pub held_back: usize,
-}
-
-impl SweepReport {
-    /// Adds another part of the same sweep (sweeps run in batches).
-    pub fn add(&mut self, other: &SweepReport) {
-        for (reason, count) in &other.purged {
-            *self.purged.entry(reason).or_default() += count;
-        }
-        self.held_back += other.held_back;
-    }
-
-    pub fn purged_total(&self) -> usize {
-        self.purged.values().sum()
-    }
-}
-
-/// The state of one conversation as the product and the user see it (API.md §1 `conversation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConversationStatus {
-    pub exists: bool,
-    pub visible: bool,
-    /// `None` once purged.
-    pub expiry: Option<Expiry>,
-    pub held: bool,
-    pub eligibility: EligibilityReason,
-}
 
 /// A point-in-time training selection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,27 +87,16 @@ impl Timeline {
         Ok(report)
     }
 
-    fn live_account(&self, id: &AccountId) -> Result<&AccountHistory, Refusal> {
-        admission::live_account(id, self.accounts.get(id))
-    }
-
-    fn live_account_mut(&mut self, id: &AccountId) -> Result<&mut AccountHistory, Refusal> {
-        self.live_account(id)?;
-        self.accounts
-            .get_mut(id)
-            .ok_or_else(|| Refusal::UnknownAccount(id.clone()))
-    }
-
-    fn conversation(&self, id: &ConversationId) -> Result<&Conversation, Refusal> {
-        self.conversations
-            .get(id)
-            .ok_or_else(|| Refusal::UnknownConversation(id.clone()))
-    }
-
-    fn conversation_mut(&mut self, id: &ConversationId) -> Result<&mut Conversation, Refusal> {
-        self.conversations
-            .get_mut(id)
-            .ok_or_else(|| Refusal::UnknownConversation(id.clone()))
+    /// The records `command` names, as they stand now.
+    fn named(&self, command: &Command) -> Named<'_> {
+        let names = command.names();
+        let conversation = names.conversation.and_then(|id| self.conversations.get(id));
+        let account = names.account.or(conversation.map(|c| &c.owner));
+        Named {
+            account: account.and_then(|id| self.accounts.get(id)),
+            conversation,
+            hold: names.hold.and_then(|id| self.holds.get(id)),
+        }
     }
 
     fn apply_at(
@@ -197,130 +104,86 @@ impl Timeline {
         key: EventKey,
         command: Command,
     ) -> Result<Option<SweepReport>, Refusal> {
-        match command {
-            Command::CreateAccount {
+        let effect = admission::admit(&self.policy, self.named(&command), key, &command)?;
+        match effect {
+            Effect::AccountCreated {
                 account,
                 plan,
-                choice,
+                signup_choice,
             } => {
-                let plan = admission::admit_create_account(
-                    &self.policy,
-                    &account,
-                    self.accounts.get(&account),
-                    &plan,
-                    choice.is_some(),
-                    key.at,
-                )?;
                 let mut history = AccountHistory::new(account.clone(), key, plan);
-                if let Some((allowed, channel)) = choice {
-                    history.record_choice(Choice {
-                        key,
-                        preference: Preference::from_allowed(allowed),
+                if let Some((preference, channel)) = signup_choice {
+                    let choice = AccountChange::Choice {
+                        preference,
                         channel,
-                    });
+                    };
+                    history.record(key, &choice);
                 }
-                self.accounts.insert(account, history);
+                self.accounts.insert(account.clone(), history);
             }
-            Command::Choose {
-                account,
-                allowed,
-                channel,
-            } => {
-                admission::admit_choice(&self.policy, self.live_account(&account)?, key)?;
-                let preference = Preference::from_allowed(allowed);
-                self.live_account_mut(&account)?.record_choice(Choice {
-                    key,
-                    preference,
-                    channel,
-                });
+            Effect::AccountChanged { account, change } => {
+                if let Some(history) = self.accounts.get_mut(account) {
+                    history.record(key, &change);
+                }
             }
-            Command::NoticeShown { account } => {
-                self.live_account_mut(&account)?.record_notice_shown(key);
-            }
-            Command::ChangePlan { account, plan } => {
-                self.live_account(&account)?;
-                let (plan, _) = self.policy.plan(&plan)?;
-                self.live_account_mut(&account)?.record_plan(key, plan);
-            }
-            Command::Message {
+            Effect::Message {
                 account,
                 conversation,
-                surface,
+                starts,
                 role,
                 text,
-                incognito,
             } => {
-                let owner = self.live_account(&account)?;
-                match self.conversations.get(&conversation) {
-                    Some(existing) => {
-                        admission::admit_activity(&self.policy, owner, existing, key)?
-                    }
-                    None => {
-                        admission::admit_new_conversation(owner, key)?;
-                        let new =
-                            Conversation::new(conversation.clone(), account, surface, incognito);
-                        self.conversations.insert(conversation.clone(), new);
-                    }
+                if let Some((surface, incognito)) = starts {
+                    let new = Conversation::new(
+                        conversation.clone(),
+                        account.clone(),
+                        surface,
+                        incognito,
+                    );
+                    self.conversations.insert(conversation.clone(), new);
                 }
-                self.conversation_mut(&conversation)?
-                    .record_message(Message { key, role, text });
+                if let Some(record) = self.conversations.get_mut(conversation) {
+                    record.record_message(Message {
+                        key,
+                        role,
+                        text: text.to_owned(),
+                    });
+                }
             }
-            Command::Feedback {
-                account,
+            Effect::Feedback {
                 conversation,
                 rating,
                 comment,
+                ..
             } => {
-                let owner = self.live_account(&account)?;
-                admission::admit_activity(
-                    &self.policy,
-                    owner,
-                    self.conversation(&conversation)?,
-                    key,
-                )?;
-                self.conversation_mut(&conversation)?
-                    .record_feedback(Feedback {
+                if let Some(record) = self.conversations.get_mut(conversation) {
+                    record.record_feedback(Feedback {
                         key,
                         rating,
-                        comment,
+                        comment: comment.map(str::to_owned),
                     });
-            }
-            Command::DeleteConversation { conversation } => {
-                admission::admit_deletion(self.conversation(&conversation)?, key)?;
-                self.conversation_mut(&conversation)?.deleted = Some(key);
-            }
-            Command::PlaceHold { hold, target } => {
-                admission::admit_hold(&hold, self.holds.get(&hold))?;
-                match &target {
-                    // A hold may name an erased account: its data may still await the sweep.
-                    HoldTarget::Account(account) if !self.accounts.contains_key(account) => {
-                        return Err(Refusal::UnknownAccount(account.clone()));
-                    }
-                    HoldTarget::Conversation(conversation) => {
-                        self.conversation(conversation)?;
-                    }
-                    HoldTarget::Account(_) => {}
                 }
-                self.holds.insert(
-                    hold.clone(),
-                    Hold {
-                        id: hold,
-                        target,
-                        placed: key,
-                        released: None,
-                    },
-                );
             }
-            Command::ReleaseHold { hold } => {
-                admission::admit_release(&hold, self.holds.get(&hold), key)?;
-                if let Some(hold) = self.holds.get_mut(&hold) {
+            Effect::ConversationDeleted { conversation } => {
+                if let Some(record) = self.conversations.get_mut(conversation) {
+                    record.deleted = Some(key);
+                }
+            }
+            Effect::HoldPlaced { hold, target } => {
+                let placed = Hold {
+                    id: hold.clone(),
+                    target: target.clone(),
+                    placed: key,
+                    released: None,
+                };
+                self.holds.insert(hold.clone(), placed);
+            }
+            Effect::HoldReleased { hold } => {
+                if let Some(hold) = self.holds.get_mut(hold) {
                     hold.released = Some(key);
                 }
             }
-            Command::EraseAccount { account } => {
-                self.live_account_mut(&account)?.record_erasure(key);
-            }
-            Command::Sweep => return Ok(Some(self.sweep(key))),
+            Effect::Sweep => return Ok(Some(self.sweep(key))),
         }
         Ok(None)
     }
@@ -331,27 +194,20 @@ impl Timeline {
             let Some(owner) = self.accounts.get(&conversation.owner) else {
                 continue;
             };
-            let due = expiry(&self.policy, owner, conversation, key);
-            let held = is_held(self.holds.values(), conversation, key);
-            match sweep_action(due, held, key.at) {
-                SweepAction::Purge(bound) => {
-                    purge(conversation, key);
-                    *report.purged.entry(bound.as_str()).or_default() += 1;
-                }
-                SweepAction::HeldBack => report.held_back += 1,
-                SweepAction::Keep => {}
+            let action =
+                sweep_decision(&self.policy, owner, conversation, self.holds.values(), key);
+            if let crate::retention::SweepAction::Purge(_) = action {
+                purge(conversation, key);
             }
+            report.count(action);
         }
         report
     }
 
     /// Gate(a, t) for a live account.
     pub fn gate(&self, account: &AccountId, at: Timestamp) -> Result<Gate, Refusal> {
-        Ok(gate(
-            &self.policy,
-            self.live_account(account)?,
-            self.query_key(at),
-        ))
+        let history = admission::live_account(account, self.accounts.get(account))?;
+        Ok(gate(&self.policy, history, self.query_key(at)))
     }
 
     /// A conversation's status at `at`.
@@ -360,23 +216,19 @@ impl Timeline {
         id: &ConversationId,
         at: Timestamp,
     ) -> Result<ConversationStatus, Refusal> {
-        let conversation = self.conversation(id)?;
+        let conversation = self
+            .conversations
+            .get(id)
+            .ok_or_else(|| Refusal::UnknownConversation(id.clone()))?;
         let owner = self.owner(conversation)?;
         let as_of = self.query_key(at);
-        let exists = conversation.purged_before(as_of).is_none();
-        Ok(ConversationStatus {
-            exists,
-            visible: exists
-                && conversation.deleted_before(as_of).is_none()
-                && owner.erased_before(as_of).is_none(),
-            expiry: if exists {
-                expiry(&self.policy, owner, conversation, as_of)
-            } else {
-                None
-            },
-            held: exists && is_held(self.holds.values(), conversation, as_of),
-            eligibility: eligibility(&self.policy, owner, conversation, as_of),
-        })
+        Ok(conversation_status(
+            &self.policy,
+            owner,
+            conversation,
+            self.holds.values(),
+            as_of,
+        ))
     }
 
     fn owner(&self, conversation: &Conversation) -> Result<&AccountHistory, Refusal> {
@@ -396,12 +248,9 @@ impl Timeline {
             let Ok(owner) = self.owner(conversation) else {
                 continue;
             };
-            match eligibility(&self.policy, owner, conversation, as_of) {
-                EligibilityReason::Eligible => snapshot.included.push((
-                    id,
-                    training_content(&self.policy, owner, conversation, as_of),
-                )),
-                reason => *snapshot.excluded.entry(reason).or_default() += 1,
+            match select(&self.policy, owner, conversation, as_of, as_of) {
+                Selection::Included(content) => snapshot.included.push((id, content)),
+                Selection::Excluded(reason) => *snapshot.excluded.entry(reason).or_default() += 1,
             }
         }
         snapshot

@@ -17,6 +17,15 @@ pub fn confine(root: &Path, out: &Path) -> Result<PathBuf, ExportError> {
     if out.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(refuse("it contains `..`"));
     }
+    // No file system takes a NUL byte in a name, and no export needs a control character.
+    if out
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(u8::is_ascii_control)
+    {
+        return Err(refuse("it holds a NUL byte or another control character"));
+    }
     std::fs::create_dir_all(root).map_err(|e| ExportError::io(root, e))?;
     let resolved_root = root.canonicalize().map_err(|e| ExportError::io(root, e))?;
     let absolute = if out.is_absolute() {

@@ -23,8 +23,8 @@ use std::sync::{Mutex, mpsc};
 
 use custos_core::redaction::{Counts, Redactor};
 use custos_core::{
-    EligibilityReason, RevocationReason, Timestamp, TrainingContent, revocation,
-    snapshot_eligibility, training_content,
+    EligibilityReason, Purpose, RevocationReason, Selection, Timestamp, TrainingContent,
+    revocation, select,
 };
 use custos_store::ledger::{Hmac, load_or_create_secret, verify_signature};
 use custos_store::{Checkpoint, RawChunk, Scanned, Store, StoreError};
@@ -34,8 +34,6 @@ use sha2::{Digest, Sha256};
 pub use destination::confine;
 pub use sink::{Format, TrainingFeedback, TrainingMessage, TrainingRow, WrittenFile};
 
-/// The only purpose an export may serve (R9: none exists for selling or disclosing data).
-pub const PURPOSE: &str = "model_training";
 /// The version of the manifest and data file layout.
 pub const FORMAT_VERSION: &str = "custos-export/1";
 /// Where the default export root lies, inside the data folder.
@@ -58,7 +56,7 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("purpose `{0}` is refused: exports serve `{PURPOSE}` only (R9)")]
+    #[error("purpose `{0}` is refused: exports serve `model_training` only (R9)")]
     Purpose(String),
     #[error(
         "destination {destination} is refused: {why}. Exports are written only inside the export root {root} (R9); choose a new folder inside it, or configure another root"
@@ -292,7 +290,7 @@ impl<'a> Exports<'a> {
     /// Checks a request (purpose, cutoff, destination), creates its output folder and gives
     /// it a snapshot id. Nothing is read from the store yet.
     pub fn prepare(&self, request: &Request, now: Timestamp) -> Result<Prepared, ExportError> {
-        if request.purpose != PURPOSE {
+        if Purpose::parse(&request.purpose).is_none() {
             return Err(ExportError::Purpose(request.purpose.clone()));
         }
         if request.cutoff > now {
@@ -448,7 +446,7 @@ impl<'a> Exports<'a> {
         json!({
             "format_version": FORMAT_VERSION,
             "snapshot_id": prepared.id,
-            "purpose": PURPOSE,
+            "purpose": Purpose::ModelTraining.as_str(),
             "cutoff": prepared.cutoff.to_string(),
             "snapshot_at": prepared.now.to_string(),
             "policy": {"id": policy.id, "sha256": hex(&policy.sha256)},
@@ -684,10 +682,8 @@ fn decide(
             .visit(&mut |scanned| {
                 let (owner, conversation) = (scanned.owner, scanned.conversation);
                 counts.scanned.fetch_add(1, Ordering::Relaxed);
-                match snapshot_eligibility(policy, owner, conversation, scanned.cutoff, scanned.now)
-                {
-                    EligibilityReason::Eligible => {
-                        let content = training_content(policy, owner, conversation, scanned.cutoff);
+                match select(policy, owner, conversation, scanned.cutoff, scanned.now) {
+                    Selection::Included(content) => {
                         counts.included.fetch_add(1, Ordering::Relaxed);
                         // Only now are texts copied out of the chunk: those of the selected
                         // content of a selected conversation.
@@ -701,7 +697,7 @@ fn decide(
                             return Err(StoreError::Stopped);
                         }
                     }
-                    reason => *excluded.entry(reason).or_default() += 1,
+                    Selection::Excluded(reason) => *excluded.entry(reason).or_default() += 1,
                 }
                 Ok(())
             })

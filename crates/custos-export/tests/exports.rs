@@ -88,7 +88,7 @@ impl Fixture {
     ) -> (Value, PathBuf) {
         let exports = self.exports();
         let request = Request {
-            purpose: custos_export::PURPOSE.into(),
+            purpose: custos_core::Purpose::ModelTraining.as_str().into(),
             cutoff,
             format,
             out: Some(exports.root().join(name)),
@@ -512,7 +512,7 @@ fn a_stopped_export_removes_what_it_wrote_and_stays_incomplete() {
     let now = plus_ms(t0, DAY);
     let exports = fixture.exports();
     let request = Request {
-        purpose: custos_export::PURPOSE.into(),
+        purpose: custos_core::Purpose::ModelTraining.as_str().into(),
         cutoff: now,
         format: Format::Parquet,
         out: Some(exports.root().join("stopped")),
@@ -758,13 +758,41 @@ fn refused_purposes_destinations_and_cutoffs_write_nothing() {
     let cases = [
         request("advertising", root.join("x1"), now),
         request("third_party_sharing", root.join("x2"), now),
-        request(custos_export::PURPOSE, outside.join("x"), now),
-        request(custos_export::PURPOSE, root.join("dangling/x"), now),
-        request(custos_export::PURPOSE, root.join("../escape"), now),
-        request(custos_export::PURPOSE, root.join("link/inside"), now),
-        request(custos_export::PURPOSE, root.clone(), now),
-        request(custos_export::PURPOSE, root.join("used"), now),
-        request(custos_export::PURPOSE, root.join("future"), plus_ms(now, 1)),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            outside.join("x"),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.join("dangling/x"),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.join("../escape"),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.join("link/inside"),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.clone(),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.join("used"),
+            now,
+        ),
+        request(
+            custos_core::Purpose::ModelTraining.as_str(),
+            root.join("future"),
+            plus_ms(now, 1),
+        ),
     ];
     for case in &cases {
         let error = exports.prepare(case, now).unwrap_err();
@@ -852,7 +880,7 @@ fn concurrent_withdrawals_and_deletions_are_honored(fixture: &Fixture) {
         for round in 0..6 {
             let exports = fixture.exports();
             let request = Request {
-                purpose: custos_export::PURPOSE.into(),
+                purpose: custos_core::Purpose::ModelTraining.as_str().into(),
                 cutoff,
                 format: Format::Jsonl,
                 out: Some(exports.root().join(format!("round{round}"))),

@@ -1,88 +1,42 @@
-//! custos-http: the service a chat product calls (API.md §2).
+//! custos-http: the service a chat product calls (API.md §2), and the pages people see.
 //!
-//! Thin adapters: each handler authenticates the caller, checks its role, parses the request
-//! into core types, and asks the store (on a blocking thread) or, for the gate, the in-memory
-//! index. No handler restates a rule of SPEC.md.
+//! Thin adapters in layers: `state` (what handlers reach), `access` (callers and roles),
+//! `extract` (the caller, the path, the JSON body, each refusing with problem+json),
+//! `actions` (what the API and the pages both do), `api` (the handlers by resource), `pages`,
+//! and `routes` (the table the router and the OpenAPI document are both built from). No handler
+//! restates a rule of SPEC.md: the gate, admission, expiry and eligibility are the core's.
+//!
+//! It must never listen beyond loopback unless told to, log a token, or answer an error with
+//! anything but problem+json (the pages answer theirs as pages).
 
 mod access;
+mod actions;
+mod api;
 pub mod charts;
 mod clock;
-mod exports;
+mod extract;
+mod figures;
 mod gate_index;
+mod jobs;
 mod metrics;
+mod middleware;
 mod pages;
 mod problem;
-mod retention;
 mod routes;
 mod schemas;
+mod server;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use custos_core::{AccountId, Timestamp};
-use custos_store::{Store, StoreError};
-
 pub use access::Role;
 pub use clock::{Clock, system_now};
-pub use exports::ExportPlace;
 pub use gate_index::GateIndex;
+pub use jobs::ExportPlace;
 pub use problem::Problem;
-
-/// Everything a request handler may reach.
-#[derive(Debug)]
-pub struct AppState {
-    pub store: Arc<Store>,
-    pub gates: GateIndex,
-    pub clock: Clock,
-    pub metrics: metrics::Metrics,
-    pub tokens: access::TokenCache,
-    /// Where exports are written and recorded.
-    pub exports: exports::ExportPlace,
-    /// Exports this process started that have not finished well.
-    pub running: exports::Running,
-    /// The operator dashboard's figures and this server's recent sweeps.
-    pub dashboard: pages::DashboardCache,
-}
-
-impl AppState {
-    /// Builds the gate index from the store, so that the gate never waits on disk.
-    pub fn open(
-        store: Arc<Store>,
-        clock: Clock,
-        exports: exports::ExportPlace,
-    ) -> Result<AppState, StoreError> {
-        let gates = GateIndex::load(&store)?;
-        Ok(AppState {
-            store,
-            gates,
-            clock,
-            metrics: metrics::Metrics::default(),
-            tokens: access::TokenCache::default(),
-            exports,
-            running: exports::Running::default(),
-            dashboard: pages::DashboardCache::default(),
-        })
-    }
-
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
-    }
-
-    /// Re-reads an account's gate inputs after a committed write.
-    fn refresh_gate(&self, account: &AccountId) -> Result<(), StoreError> {
-        if let Some(state) = self.store.gate_state(account)? {
-            self.gates.update(account, state);
-        }
-        Ok(())
-    }
-}
-
-pub use routes::openapi_document;
-
-/// The service's routes over `state`.
-pub fn router(state: Arc<AppState>) -> axum::Router {
-    routes::router(state)
-}
+pub use routes::{openapi_document, router};
+pub use state::AppState;
 
 /// Serves until `shutdown` resolves; requests in flight then finish before this returns, and
 /// running exports stop (removing their partial files).
@@ -96,10 +50,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     pages::refresh_dashboard_in_background(&state);
     let sweeper = sweep_every
-        .map(|interval| tokio::spawn(retention::sweep_periodically(Arc::clone(&state), interval)));
-    let served = axum::serve(listener, router(Arc::clone(&state)).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .map(|interval| tokio::spawn(actions::sweep_periodically(Arc::clone(&state), interval)));
+    let served = server::serve(listener, router(Arc::clone(&state)), shutdown).await;
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }

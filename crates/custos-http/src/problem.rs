@@ -1,13 +1,18 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` slug.
 //!
 //! A client learns what was wrong and where; it never sees internals. Storage failures are
-//! reported as a 500 with a generic detail, and the cause goes to the server's log.
+//! reported as a 500 with a generic detail, and the cause goes to the server's log with the
+//! request's id.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use custos_core::Refusal;
+use custos_export::ExportError;
 use custos_store::StoreError;
 use serde::Serialize;
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -17,12 +22,13 @@ pub struct Problem {
     pub detail: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    r#type: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
+/// A problem as it is sent: the body of an error answer, or one event's outcome in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProblemBody<'a> {
+    pub r#type: &'a str,
+    pub title: &'a str,
+    pub status: u16,
+    pub detail: &'a str,
 }
 
 impl Problem {
@@ -36,6 +42,10 @@ impl Problem {
 
     pub fn invalid_body(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", detail)
+    }
+
+    pub fn invalid_id(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid-id", detail)
     }
 
     pub fn unauthorized() -> Problem {
@@ -65,21 +75,36 @@ impl Problem {
             "custos could not complete this request; nothing of it was recorded. See the server log.",
         )
     }
+
+    /// The body this problem is sent as.
+    pub fn body(&self) -> ProblemBody<'_> {
+        ProblemBody {
+            r#type: self.kind,
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        }
+    }
 }
 
 impl From<Refusal> for Problem {
     fn from(refusal: Refusal) -> Problem {
+        // Every refusal is named: a new one must be given its status here.
         let status = match refusal {
-            Refusal::UnknownAccount(_) | Refusal::UnknownConversation(_) => StatusCode::NOT_FOUND,
-            Refusal::AccountErased(_) | Refusal::ConversationPurged(_) => StatusCode::NOT_FOUND,
-            Refusal::AccountExists(_) | Refusal::HoldExists(_) | Refusal::HoldNotActive(_) => {
-                StatusCode::CONFLICT
-            }
-            Refusal::ConversationDeleted(_) | Refusal::ConversationExpired { .. } => {
-                StatusCode::CONFLICT
-            }
+            Refusal::UnknownAccount(_)
+            | Refusal::UnknownConversation(_)
+            | Refusal::AccountErased(_)
+            | Refusal::ConversationPurged(_) => StatusCode::NOT_FOUND,
+            Refusal::AccountExists(_)
+            | Refusal::HoldExists(_)
+            | Refusal::HoldNotActive(_)
+            | Refusal::ConversationDeleted(_)
+            | Refusal::ConversationExpired { .. } => StatusCode::CONFLICT,
             Refusal::NotOwner { .. } => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::UnknownPlan(_)
+            | Refusal::ChoiceRequired { .. }
+            | Refusal::NoChoiceOnBusinessPlan { .. }
+            | Refusal::BeforeAccountCreated { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Problem::new(status, refusal.slug(), refusal.to_string())
     }
@@ -95,26 +120,52 @@ impl From<StoreError> for Problem {
                 "too many concurrent writes; try again",
             ),
             other => {
-                eprintln!("custos: storage error: {other}");
+                tracing::error!(error = %other, "storage failure");
                 Problem::internal()
             }
         }
     }
 }
 
+impl From<ExportError> for Problem {
+    fn from(error: ExportError) -> Problem {
+        let kind = match &error {
+            ExportError::Purpose(_) => "purpose-refused",
+            ExportError::Destination { .. } => "destination-refused",
+            ExportError::CutoffInFuture { .. } => "cutoff-in-future",
+            ExportError::UnknownSnapshot(_) => {
+                return Problem::not_found("unknown-export", error.to_string());
+            }
+            ExportError::Incomplete(_) => {
+                return Problem::new(StatusCode::CONFLICT, "export-incomplete", error.to_string());
+            }
+            ExportError::Store(_)
+            | ExportError::Stopped
+            | ExportError::Io { .. }
+            | ExportError::Parquet { .. }
+            | ExportError::Invalid { .. }
+            | ExportError::Internal(_) => {
+                tracing::error!(error = %error, "export failure");
+                return Problem::internal();
+            }
+        };
+        // The destination's full path names the server's folders; the refusal says only why.
+        let detail = match &error {
+            ExportError::Destination { why, .. } => format!(
+                "the destination is refused: {why}. Exports are written only inside the configured export root (R9)"
+            ),
+            other => other.to_string(),
+        };
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail)
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = Body {
-            r#type: self.kind.to_owned(),
-            title: self.status.canonical_reason().unwrap_or("error"),
-            status: self.status.as_u16(),
-            detail: &self.detail,
-        };
-        let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
     }
 }

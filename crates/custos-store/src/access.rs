@@ -7,16 +7,105 @@
 //! the reason). Conversations the user deleted are left out: they are no longer the user's to
 //! see, and are purged within the grace period.
 
-use custos_core::{AccountId, Policy, Timestamp};
-use serde_json::{Value, json};
+use custos_core::{
+    AccountId, Channel, EligibilityReason, GateDecision, GateReason, Policy, Preference, Rating,
+    RetentionClass, Role, Surface, Timestamp,
+};
+use serde::Serialize;
 
-use crate::StoreError;
-use crate::engine::{self, Histories};
-use crate::ledger::{EntryKind, LedgerKey};
+use crate::error::StoreError;
+use crate::ledger::{Entry, EntryKind, LedgerKey};
 use crate::receipt;
+use crate::records::{Histories, ledger_entries, load_conversation};
 use crate::sql::Tx;
+use crate::views::{account_view, visible_conversations};
 
 pub const FORMAT: &str = "custos-data-export/1";
+
+/// Everything held about one account, as its owner downloads it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessDocument {
+    pub format: &'static str,
+    pub generated_at: Timestamp,
+    pub controller: Controller,
+    pub account: AccountPart,
+    pub plan_history: Vec<PlanFrom>,
+    pub choices: Vec<ChoiceRecord>,
+    /// When the notice was shown and the user chose "Not now".
+    pub notices_shown: Vec<Timestamp>,
+    pub consent_ledger: Vec<Entry>,
+    /// The key that verifies the receipts and checkpoints (Ed25519, hex).
+    pub ledger_public_key: String,
+    pub conversations: Vec<ConversationRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Controller {
+    pub name: String,
+    pub contact: Option<String>,
+    pub jurisdiction: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountPart {
+    pub id: AccountId,
+    pub created_at: Option<Timestamp>,
+    pub plan: String,
+    pub training_preference: Preference,
+    pub gate: GatePart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GatePart {
+    pub decision: GateDecision,
+    pub reason: GateReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanFrom {
+    pub at: Timestamp,
+    pub plan: Option<String>,
+}
+
+/// A choice, with its signed consent receipt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChoiceRecord {
+    pub at: Timestamp,
+    pub state: Option<Preference>,
+    pub channel: Option<Channel>,
+    pub notice: String,
+    pub receipt_id: String,
+    /// The signed receipt (SPEC §5): a JSON document whose signature covers its canonical form.
+    pub receipt: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationRecord {
+    pub id: custos_core::ConversationId,
+    pub surface: Surface,
+    pub incognito: bool,
+    pub retention_class: Option<RetentionClass>,
+    pub expires_at: Option<Timestamp>,
+    pub held: bool,
+    pub eligible_for_training: bool,
+    pub reason: EligibilityReason,
+    pub messages: Vec<MessageRecord>,
+    pub feedback: Vec<FeedbackRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageRecord {
+    pub at: Timestamp,
+    pub role: Role,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedbackRecord {
+    pub at: Timestamp,
+    pub rating: Rating,
+    pub comment: Option<String>,
+}
 
 pub fn access_document(
     tx: &mut dyn Tx,
@@ -25,79 +114,92 @@ pub fn access_document(
     key: &LedgerKey,
     account: &AccountId,
     at: Timestamp,
-) -> Result<Value, StoreError> {
-    let view = engine::account_view(tx, histories, policy, account, at)?;
-    let entries = engine::ledger_entries(tx, account.as_str())?;
-    let hex = custos_core::policy::hex;
-    let created_at = entries.first().map(|e| e.key.at.to_string());
-    let plan_history: Vec<Value> = entries
+) -> Result<AccessDocument, StoreError> {
+    let view = account_view(tx, histories, policy, account, at)?;
+    let entries = ledger_entries(tx, account.as_str())?;
+    let plan_history = entries
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::Created | EntryKind::PlanChanged))
-        .map(|e| json!({"at": e.key.at.to_string(), "plan": e.plan}))
-        .collect();
-    let choices: Vec<Value> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Choice)
-        .map(|e| {
-            json!({
-                "at": e.key.at.to_string(),
-                "state": e.preference.map(custos_core::Preference::as_str),
-                "channel": e.channel.map(custos_core::Channel::as_str),
-                "notice": e.notice_id,
-                "receipt_id": hex(&e.hash),
-                "receipt": receipt::receipt_of(policy, e).map(|r| receipt::signed(r, key)),
-            })
+        .map(|e| PlanFrom {
+            at: e.key.at,
+            plan: e.plan.clone(),
         })
         .collect();
-    let notices_shown: Vec<String> = entries
+    let choices = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Choice)
+        .map(|e| ChoiceRecord {
+            at: e.key.at,
+            state: e.preference,
+            channel: e.channel,
+            notice: e.notice_id.clone(),
+            receipt_id: custos_core::policy::hex(&e.hash),
+            receipt: receipt::receipt_of(policy, e).map(|r| receipt::signed(r, key)),
+        })
+        .collect();
+    let notices_shown = entries
         .iter()
         .filter(|e| e.kind == EntryKind::NoticeShown)
-        .map(|e| e.key.at.to_string())
+        .map(|e| e.key.at)
         .collect();
-    let ledger: Vec<Value> = entries.iter().map(crate::ledger::Entry::to_json).collect();
     let mut conversations = Vec::new();
-    for summary in engine::visible_conversations(tx, histories, policy, account, at)? {
-        let Some(conversation) = engine::load_conversation(tx, &summary.id, true)? else {
+    for summary in visible_conversations(tx, histories, policy, account, at)? {
+        let Some(conversation) = load_conversation(tx, &summary.id, true)? else {
             continue;
         };
         let status = summary.status;
-        conversations.push(json!({
-            "id": summary.id.as_str(),
-            "surface": conversation.surface.as_str(),
-            "incognito": conversation.incognito,
-            "retention_class": status.expiry.map(|e| e.class.as_str()),
-            "expires_at": status.expiry.map(|e| e.at.to_string()),
-            "held": status.held,
-            "eligible_for_training": status.eligibility.is_eligible(),
-            "reason": status.eligibility.as_str(),
-            "messages": conversation.messages.iter().map(|m| json!({
-                "at": m.key.at.to_string(), "role": m.role.as_str(), "text": m.text,
-            })).collect::<Vec<_>>(),
-            "feedback": conversation.feedback.iter().map(|f| json!({
-                "at": f.key.at.to_string(), "rating": f.rating.as_str(), "comment": f.comment,
-            })).collect::<Vec<_>>(),
-        }));
+        conversations.push(ConversationRecord {
+            id: summary.id,
+            surface: conversation.surface,
+            incognito: conversation.incognito,
+            retention_class: status.expiry.map(|e| e.class),
+            expires_at: status.expiry.map(|e| e.at),
+            held: status.held,
+            eligible_for_training: status.eligibility.is_eligible(),
+            reason: status.eligibility,
+            messages: conversation
+                .messages
+                .into_iter()
+                .map(|m| MessageRecord {
+                    at: m.key.at,
+                    role: m.role,
+                    text: m.text,
+                })
+                .collect(),
+            feedback: conversation
+                .feedback
+                .into_iter()
+                .map(|f| FeedbackRecord {
+                    at: f.key.at,
+                    rating: f.rating,
+                    comment: f.comment,
+                })
+                .collect(),
+        });
     }
-    Ok(json!({
-        "format": FORMAT,
-        "generated_at": at.to_string(),
-        "controller": {
-            "name": policy.controller.name,
-            "contact": policy.controller.contact,
-            "jurisdiction": policy.controller.jurisdiction,
+    Ok(AccessDocument {
+        format: FORMAT,
+        generated_at: at,
+        controller: Controller {
+            name: policy.controller.name.clone(),
+            contact: policy.controller.contact.clone(),
+            jurisdiction: policy.controller.jurisdiction.clone(),
         },
-        "account": {
-            "id": account.as_str(),
-            "created_at": created_at,
-            "plan": view.plan,
-            "training_preference": view.preference.as_str(),
-            "gate": {"decision": view.gate.decision.as_str(), "reason": view.gate.reason.as_str()},
+        account: AccountPart {
+            id: account.clone(),
+            created_at: entries.first().map(|e| e.key.at),
+            plan: view.plan,
+            training_preference: view.preference,
+            gate: GatePart {
+                decision: view.gate.decision,
+                reason: view.gate.reason,
+            },
         },
-        "plan_history": plan_history,
-        "choices": choices,
-        "notices_shown": notices_shown,
-        "consent_ledger": ledger,
-        "ledger_public_key": key.public_hex(),
-        "conversations": conversations,
-    }))
+        plan_history,
+        choices,
+        notices_shown,
+        consent_ledger: entries,
+        ledger_public_key: key.public_hex(),
+        conversations,
+    })
 }

@@ -13,18 +13,16 @@
 
 use std::collections::BTreeMap;
 
-use custos_core::admission::{self, Refusal};
 use custos_core::{
-    AccountHistory, AccountId, Choice, Command, Conversation, ConversationId, EventKey, Feedback,
-    Message, Policy, Preference, Rating, Role, Timestamp, expiry,
+    AccountHistory, Command, Conversation, ConversationId, Effect, EventKey, Feedback, Message,
+    Named, Policy, Rating, Refusal, Role, Timestamp, admit, expiry,
 };
 
-use crate::StoreError;
-use crate::engine::{
-    AccountRow, END, Histories, NewEntry, Written, chain_entry, insert_entry, insert_feedback,
-    insert_message, new_account,
-};
-use crate::ledger::{Entry, EntryKind};
+use crate::apply::{WrittenHistories, chain_entry, new_account};
+use crate::codec::{insert_entry, insert_feedback, insert_message, seq};
+use crate::error::StoreError;
+use crate::ledger::{Entry, Record};
+use crate::records::{AccountRow, END, Histories};
 use crate::sql::Tx;
 
 /// One account being loaded: the core's records of it and the rows still to write.
@@ -51,12 +49,19 @@ pub fn load_new_account(
     histories: &Histories,
     actor: &str,
     commands: &[(Timestamp, Command)],
-    written: &mut Written,
+    written: &mut WrittenHistories,
 ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
     let mut loading: Option<Loading<'_>> = None;
     let mut outcomes = Vec::with_capacity(commands.len());
     for (at, command) in commands {
-        outcomes.push(admit(policy, histories, actor, &mut loading, *at, command)?);
+        outcomes.push(admit_in_memory(
+            policy,
+            histories,
+            actor,
+            &mut loading,
+            *at,
+            command,
+        )?);
     }
     let Some(loading) = loading else {
         return Ok(outcomes);
@@ -66,9 +71,9 @@ pub fn load_new_account(
     Ok(outcomes)
 }
 
-/// Applies one command to the account in memory, if the core admits it. The checks and their
-/// order are those of `engine::apply_command`.
-fn admit<'a>(
+/// Asks the core's admission about one command, as the per-event path does, and carries out
+/// its effect on the account in memory.
+fn admit_in_memory<'a>(
     policy: &Policy,
     histories: &Histories,
     actor: &str,
@@ -76,29 +81,45 @@ fn admit<'a>(
     at: Timestamp,
     command: &'a Command,
 ) -> Result<Result<(), Refusal>, StoreError> {
-    if let Command::CreateAccount {
+    // Erasure renames the account everywhere (`apply::pseudonymize`), and holds and sweeps
+    // span accounts: they take the per-event path.
+    if matches!(
+        command,
+        Command::EraseAccount { .. }
+            | Command::PlaceHold { .. }
+            | Command::ReleaseHold { .. }
+            | Command::Sweep
+    ) {
+        return Err(unsupported(command));
+    }
+    let names = command.names();
+    let current = loading.as_ref();
+    if let (Some(state), Some(account)) = (current, names.account)
+        && state.history.id != *account
+    {
+        return Err(unsupported(command));
+    }
+    let named = Named {
+        account: current.map(|state| &state.history),
+        conversation: current.and_then(|state| state.conversations.get(names.conversation?)),
+        hold: None,
+    };
+    let key = match current {
+        Some(state) => EventKey::new(at, seq(state.row.next_seq)?),
+        None => EventKey::new(at, 0),
+    };
+    let effect = match admit(policy, named, key, command) {
+        Ok(effect) => effect,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if let Effect::AccountCreated {
         account,
         plan,
-        choice,
-    } = command
+        signup_choice,
+    } = effect
     {
-        let existing = loading.as_ref().map(|l| &l.history);
-        if existing.is_some_and(|h| h.id != *account) {
-            return Err(unsupported(command));
-        }
-        let plan = match admission::admit_create_account(
-            policy,
-            account,
-            existing,
-            plan,
-            choice.is_some(),
-            at,
-        ) {
-            Ok(plan) => plan,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
         let (row, history, entries) =
-            new_account(policy, histories, actor, account, plan, *choice, at);
+            new_account(policy, histories, actor, account, plan, signup_choice, at);
         *loading = Some(Loading {
             row,
             history,
@@ -109,188 +130,62 @@ fn admit<'a>(
         });
         return Ok(Ok(()));
     }
-    let Some(state) = loading.as_mut() else {
-        // Not created (yet, or its creation was refused): what the per-event path answers.
-        return match command {
-            Command::Choose { account, .. }
-            | Command::NoticeShown { account }
-            | Command::ChangePlan { account, .. }
-            | Command::Message { account, .. }
-            | Command::Feedback { account, .. }
-            | Command::EraseAccount { account } => {
-                Ok(Err(Refusal::UnknownAccount(account.clone())))
-            }
-            Command::DeleteConversation { conversation } => {
-                Ok(Err(Refusal::UnknownConversation(conversation.clone())))
-            }
-            _ => Err(unsupported(command)),
-        };
-    };
-    let key = EventKey::new(
-        at,
-        u64::try_from(state.row.next_seq).map_err(|_| StoreError::corrupt("negative sequence"))?,
-    );
-    let owned = |id: &AccountId| {
-        if *id == state.history.id {
-            Ok(())
-        } else {
-            Err(unsupported(command))
+    let state = loading.as_mut().ok_or_else(|| unsupported(command))?;
+    match effect {
+        Effect::AccountChanged { change, .. } => {
+            let record = Record::Changed(change.clone());
+            let entry = chain_entry(policy, &mut state.row, actor, key, &record);
+            state.entries.push(entry);
+            state.history.record(key, &change);
         }
-    };
-    let outcome = match command {
-        Command::CreateAccount { .. } => unreachable!("handled above"),
-        Command::Choose {
-            account,
-            allowed,
-            channel,
-        } => {
-            owned(account)?;
-            admission::live_account(account, Some(&state.history))
-                .and_then(|history| admission::admit_choice(policy, history, key))
-                .map(|()| {
-                    let preference = Preference::from_allowed(*allowed);
-                    state.entries.push(chain_entry(
-                        policy,
-                        &mut state.row,
-                        actor,
-                        NewEntry {
-                            key,
-                            kind: EntryKind::Choice,
-                            plan: None,
-                            choice: Some((preference, *channel)),
-                        },
-                    ));
-                    state.history.record_choice(Choice {
-                        key,
-                        preference,
-                        channel: *channel,
-                    });
-                })
-        }
-        Command::NoticeShown { account } => {
-            owned(account)?;
-            admission::live_account(account, Some(&state.history))
-                .map(|_| ())
-                .map(|()| {
-                    state.entries.push(chain_entry(
-                        policy,
-                        &mut state.row,
-                        actor,
-                        NewEntry {
-                            key,
-                            kind: EntryKind::NoticeShown,
-                            plan: None,
-                            choice: None,
-                        },
-                    ));
-                    state.history.record_notice_shown(key);
-                })
-        }
-        Command::ChangePlan { account, plan } => {
-            owned(account)?;
-            admission::live_account(account, Some(&state.history))
-                .and_then(|_| policy.plan(plan).map_err(Refusal::from))
-                .map(|(plan, _)| {
-                    state.entries.push(chain_entry(
-                        policy,
-                        &mut state.row,
-                        actor,
-                        NewEntry {
-                            key,
-                            kind: EntryKind::PlanChanged,
-                            plan: Some(plan.as_str()),
-                            choice: None,
-                        },
-                    ));
-                    state.history.record_plan(key, plan);
-                })
-        }
-        Command::Message {
+        Effect::Message {
             account,
             conversation,
-            surface,
+            starts,
             role,
             text,
-            incognito,
         } => {
-            owned(account)?;
-            let admitted = admission::live_account(account, Some(&state.history)).and_then(|_| {
-                match state.conversations.get(conversation) {
-                    Some(existing) => {
-                        admission::admit_activity(policy, &state.history, existing, key)
-                    }
-                    None => admission::admit_new_conversation(&state.history, key),
-                }
-            });
-            admitted.map(|()| {
-                state
-                    .conversations
-                    .entry(conversation.clone())
-                    .or_insert_with(|| {
-                        Conversation::new(
-                            conversation.clone(),
-                            account.clone(),
-                            *surface,
-                            *incognito,
-                        )
-                    })
-                    .record_message(Message {
-                        key,
-                        role: *role,
-                        text: String::new(),
-                    });
-                state.messages.push((conversation, key, *role, text));
-            })
+            if let Some((surface, incognito)) = starts {
+                let new =
+                    Conversation::new(conversation.clone(), account.clone(), surface, incognito);
+                state.conversations.insert(conversation.clone(), new);
+            }
+            if let Some(record) = state.conversations.get_mut(conversation) {
+                record.record_message(Message {
+                    key,
+                    role,
+                    text: String::new(),
+                });
+            }
+            state.messages.push((conversation, key, role, text));
         }
-        Command::Feedback {
-            account,
+        Effect::Feedback {
             conversation,
             rating,
             comment,
+            ..
         } => {
-            owned(account)?;
-            let history = &state.history;
-            let admitted = admission::live_account(account, Some(history)).and_then(|_| {
-                let record = state
-                    .conversations
-                    .get_mut(conversation)
-                    .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))?;
-                admission::admit_activity(policy, history, record, key)?;
-                Ok(record)
-            });
-            admitted.map(|record| {
+            if let Some(record) = state.conversations.get_mut(conversation) {
                 record.record_feedback(Feedback {
                     key,
-                    rating: *rating,
+                    rating,
                     comment: None,
                 });
-                state
-                    .feedback
-                    .push((conversation, key, *rating, comment.as_deref()));
-            })
+            }
+            state.feedback.push((conversation, key, rating, comment));
         }
-        Command::DeleteConversation { conversation } => state
-            .conversations
-            .get_mut(conversation)
-            .ok_or_else(|| Refusal::UnknownConversation(conversation.clone()))
-            .and_then(|record| {
-                admission::admit_deletion(record, key)?;
+        Effect::ConversationDeleted { conversation } => {
+            if let Some(record) = state.conversations.get_mut(conversation) {
                 record.deleted = Some(key);
-                Ok(())
-            }),
-        // Erasure renames the account everywhere (`engine::pseudonymize`); it takes the
-        // per-event path.
-        Command::EraseAccount { .. }
-        | Command::PlaceHold { .. }
-        | Command::ReleaseHold { .. }
-        | Command::Sweep => {
-            return Err(unsupported(command));
+            }
         }
-    };
-    if outcome.is_ok() {
-        state.row.next_seq += 1;
+        Effect::AccountCreated { .. }
+        | Effect::HoldPlaced { .. }
+        | Effect::HoldReleased { .. }
+        | Effect::Sweep => return Err(unsupported(command)),
     }
-    Ok(outcome)
+    state.row.next_seq += 1;
+    Ok(Ok(()))
 }
 
 /// Writes the admitted account: the same rows the per-event path leaves behind.

@@ -9,11 +9,12 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use custos_core::{AccountId, Channel, EventKey, Preference, Timestamp};
+use custos_core::policy::Plan;
+use custos_core::{AccountChange, AccountId, Channel, EventKey, Preference, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::StoreError;
+use crate::error::StoreError;
 
 /// What a ledger entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,70 @@ pub struct Entry {
 }
 
 pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The entry as the service and data-subject documents show it, hashes in hex.
+impl serde::Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let hex = custos_core::policy::hex;
+        let mut entry = serializer.serialize_struct("Entry", 11)?;
+        entry.serialize_field("index", &self.idx)?;
+        entry.serialize_field("kind", self.kind.as_str())?;
+        entry.serialize_field("at", &self.key.at)?;
+        entry.serialize_field("plan", &self.plan)?;
+        entry.serialize_field("preference", &self.preference)?;
+        entry.serialize_field("channel", &self.channel)?;
+        entry.serialize_field("notice", &self.notice_id)?;
+        entry.serialize_field("policy", &self.policy_id)?;
+        entry.serialize_field("actor", &self.actor)?;
+        entry.serialize_field("prev_hash", &hex(&self.prev_hash))?;
+        entry.serialize_field("hash", &hex(&self.hash))?;
+        entry.end()
+    }
+}
+
+/// What an entry records, as the core reads it: the account's creation on a plan, or a change
+/// after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Created(Plan),
+    Changed(AccountChange),
+}
+
+impl Record {
+    /// The stored fields of an entry that records this: kind, plan, preference and channel.
+    pub fn fields(
+        &self,
+    ) -> (
+        EntryKind,
+        Option<String>,
+        Option<Preference>,
+        Option<Channel>,
+    ) {
+        match self {
+            Record::Created(plan) => (
+                EntryKind::Created,
+                Some(plan.as_str().to_owned()),
+                None,
+                None,
+            ),
+            Record::Changed(AccountChange::Choice {
+                preference,
+                channel,
+            }) => (EntryKind::Choice, None, Some(*preference), Some(*channel)),
+            Record::Changed(AccountChange::NoticeShown) => {
+                (EntryKind::NoticeShown, None, None, None)
+            }
+            Record::Changed(AccountChange::PlanChanged(plan)) => (
+                EntryKind::PlanChanged,
+                Some(plan.as_str().to_owned()),
+                None,
+                None,
+            ),
+            Record::Changed(AccountChange::Erased) => (EntryKind::Erased, None, None, None),
+        }
+    }
+}
 
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -154,6 +219,23 @@ impl Hmac {
 }
 
 impl Entry {
+    /// What this entry records. A plan dropped from a later policy is kept as recorded (it is
+    /// then simply not consumer); a choice without its fields reads as the privacy-protective
+    /// `unset`, made in settings.
+    pub fn record(&self) -> Record {
+        let plan = || Plan::recorded(self.plan.as_deref().unwrap_or(""));
+        match self.kind {
+            EntryKind::Created => Record::Created(plan()),
+            EntryKind::Choice => Record::Changed(AccountChange::Choice {
+                preference: self.preference.unwrap_or(Preference::Unset),
+                channel: self.channel.unwrap_or(Channel::Settings),
+            }),
+            EntryKind::NoticeShown => Record::Changed(AccountChange::NoticeShown),
+            EntryKind::PlanChanged => Record::Changed(AccountChange::PlanChanged(plan())),
+            EntryKind::Erased => Record::Changed(AccountChange::Erased),
+        }
+    }
+
     /// The canonical encoding the hash covers (everything but the hashes themselves), naming
     /// the account as `name`: its pseudonym under [`Encoding::V2`], its id under V1.
     pub fn canonical(&self, encoding: Encoding, name: &str) -> Vec<u8> {
@@ -183,24 +265,6 @@ impl Entry {
         field(&mut out, self.policy_id.as_bytes());
         field(&mut out, self.actor.as_bytes());
         out
-    }
-
-    /// The entry as the service and data-subject documents show it, hashes in hex.
-    pub fn to_json(&self) -> serde_json::Value {
-        let hex = custos_core::policy::hex;
-        serde_json::json!({
-            "index": self.idx,
-            "kind": self.kind.as_str(),
-            "at": self.key.at.to_string(),
-            "plan": self.plan,
-            "preference": self.preference.map(Preference::as_str),
-            "channel": self.channel.map(Channel::as_str),
-            "notice": self.notice_id,
-            "policy": self.policy_id,
-            "actor": self.actor,
-            "prev_hash": hex(&self.prev_hash),
-            "hash": hex(&self.hash),
-        })
     }
 
     /// The hash this entry must carry, given its predecessor's and its account's ledger name

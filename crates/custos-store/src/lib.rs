@@ -6,16 +6,25 @@
 //! leaves nothing behind.
 
 mod access;
+mod apply;
 mod bulk;
-mod engine;
+mod checkpoint;
+mod codec;
+mod error;
+mod holds;
 pub mod ledger;
 mod postgres;
 pub mod receipt;
+mod records;
 mod reports;
 mod scan;
 mod schema;
 mod sql;
 mod sqlite;
+mod sweep;
+mod tokens;
+mod upgrade;
+mod views;
 
 use std::path::{Path, PathBuf};
 
@@ -23,80 +32,37 @@ use custos_core::{
     AccountId, Command, ConversationId, ConversationStatus, Gate, HoldId, HoldTarget, Policy,
     Refusal, SweepReport, Timestamp,
 };
-use sha2::{Digest, Sha256};
 
-pub use engine::{
-    AccountView, Checkpoint, ConversationSummary, GateState, HoldRecord, IncludedConversation,
-    Principal, RetentionCheck, StoredSnapshot, VerifyReport,
-};
+pub use access::AccessDocument;
+pub use apply::Written;
+pub use checkpoint::{Checkpoint, VerifyReport};
+pub use error::StoreError;
+pub use holds::HoldRecord;
 pub use ledger::{Entry, EntryKind, LedgerKey};
-pub use reports::ConsentOverTime;
+pub use reports::{ConsentOverTime, ConsentReport, RetentionReport};
 pub use scan::{Chunk, RawChunk, Scanned};
 pub use schema::SCHEMA_VERSION;
+pub use sweep::{RetentionCheck, SWEEP_BATCH};
+pub use tokens::{Principal, token_hash};
+pub use views::{
+    AccountView, ConversationSummary, GateState, IncludedConversation, StoredSnapshot,
+};
 
 use crate::postgres::PostgresBackend;
+use crate::records::Histories;
 use crate::sql::Backend;
 use crate::sqlite::SqliteBackend;
 
 /// The store signs a checkpoint by itself after this many ledger appends (per process).
 pub const CHECKPOINT_EVERY: u64 = 1000;
 
-/// Conversations per sweep transaction: writers wait at most one batch behind a sweep, and the
-/// batch's changed pages fit the page cache.
-pub const SWEEP_BATCH: usize = 1000;
-
 /// The SQLite database's file name inside the data folder.
 pub const SQLITE_FILE: &str = "custos.sqlite3";
-
-/// Why a store operation failed. A refusal is the core's answer; every other variant is a
-/// storage problem, and in every case nothing of the failed operation was written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    #[error(
-        "the database has schema version {found}, newer than this custos supports ({supported}); use a newer custos"
-    )]
-    SchemaTooNew { found: i64, supported: i64 },
-    #[error("the database is damaged or is not a custos database: {0}")]
-    Corrupt(String),
-    #[error(
-        "the disk is full (or the file size limit was reached); nothing of this write was kept: {0}"
-    )]
-    DiskFull(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the ledger signing key: {0}")]
-    Key(String),
-    /// A scan's visitor stopped it; the visitor holds the reason.
-    #[error("the scan was stopped")]
-    Stopped,
-    #[error("database error: {0}")]
-    Database(String),
-    #[error("the write conflicted with concurrent writes {0} times in a row; try again")]
-    Conflict(u32),
-}
-
-impl StoreError {
-    pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
-        StoreError::Corrupt(message.into())
-    }
-
-    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
-        StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
 
 /// The first reads of a training scan, which fix its snapshot: the newest signed checkpoint and
 /// how many conversations there are.
 fn snapshot_start(tx: &mut dyn sql::Tx) -> Result<(Option<Checkpoint>, u64), StoreError> {
-    let checkpoint = engine::latest_checkpoint(tx)?;
+    let checkpoint = checkpoint::latest_checkpoint(tx)?;
     let conversations = tx
         .query_one("SELECT COUNT(*) FROM conversations", &[])?
         .map(|row| row.int(0))
@@ -139,7 +105,7 @@ pub struct Store {
     backend: AnyBackend,
     policy: Policy,
     key: LedgerKey,
-    histories: engine::Histories,
+    histories: Histories,
     /// Ledger appends committed since this process last signed a checkpoint.
     unsigned_appends: std::sync::atomic::AtomicU64,
 }
@@ -181,16 +147,16 @@ impl Store {
         let store = Store {
             backend,
             policy,
-            histories: engine::Histories::new(key.pseudonym_key()),
+            histories: Histories::new(key.pseudonym_key()),
             key,
             unsigned_appends: std::sync::atomic::AtomicU64::new(0),
         };
         let found = store.write(&mut |tx| schema::migrate(tx))?;
         if found == 1 {
-            store.write(&mut |tx| engine::fill_gate_columns(tx))?;
+            store.write(&mut |tx| upgrade::fill_gate_columns(tx))?;
         }
         if (1..4).contains(&found) {
-            store.write(&mut |tx| engine::rechain_by_pseudonym(tx, &store.histories))?;
+            store.write(&mut |tx| upgrade::rechain_by_pseudonym(tx, &store.histories))?;
         }
         Ok(store)
     }
@@ -217,18 +183,20 @@ impl Store {
         with_backend!(self, read, work)
     }
 
-    /// Applies one command at `at` on behalf of `actor`; returns once it is committed.
+    /// Applies one command at `at` on behalf of `actor`; returns, once it is committed, what it
+    /// wrote (entries, the account as it left it, a sweep's report), from its own transaction.
     pub fn apply(
         &self,
         at: Timestamp,
         command: &Command,
         actor: &str,
-    ) -> Result<Option<SweepReport>, StoreError> {
-        self.apply_noting(at, command, actor, &mut |_| Ok(()))
+    ) -> Result<Written, StoreError> {
+        self.apply_then(at, command, actor, &mut |_| Ok(()))
+            .map(|(written, ())| written)
     }
 
     pub fn gate(&self, account: &AccountId, at: Timestamp) -> Result<Gate, StoreError> {
-        self.read(&mut |tx| engine::gate_of(tx, &self.histories, &self.policy, account, at))
+        self.read(&mut |tx| views::gate_of(tx, &self.histories, &self.policy, account, at))
     }
 
     pub fn conversation_status(
@@ -236,12 +204,14 @@ impl Store {
         id: &ConversationId,
         at: Timestamp,
     ) -> Result<ConversationStatus, StoreError> {
-        self.read(&mut |tx| engine::conversation_status(tx, &self.histories, &self.policy, id, at))
+        self.read(&mut |tx| {
+            views::conversation_status_of(tx, &self.histories, &self.policy, id, at)
+        })
     }
 
     /// The training selection at cutoff `at`, read from one consistent snapshot.
     pub fn snapshot(&self, at: Timestamp) -> Result<StoredSnapshot, StoreError> {
-        self.read(&mut |tx| engine::snapshot(tx, &self.policy, at))
+        self.read(&mut |tx| views::snapshot(tx, &self.policy, at))
     }
 
     /// Reads one consistent snapshot for an export: `begin` gets the newest signed checkpoint
@@ -287,12 +257,16 @@ impl Store {
 
     /// An account's ledger entries, in chain order.
     pub fn ledger(&self, account: &AccountId) -> Result<Vec<Entry>, StoreError> {
-        self.read(&mut |tx| engine::ledger_entries(tx, account.as_str()))
+        self.read(&mut |tx| records::ledger_entries(tx, account.as_str()))
     }
 
     /// After a commit: the histories it wrote may be served from memory (later entries of one
     /// account supersede earlier ones), and the ledger is sealed if enough was appended.
-    fn after_commit(&self, written: engine::Written, at: Timestamp) -> Result<(), StoreError> {
+    fn after_commit(
+        &self,
+        written: apply::WrittenHistories,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         let appended = written.len();
         for (ledger_len, history) in &written {
             self.histories.keep(*ledger_len, history);
@@ -315,12 +289,12 @@ impl Store {
 
     /// Signs a checkpoint over all chain heads if any grew since the last one.
     pub fn checkpoint(&self, at: Timestamp) -> Result<Option<Checkpoint>, StoreError> {
-        self.write(&mut |tx| engine::checkpoint(tx, &self.key, at))
+        self.write(&mut |tx| checkpoint::checkpoint(tx, &self.key, at))
     }
 
     /// Recomputes every ledger chain and checkpoint.
     pub fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
-        self.read(&mut |tx| engine::verify(tx, &self.key))
+        self.read(&mut |tx| checkpoint::verify(tx, &self.key))
     }
 
     /// Applies many events in one transaction (one commit, one fsync), each inside its own
@@ -332,20 +306,20 @@ impl Store {
         events: &[(Option<&str>, Timestamp, &Command)],
         actor: &str,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        let mut written = engine::Written::new();
+        let mut written = apply::WrittenHistories::new();
         let outcomes = self.write(&mut |tx| {
             written.clear();
             let mut outcomes = Vec::with_capacity(events.len());
             for (event_id, at, command) in events {
                 tx.execute("SAVEPOINT custos_event", &[])?;
-                let mut mine = engine::Written::new();
+                let mut mine = apply::WrittenHistories::new();
                 let outcome = (|| {
                     if let Some(id) = event_id
-                        && !engine::first_time(tx, id, *at)?
+                        && !apply::first_time(tx, id, *at)?
                     {
                         return Ok(Applied::Duplicate);
                     }
-                    engine::apply(
+                    apply::apply(
                         tx,
                         &self.histories,
                         &mut mine,
@@ -390,7 +364,7 @@ impl Store {
         accounts: &[Vec<(Timestamp, Command)>],
         actor: &str,
     ) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
-        let mut written = engine::Written::new();
+        let mut written = apply::WrittenHistories::new();
         let outcomes = self.write(&mut |tx| {
             written.clear();
             accounts
@@ -417,7 +391,8 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Places a legal hold (R13) and records why, in one transaction.
+    /// Places a legal hold (R13) and records why, in one transaction; returns the hold as it
+    /// was recorded.
     pub fn place_hold(
         &self,
         at: Timestamp,
@@ -425,56 +400,59 @@ impl Store {
         target: &HoldTarget,
         reason: &str,
         actor: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HoldRecord, StoreError> {
         let command = Command::PlaceHold {
             hold: hold.clone(),
             target: target.clone(),
         };
-        self.apply_noting(at, &command, actor, &mut |tx| {
-            engine::note_hold_reason(tx, hold, reason)
+        self.apply_then(at, &command, actor, &mut |tx| {
+            holds::note_hold_reason(tx, hold, reason)?;
+            holds::hold_record(tx, hold)
         })
-        .map(drop)
+        .map(|(_, hold)| hold)
     }
 
-    /// Releases an active legal hold and records who released it, in one transaction.
+    /// Releases an active legal hold and records who released it, in one transaction; returns
+    /// the hold as it now stands.
     pub fn release_hold(
         &self,
         at: Timestamp,
         hold: &HoldId,
         actor: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HoldRecord, StoreError> {
         let command = Command::ReleaseHold { hold: hold.clone() };
-        self.apply_noting(at, &command, actor, &mut |tx| {
-            engine::note_hold_release(tx, hold, actor)
+        self.apply_then(at, &command, actor, &mut |tx| {
+            holds::note_hold_release(tx, hold, actor)?;
+            holds::hold_record(tx, hold)
         })
-        .map(drop)
+        .map(|(_, hold)| hold)
     }
 
-    /// Applies a command and writes its audit notes in the same transaction.
-    fn apply_noting(
+    /// Applies a command, then runs `then` in the same transaction (audit notes, and what to
+    /// answer), so that the answer describes this write and no other.
+    fn apply_then<R>(
         &self,
         at: Timestamp,
         command: &Command,
         actor: &str,
-        note: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<(), StoreError>,
-    ) -> Result<Option<SweepReport>, StoreError> {
-        let mut written = engine::Written::new();
-        let report = self.write(&mut |tx| {
-            written.clear(); // a retried transaction starts over
-            let report = engine::apply(
+        then: &mut dyn FnMut(&mut dyn sql::Tx) -> Result<R, StoreError>,
+    ) -> Result<(Written, R), StoreError> {
+        let mut histories = apply::WrittenHistories::new();
+        let answer = self.write(&mut |tx| {
+            histories.clear(); // a retried transaction starts over
+            let written = apply::apply(
                 tx,
                 &self.histories,
-                &mut written,
+                &mut histories,
                 &self.policy,
                 at,
                 command,
                 actor,
             )?;
-            note(tx)?;
-            Ok(report)
+            Ok((written, then(tx)?))
         })?;
-        self.after_commit(written, at)?;
-        Ok(report)
+        self.after_commit(histories, at)?;
+        Ok(answer)
     }
 
     /// Runs a retention sweep at `now` in batches of `batch` conversations, each batch its own
@@ -488,12 +466,12 @@ impl Store {
         progress: &mut dyn FnMut(u64, &SweepReport),
     ) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
-        let mut cursor: Option<engine::SweepCursor> = None;
+        let mut cursor: Option<sweep::SweepCursor> = None;
         let mut looked_at = 0u64;
         loop {
             let after = cursor.clone();
             let (part, next, visited) = self.write(&mut |tx| {
-                engine::sweep_batch(
+                sweep::sweep_batch(
                     tx,
                     &self.histories,
                     &self.policy,
@@ -514,7 +492,7 @@ impl Store {
 
     /// How many conversations are due at `now` and not yet purged.
     pub fn due_conversations(&self, now: Timestamp) -> Result<u64, StoreError> {
-        self.read(&mut |tx| engine::count_due(tx, now))
+        self.read(&mut |tx| sweep::count_due(tx, now))
     }
 
     /// Everything held about an account, as one machine-readable document (R14 access and
@@ -523,7 +501,7 @@ impl Store {
         &self,
         account: &AccountId,
         at: Timestamp,
-    ) -> Result<serde_json::Value, StoreError> {
+    ) -> Result<AccessDocument, StoreError> {
         self.read(&mut |tx| {
             access::access_document(tx, &self.histories, &self.policy, &self.key, account, at)
         })
@@ -541,7 +519,7 @@ impl Store {
             let mut page = RetentionCheck::default();
             let next = self.read(&mut |tx| {
                 page = RetentionCheck::default();
-                engine::check_retention(tx, &self.histories, &self.policy, &after, 1000, &mut page)
+                sweep::check_retention(tx, &self.histories, &self.policy, &after, 1000, &mut page)
             })?;
             check.checked += page.checked;
             check.different += page.different;
@@ -558,12 +536,12 @@ impl Store {
     }
 
     /// Retention figures for auditors (counts only).
-    pub fn retention_report(&self, now: Timestamp) -> Result<serde_json::Value, StoreError> {
+    pub fn retention_report(&self, now: Timestamp) -> Result<RetentionReport, StoreError> {
         self.read(&mut |tx| reports::retention(tx, now))
     }
 
     /// Consent figures for auditors (counts only).
-    pub fn consent_report(&self, now: Timestamp) -> Result<serde_json::Value, StoreError> {
+    pub fn consent_report(&self, now: Timestamp) -> Result<ConsentReport, StoreError> {
         self.read(&mut |tx| reports::consent(tx, &self.policy, now))
     }
 
@@ -579,7 +557,7 @@ impl Store {
 
     /// Every legal hold, active or released, with its audit trail.
     pub fn holds(&self) -> Result<Vec<HoldRecord>, StoreError> {
-        self.read(&mut |tx| engine::hold_records(tx))
+        self.read(&mut |tx| holds::hold_records(tx))
     }
 
     /// The account a conversation belongs to, if it was ever recorded.
@@ -587,12 +565,12 @@ impl Store {
         &self,
         conversation: &ConversationId,
     ) -> Result<Option<AccountId>, StoreError> {
-        self.read(&mut |tx| engine::conversation_owner(tx, conversation))
+        self.read(&mut |tx| records::conversation_owner(tx, conversation))
     }
 
     /// The gate inputs of one account (for the service's in-memory index).
     pub fn gate_state(&self, account: &AccountId) -> Result<Option<GateState>, StoreError> {
-        self.read(&mut |tx| engine::gate_state(tx, &self.histories, &self.policy, account))
+        self.read(&mut |tx| views::gate_state(tx, &self.histories, &self.policy, account))
     }
 
     /// Calls `each` with every account's gate inputs, streamed (for the index built at start).
@@ -600,7 +578,7 @@ impl Store {
         &self,
         each: &mut dyn FnMut(&str, GateState),
     ) -> Result<(), StoreError> {
-        self.read(&mut |tx| engine::for_each_gate_state(tx, &self.policy, each))
+        self.read(&mut |tx| views::for_each_gate_state(tx, &self.policy, each))
     }
 
     pub fn account_view(
@@ -608,7 +586,7 @@ impl Store {
         account: &AccountId,
         at: Timestamp,
     ) -> Result<AccountView, StoreError> {
-        self.read(&mut |tx| engine::account_view(tx, &self.histories, &self.policy, account, at))
+        self.read(&mut |tx| views::account_view(tx, &self.histories, &self.policy, account, at))
     }
 
     /// The account's conversations that are still visible to it, with their status at `at`.
@@ -618,7 +596,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         self.read(&mut |tx| {
-            engine::visible_conversations(tx, &self.histories, &self.policy, account, at)
+            views::visible_conversations(tx, &self.histories, &self.policy, account, at)
         })
     }
 
@@ -635,7 +613,7 @@ impl Store {
             .map_err(|e| StoreError::Key(format!("no randomness for a token: {e}")))?;
         let token = format!("custos_{}", custos_core::policy::hex(&secret));
         let hash = token_hash(&token);
-        self.write(&mut |tx| engine::insert_token(tx, &hash, role, account, now, expires_at))?;
+        self.write(&mut |tx| tokens::insert_token(tx, &hash, role, account, now, expires_at))?;
         Ok(token)
     }
 
@@ -646,13 +624,13 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<Principal>, StoreError> {
         let hash = token_hash(token);
-        self.read(&mut |tx| engine::principal(tx, &hash, now))
+        self.read(&mut |tx| tokens::principal(tx, &hash, now))
     }
 
     /// Revokes a token; `false` if it was unknown or already revoked.
     pub fn revoke_token(&self, token: &str, now: Timestamp) -> Result<bool, StoreError> {
         let hash = token_hash(token);
-        self.write(&mut |tx| engine::revoke_token(tx, &hash, now))
+        self.write(&mut |tx| tokens::revoke_token(tx, &hash, now))
     }
 
     /// The signed consent receipt of an account's choice, by receipt id (its ledger hash).
@@ -669,11 +647,6 @@ impl Store {
             .and_then(|entry| receipt::receipt_of(&self.policy, entry))
             .map(|unsigned| receipt::signed(unsigned, &self.key)))
     }
-}
-
-/// The SHA-256 of a token: what is stored and compared, never the token itself.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// What became of an event with an id.

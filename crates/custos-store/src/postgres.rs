@@ -18,7 +18,7 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::sql::{Backend, Dialect, Row, Tx, Value};
 
 const ATTEMPTS: u32 = 8;

@@ -1,43 +1,86 @@
 //! Figures for auditors: retention and consent, counted in the database, read from one
 //! snapshot. Counts only: no account id or content appears in a report.
 
-use custos_core::{AccountHistory, Channel, EventKey, Policy, Preference, Timestamp};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
-use crate::StoreError;
-use crate::engine::{HistoriesInOrder, LEDGER_COLUMNS, entry_from_row};
+use custos_core::{
+    AccountHistory, Channel, Deadline, EventKey, Policy, Preference, Timestamp, deadline,
+};
+use serde::Serialize;
+
+use crate::codec::{LEDGER_COLUMNS, entry_from_row};
+use crate::error::StoreError;
+use crate::records::HistoriesInOrder;
 use crate::sql::Tx;
 
 const DAY_MS: i64 = 86_400_000;
 const WEEK_MS: i64 = 7 * DAY_MS;
 /// How far back the per-day series go.
 const DAYS_BACK: i64 = 90;
+/// How many weeks ahead purges due are counted.
+const WEEKS_AHEAD: usize = 12;
 
 fn day(millis: i64) -> String {
     Timestamp::from_unix_millis(millis.div_euclid(DAY_MS) * DAY_MS)
-        .map(|t| t.to_string()[..10].to_owned())
+        .map(|t| t.to_string().get(..10).unwrap_or_default().to_owned())
         .unwrap_or_default()
+}
+
+/// Retention figures (`GET /v1/reports/retention`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    pub at: Timestamp,
+    /// Conversations not purged, per retention class (`none` for those without activity).
+    pub conversations_by_class: BTreeMap<String, u64>,
+    /// Conversations due now, waiting for the next sweep.
+    pub due_now: u64,
+    /// Purges due in each of the next 12 weeks, counted from `at`.
+    pub due_by_week: Vec<DueInWeek>,
+    /// Conversations purged per day and reason over the last 90 days (from the tombstones).
+    pub purged_by_day: Vec<PurgedOnDay>,
+    pub holds: HoldCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DueInWeek {
+    pub week_starting: Timestamp,
+    pub due: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgedOnDay {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub reason: String,
+    pub purged: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HoldCounts {
+    pub active_on_accounts: u64,
+    pub active_on_conversations: u64,
+    pub released: u64,
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }
 
 /// Conversations per retention class; purges due per week for the next 12 weeks (and those
 /// already due); purges per reason per day over the last 90 days; legal holds.
-pub fn retention(tx: &mut dyn Tx, now: Timestamp) -> Result<Value, StoreError> {
+pub fn retention(tx: &mut dyn Tx, now: Timestamp) -> Result<RetentionReport, StoreError> {
     let now_ms = now.unix_millis();
-    let mut classes = Map::new();
+    let mut conversations_by_class = BTreeMap::new();
     for row in tx.query(
         "SELECT retention_class, COUNT(*) FROM conversations WHERE purged_at IS NULL GROUP BY retention_class",
         &[],
     )? {
         let class = row.optional_text(0)?.unwrap_or_else(|| "none".to_owned());
-        classes.insert(class, json!(row.int(1)?));
+        conversations_by_class.insert(class, count(row.int(1)?));
     }
-    let overdue = tx
-        .query_one(
-            "SELECT COUNT(*) FROM conversations WHERE purged_at IS NULL AND expires_at <= ?",
-            &[now_ms.into()],
-        )?
-        .map_or(Ok(0), |r| r.int(0))?;
-    let mut weeks = [0i64; 12];
+    let due_now = crate::sweep::count_due(tx, now)?;
+    let mut weeks = [0u64; WEEKS_AHEAD];
+    let weeks_ms = i64::try_from(WEEKS_AHEAD).unwrap_or(0) * WEEK_MS;
     for row in tx.query(
         "SELECT (expires_at - ?) / ?, COUNT(*) FROM conversations \
          WHERE purged_at IS NULL AND expires_at > ? AND expires_at <= ? GROUP BY 1",
@@ -45,30 +88,39 @@ pub fn retention(tx: &mut dyn Tx, now: Timestamp) -> Result<Value, StoreError> {
             now_ms.into(),
             WEEK_MS.into(),
             now_ms.into(),
-            (now_ms + 12 * WEEK_MS).into(),
+            (now_ms + weeks_ms).into(),
         ],
     )? {
         // A conversation due exactly at the end of week N (relative) counts in week N.
-        let index = usize::try_from(row.int(0)?).unwrap_or(usize::MAX).min(11);
+        let index = usize::try_from(row.int(0)?)
+            .unwrap_or(usize::MAX)
+            .min(WEEKS_AHEAD - 1);
         if let Some(slot) = weeks.get_mut(index) {
-            *slot += row.int(1)?;
+            *slot += count(row.int(1)?);
         }
     }
-    let due_by_week: Vec<Value> = weeks
+    let due_by_week = weeks
         .iter()
         .enumerate()
-        .map(|(index, count)| {
+        .filter_map(|(index, due)| {
             let starts = now_ms + i64::try_from(index).unwrap_or(0) * WEEK_MS;
-            json!({"week_starting": Timestamp::from_unix_millis(starts).map(|t| t.to_string()), "due": count})
+            Some(DueInWeek {
+                week_starting: Timestamp::from_unix_millis(starts)?,
+                due: *due,
+            })
         })
         .collect();
-    let mut purged = Vec::new();
+    let mut purged_by_day = Vec::new();
     for row in tx.query(
         "SELECT purged_at / ?, reason, COUNT(*) FROM tombstones WHERE purged_at > ? \
          GROUP BY 1, 2 ORDER BY 1, 2",
         &[DAY_MS.into(), (now_ms - DAYS_BACK * DAY_MS).into()],
     )? {
-        purged.push(json!({"day": day(row.int(0)? * DAY_MS), "reason": row.text(1)?, "purged": row.int(2)?}));
+        purged_by_day.push(PurgedOnDay {
+            day: day(row.int(0)? * DAY_MS),
+            reason: row.text(1)?,
+            purged: count(row.int(2)?),
+        });
     }
     let holds = tx
         .query_one(
@@ -77,73 +129,130 @@ pub fn retention(tx: &mut dyn Tx, now: Timestamp) -> Result<Value, StoreError> {
              COUNT(*) FILTER (WHERE released_at IS NOT NULL) FROM holds",
             &[],
         )?
-        .map(|r| -> Result<Value, StoreError> {
-            Ok(json!({"active_on_accounts": r.int(0)?, "active_on_conversations": r.int(1)?, "released": r.int(2)?}))
+        .map(|r| -> Result<HoldCounts, StoreError> {
+            Ok(HoldCounts {
+                active_on_accounts: count(r.int(0)?),
+                active_on_conversations: count(r.int(1)?),
+                released: count(r.int(2)?),
+            })
         })
-        .transpose()?;
-    Ok(json!({
-        "at": now.to_string(),
-        "conversations_by_class": classes,
-        "due_now": overdue,
-        "due_by_week": due_by_week,
-        "purged_by_day": purged,
-        "holds": holds,
-    }))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(RetentionReport {
+        at: now,
+        conversations_by_class,
+        due_now,
+        due_by_week,
+        purged_by_day,
+        holds,
+    })
+}
+
+/// Consent figures (`GET /v1/reports/consent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentReport {
+    pub at: Timestamp,
+    pub accounts_by_plan_and_preference: Vec<AccountsOnPlan>,
+    pub erased_accounts: u64,
+    /// Choices made per day, channel and answer over the last 90 days.
+    pub choices_by_day: Vec<ChoicesOnDay>,
+    pub deadline: DeadlineFigures,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountsOnPlan {
+    pub plan: String,
+    pub consumer: bool,
+    pub preference: String,
+    pub accounts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChoicesOnDay {
+    pub day: String,
+    pub channel: Option<String>,
+    pub preference: Option<String>,
+    pub choices: u64,
+}
+
+/// The consumer accounts still undecided, against the deadline of the notice in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadlineFigures {
+    pub notice: String,
+    pub choose_by: Timestamp,
+    pub passed: bool,
+    pub days_left: u64,
+    pub undecided_consumer_accounts: u64,
 }
 
 /// Accounts per plan and training preference; choices per channel per day over the last 90
 /// days; consumer accounts still undecided, against the policy's deadline.
-pub fn consent(tx: &mut dyn Tx, policy: &Policy, now: Timestamp) -> Result<Value, StoreError> {
+pub fn consent(
+    tx: &mut dyn Tx,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<ConsentReport, StoreError> {
     let now_ms = now.unix_millis();
     let mut accounts = Vec::new();
-    let mut undecided = 0i64;
+    let mut undecided = 0u64;
     for row in tx.query(
         "SELECT plan, preference, COUNT(*) FROM accounts WHERE erased_at IS NULL \
          GROUP BY plan, preference ORDER BY plan, preference",
         &[],
     )? {
         let plan = row.optional_text(0)?.unwrap_or_default();
-        let preference = row.optional_text(1)?.unwrap_or_else(|| "unset".to_owned());
-        let count = row.int(2)?;
+        let preference = row
+            .optional_text(1)?
+            .unwrap_or_else(|| Preference::Unset.as_str().to_owned());
+        let count = count(row.int(2)?);
         let consumer = policy.is_consumer_plan_named(&plan);
-        if consumer && preference == "unset" {
+        if consumer && preference == Preference::Unset.as_str() {
             undecided += count;
         }
-        accounts.push(json!({"plan": plan, "consumer": consumer, "preference": preference, "accounts": count}));
+        accounts.push(AccountsOnPlan {
+            plan,
+            consumer,
+            preference,
+            accounts: count,
+        });
     }
-    let erased = tx
+    let erased_accounts = tx
         .query_one(
             "SELECT COUNT(*) FROM accounts WHERE erased_at IS NOT NULL",
             &[],
         )?
         .map_or(Ok(0), |r| r.int(0))?;
-    let mut choices = Vec::new();
+    let mut choices_by_day = Vec::new();
     for row in tx.query(
         "SELECT at / ?, channel, preference, COUNT(*) FROM ledger WHERE kind = 'choice' AND at > ? \
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         &[DAY_MS.into(), (now_ms - DAYS_BACK * DAY_MS).into()],
     )? {
-        choices.push(json!({
-            "day": day(row.int(0)? * DAY_MS),
-            "channel": row.optional_text(1)?,
-            "preference": row.optional_text(2)?,
-            "choices": row.int(3)?,
-        }));
+        choices_by_day.push(ChoicesOnDay {
+            day: day(row.int(0)? * DAY_MS),
+            channel: row.optional_text(1)?,
+            preference: row.optional_text(2)?,
+            choices: count(row.int(3)?),
+        });
     }
-    let remaining_ms = policy.choose_by.unix_millis() - now_ms;
-    Ok(json!({
-        "at": now.to_string(),
-        "accounts_by_plan_and_preference": accounts,
-        "erased_accounts": erased,
-        "choices_by_day": choices,
-        "deadline": {
-            "notice": policy.id,
-            "choose_by": policy.choose_by.to_string(),
-            "passed": remaining_ms <= 0,
-            "days_left": if remaining_ms > 0 { (remaining_ms + DAY_MS - 1) / DAY_MS } else { 0 },
-            "undecided_consumer_accounts": undecided,
+    let Deadline {
+        choose_by,
+        passed,
+        days_left,
+    } = deadline(policy, now);
+    Ok(ConsentReport {
+        at: now,
+        accounts_by_plan_and_preference: accounts,
+        erased_accounts: count(erased_accounts),
+        choices_by_day,
+        deadline: DeadlineFigures {
+            notice: policy.id.clone(),
+            choose_by,
+            passed,
+            days_left,
+            undecided_consumer_accounts: undecided,
         },
-    }))
+    })
 }
 
 /// How the consumer accounts' choices stood at the end of each of the last weeks, replayed from

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use custos_core::model::{Feedback, Message};
 use custos_core::{AccountHistory, Conversation, EventKey, Timestamp};
 
-use crate::StoreError;
-use crate::engine::{
-    CONVERSATION_COLUMNS, FEEDBACK_COMMENT, HistoriesInOrder, LEDGER_COLUMNS, MESSAGE_TEXT,
-    conversation_from_row, entry_from_row, feedback_columns, feedback_head, message_columns,
-    message_head,
+use crate::codec::{
+    CONVERSATION_COLUMNS, FEEDBACK_COMMENT, LEDGER_COLUMNS, MESSAGE_TEXT, conversation_from_row,
+    entry_from_row, feedback_columns, feedback_head, message_columns, message_head,
 };
+use crate::error::StoreError;
+use crate::records::HistoriesInOrder;
 use crate::sql::{Columns, RowView, Rows, Tx};
 
 /// Accounts read per chunk: enough that each range query is worth its round trip, few enough

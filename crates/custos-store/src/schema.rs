@@ -4,7 +4,7 @@
 //! distributed SQL, in one range). The hot path uses no global sequence: event order within an
 //! account comes from the account row's own counter.
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::sql::{Tx, Value};
 
 /// The newest schema version this build knows.

@@ -3,7 +3,7 @@
 //! Statements are written once, with `?` placeholders and the portable subset of SQL that both
 //! SQLite and PostgreSQL accept; [`Dialect::rewrite`] turns them into each backend's form.
 
-use crate::StoreError;
+use crate::error::StoreError;
 
 /// A parameter or a column value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::sync::{Condvar, Mutex};
 use rusqlite::types::{Value as SqliteValue, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::sql::{Backend, Dialect, Row, Rows, Tx, Value, text_of};
 
 pub struct SqliteBackend {

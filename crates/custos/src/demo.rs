@@ -13,6 +13,44 @@ use custos_core::{
 use custos_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cli::{Failure, StoreArgs, parse_now, print, store_failure};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// How many accounts.
+    #[arg(long, default_value_t = 1000)]
+    accounts: u64,
+    /// How many conversations, spread over the accounts.
+    #[arg(long, default_value_t = 5000)]
+    conversations: u64,
+    /// The present of the generated history (RFC 3339) [default: the wall clock].
+    #[arg(long)]
+    now: Option<String>,
+    /// Seed of the generator: the same seed gives the same data.
+    #[arg(long, default_value_t = 2025)]
+    seed: u64,
+}
+
+/// `custos demo`: fills the folder and says what it made.
+pub fn command(args: DemoArgs) -> Result<(), Failure> {
+    let now = parse_now(args.now)?;
+    let store = args.store.open()?;
+    let started = std::time::Instant::now();
+    let report =
+        run(&store, args.accounts, args.conversations, now, args.seed).map_err(store_failure)?;
+    print(&format!(
+        "demo data in {}: {} accounts, {} conversations, {} events recorded ({} refused by the rules) in {:.1} s\n",
+        args.store.data.display(),
+        report.accounts,
+        report.conversations,
+        report.events,
+        report.refused,
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// SplitMix64: small, fast, and enough for synthetic data.
 struct Random(u64);
 

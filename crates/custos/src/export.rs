@@ -12,6 +12,8 @@ use custos_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use crate::cli::{Failure, StoreArgs, export_failure, parse_now, print};
+
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The cutoff T (RFC 3339): what users allowed as of T, and still allow now.
@@ -22,11 +24,12 @@ pub struct ExportArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_parser = ["parquet", "jsonl"], default_value = "parquet")]
     pub format: String,
-    /// Start a new data file once one holds this many bytes.
-    #[arg(long, default_value_t = custos_export::DEFAULT_MAX_FILE_BYTES)]
+    /// Start a new data file once one holds this many bytes (at least 1).
+    #[arg(long, default_value_t = custos_export::DEFAULT_MAX_FILE_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub max_file_bytes: u64,
     /// Only `model_training` exists (R9); any other purpose is refused.
-    #[arg(long, default_value = custos_export::PURPOSE)]
+    #[arg(long, default_value = custos_core::Purpose::ModelTraining.as_str())]
     pub purpose: String,
     /// The configured output location: no export is written outside it [default: DATA/exports].
     #[arg(long, env = "CUSTOS_EXPORT_ROOT")]
@@ -41,7 +44,7 @@ pub enum ExportCommand {
     /// List the rows of an earlier snapshot that may no longer be used, and why (JSON lines).
     Revocations {
         #[command(flatten)]
-        store: crate::StoreArgs,
+        store: StoreArgs,
         /// The snapshot id from its manifest.
         #[arg(long)]
         snapshot: String,
@@ -52,7 +55,7 @@ pub enum ExportCommand {
     /// Check a received export: the manifest's signature and every file's SHA-256.
     Verify {
         #[command(flatten)]
-        store: crate::StoreArgs,
+        store: StoreArgs,
         /// The export's folder.
         folder: PathBuf,
         /// The trusted public key (hex) [default: the data folder's ledger-signing.pub].
@@ -120,9 +123,94 @@ fn stop_on_interrupt() -> Arc<AtomicBool> {
     stop
 }
 
+/// `custos export` and its subcommands.
+pub fn command(
+    command: Option<ExportCommand>,
+    store: StoreArgs,
+    args: ExportArgs,
+) -> Result<(), Failure> {
+    match command {
+        None => export(&store, &args),
+        Some(ExportCommand::Revocations {
+            store,
+            snapshot,
+            now,
+        }) => revocations(&store, &snapshot, now),
+        Some(ExportCommand::Verify {
+            store,
+            folder,
+            public_key,
+        }) => verify(&store, &folder, public_key),
+    }
+}
+
+fn export(store: &StoreArgs, args: &ExportArgs) -> Result<(), Failure> {
+    let (Some(cutoff), Some(_)) = (&args.cutoff, &args.out) else {
+        return Err(Failure::invalid_input(anyhow::anyhow!(
+            "`custos export` needs --cutoff T and --out DIR"
+        )));
+    };
+    let cutoff = Timestamp::parse(cutoff)
+        .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--cutoff: {e}")))?;
+    let now = parse_now(args.now.clone())?;
+    let opened = store.open_existing()?;
+    let started = std::time::Instant::now();
+    let manifest = run(&opened, &store.data, args, cutoff, now).map_err(export_failure)?;
+    print(&format!(
+        "{} in {:.1} s\n",
+        describe(&manifest),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+fn revocations(store: &StoreArgs, snapshot: &str, now: Option<String>) -> Result<(), Failure> {
+    let now = parse_now(now)?;
+    let opened = store.open_existing()?;
+    let exports = Exports::new(&opened, &store.data, None);
+    let revocations = exports.revocations(snapshot, now).map_err(export_failure)?;
+    let mut out = String::new();
+    for (key, reason) in &revocations.revoked {
+        out.push_str(&format!(
+            "{{\"conversation_key\":\"{key}\",\"reason\":\"{}\"}}\n",
+            reason.as_str()
+        ));
+    }
+    print(&out)?;
+    eprintln!(
+        "{} of {} rows of {snapshot} revoked as of {now}",
+        revocations.revoked.len(),
+        revocations.rows
+    );
+    Ok(())
+}
+
+fn verify(store: &StoreArgs, folder: &Path, public_key: Option<String>) -> Result<(), Failure> {
+    let public_key = match public_key {
+        Some(key) => key,
+        None => {
+            let path = store.data.join(custos_store::ledger::PUBLIC_KEY_FILE);
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    Failure::invalid_input(anyhow::anyhow!(
+                        "{}: {e} (pass --public-key)",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_owned()
+        }
+    };
+    let verified = custos_export::verify(folder, &public_key)
+        .map_err(|e| Failure::operational(anyhow::anyhow!("export verification FAILED: {e}")))?;
+    print(&format!(
+        "{}: signature valid, {} file(s) and {} rows match the manifest\n",
+        verified.snapshot, verified.files, verified.rows
+    ))
+}
+
 /// Runs an export with a progress bar on stderr; returns the manifest. Ctrl-C or SIGTERM stops
 /// it cleanly ([`custos_export::ExportError::Stopped`]).
-pub fn run(
+fn run(
     store: &Store,
     data: &Path,
     args: &ExportArgs,
@@ -162,7 +250,7 @@ pub fn run(
 }
 
 /// One line saying what an export holds.
-pub fn describe(manifest: &Value) -> String {
+fn describe(manifest: &Value) -> String {
     let conversations = &manifest["conversations"];
     let excluded: Vec<String> = conversations["excluded"]
         .as_object()

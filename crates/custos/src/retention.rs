@@ -1,10 +1,100 @@
-//! `custos sweep` and `custos retention check`, with progress bars and reports.
+//! `custos sweep`, `custos retention check` and `custos dsr export`: retention and the
+//! data-subject rights from the command line, with progress bars and reports.
 
+use clap::{Args, Subcommand};
 use custos_core::{SweepReport, Timestamp};
-use custos_store::{RetentionCheck, Store, StoreError};
+use custos_store::{RetentionCheck, SWEEP_BATCH, Store, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use custos_store::SWEEP_BATCH;
+use crate::cli::{Failure, StoreArgs, parse_now, print, store_failure};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Sweep as of this time (RFC 3339) [default: the wall clock].
+    #[arg(long)]
+    now: Option<String>,
+    /// Conversations per transaction: larger is faster, smaller keeps writers waiting less.
+    #[arg(long, default_value_t = SWEEP_BATCH)]
+    batch: usize,
+}
+
+#[derive(Subcommand)]
+pub enum RetentionCommand {
+    /// Recompute every stored expiry with the core; exit 1 listing any difference.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DsrCommand {
+    /// Print everything held about an account as one JSON document (R14 access, portability).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// As of this time (RFC 3339) [default: the wall clock].
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+pub fn sweep_command(args: SweepArgs) -> Result<(), Failure> {
+    let now = parse_now(args.now)?;
+    let opened = args.store.open_existing()?;
+    let started = std::time::Instant::now();
+    let report = sweep(&opened, now, args.batch.max(1)).map_err(store_failure)?;
+    print(&format!(
+        "{} in {:.1} s\n",
+        describe(now, &report),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+pub fn retention_command(command: RetentionCommand) -> Result<(), Failure> {
+    let RetentionCommand::Check { store } = command;
+    let opened = store.open_existing()?;
+    let check = check(&opened).map_err(store_failure)?;
+    for (id, stored, recomputed) in &check.differences {
+        print(&format!(
+            "{id}: stored {stored}, the core says {recomputed}\n"
+        ))?;
+    }
+    print(&format!(
+        "checked the stored expiry of {} conversations: {} differ\n",
+        check.checked, check.different
+    ))?;
+    if check.different == 0 {
+        Ok(())
+    } else {
+        Err(Failure::operational(anyhow::anyhow!(
+            "{} stored expiries differ from the core's",
+            check.different
+        )))
+    }
+}
+
+pub fn dsr_command(command: DsrCommand) -> Result<(), Failure> {
+    let DsrCommand::Export {
+        store,
+        account,
+        now,
+    } = command;
+    let now = parse_now(now)?;
+    let account = custos_core::AccountId::parse(&account)
+        .map_err(|e| Failure::invalid_input(anyhow::anyhow!("--account: {e}")))?;
+    let document = store
+        .open_existing()?
+        .access_document(&account, now)
+        .map_err(store_failure)?;
+    let text = serde_json::to_string_pretty(&document).map_err(Failure::operational)?;
+    print(&format!("{text}\n"))
+}
 
 /// One line saying what a sweep did.
 pub fn describe(at: Timestamp, report: &SweepReport) -> String {

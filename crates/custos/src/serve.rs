@@ -1,4 +1,4 @@
-//! `custos serve` and `custos token create`: configuration and start-up around custos-http.
+//! `custos serve` and `custos token`: configuration, the log, and start-up around custos-http.
 //!
 //! Settings come from a TOML file (`--config`), then `CUSTOS_*` environment variables, then
 //! flags; each later source overrides the earlier.
@@ -13,6 +13,8 @@ use custos_http::{AppState, Clock, Role};
 use custos_store::{Location, Store};
 use serde::Deserialize;
 
+use crate::cli::{Failure, StoreArgs, print};
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The data folder [default: custos-data].
@@ -24,7 +26,8 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]. Loopback unless you say otherwise.
     #[arg(long, env = "CUSTOS_LISTEN")]
     listen: Option<String>,
-    /// A TOML file with any of: data, database, listen, sweep_every, export_root.
+    /// A TOML file with any of: data, database, listen, sweep_every, export_root, log_format,
+    /// log_level.
     #[arg(long, env = "CUSTOS_CONFIG")]
     config: Option<PathBuf>,
     /// `manual` makes the clock settable through `PUT /v1/admin/clock` (tests only).
@@ -44,6 +47,57 @@ pub struct ServeArgs {
     /// folder), and print a token for each role.
     #[arg(long)]
     demo: bool,
+    /// How the log on stderr is written: `human` (one readable line an event) or `json` (one
+    /// JSON object a line) [default: human].
+    #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// The least severe events logged: `error`, `warn`, `info` or `debug` (every request)
+    /// [default: info].
+    #[arg(long, env = "CUSTOS_LOG_LEVEL", value_enum)]
+    log_level: Option<LogLevel>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// Sends the service's log to stderr. Every event inside a request carries the request's id;
+/// no event carries a token, a body or a path (paths hold ids): requests are named by their
+/// route template.
+fn start_logging(format: LogFormat, level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    // A second call (tests run several servers in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,6 +114,8 @@ struct ConfigFile {
     listen: Option<String>,
     sweep_every: Option<String>,
     export_root: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    log_level: Option<LogLevel>,
 }
 
 /// `30s`, `15m`, `1h`, `1d`, or `off` (no scheduled sweeps).
@@ -99,6 +155,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(read_config)
         .transpose()?
         .unwrap_or_default();
+    start_logging(
+        args.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Human),
+        args.log_level.or(file.log_level).unwrap_or(LogLevel::Info),
+    );
     let data = match (args.data.or(file.data), args.demo) {
         (Some(data), _) => data,
         (None, false) => PathBuf::from("custos-data"),
@@ -164,13 +226,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if demo {
             print_pages(bound);
         }
+        tracing::info!(address = %bound, accounts = state.gates.len(), "serving");
         custos_http::serve(state, listener, custos_http::shutdown_signal(), sweep_every).await?;
         Ok::<(), anyhow::Error>(())
     });
     drop(runtime);
     drop(keep);
     served?;
-    eprintln!("custos: stopped; every acknowledged write is committed");
+    tracing::info!("stopped; every acknowledged write is committed");
     Ok(())
 }
 
@@ -218,7 +281,7 @@ fn fill_demo(store: &Store, data: &Path, now: Timestamp) -> anyhow::Result<()> {
 #[derive(Args, Debug)]
 pub struct TokenArgs {
     #[command(flatten)]
-    store: crate::StoreArgs,
+    store: StoreArgs,
     /// service, user, trainer, auditor or admin.
     #[arg(long)]
     role: String,
@@ -230,7 +293,43 @@ pub struct TokenArgs {
     ttl: Option<String>,
 }
 
-pub fn create_token(args: TokenArgs) -> anyhow::Result<String> {
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it on one line; only its hash is stored.
+    Create(TokenArgs),
+    /// Revoke a token; a running server stops accepting it within 5 seconds.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The token to revoke.
+        token: String,
+    },
+}
+
+pub fn token(command: TokenCommand) -> Result<(), Failure> {
+    match command {
+        TokenCommand::Create(args) => {
+            let token = create_token(args).map_err(Failure::invalid_input)?;
+            print(&format!("{token}\n"))
+        }
+        TokenCommand::Revoke { store, token } => {
+            let opened = store.open_existing()?;
+            let now = custos_http::system_now();
+            if opened
+                .revoke_token(&token, now)
+                .map_err(Failure::operational)?
+            {
+                print("revoked\n")
+            } else {
+                Err(Failure::invalid_input(anyhow::anyhow!(
+                    "no such active token"
+                )))
+            }
+        }
+    }
+}
+
+fn create_token(args: TokenArgs) -> anyhow::Result<String> {
     let role = Role::parse(&args.role).ok_or_else(|| {
         anyhow::anyhow!(
             "--role `{}` is not one of service, user, trainer, auditor, admin",

@@ -12,7 +12,29 @@ use custos_core::{AccountId, Channel, Command, ConversationId, Role, Surface};
 use custos_http::system_now as now;
 use custos_store::{Store, StoreError};
 
-pub fn run(store: &Store, log: &Path, writes: Option<u64>) -> Result<(), StoreError> {
+use crate::cli::{Failure, StoreArgs, store_failure};
+
+#[derive(clap::Subcommand)]
+pub enum InternalCommand {
+    /// Write choices and messages as fast as possible, logging each one once it is committed.
+    WriteLoad {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Append one line per acknowledged write here.
+        #[arg(long)]
+        log: std::path::PathBuf,
+        /// Stop after this many writes (default: never).
+        #[arg(long)]
+        writes: Option<u64>,
+    },
+}
+
+pub fn command(command: InternalCommand) -> Result<(), Failure> {
+    let InternalCommand::WriteLoad { store, log, writes } = command;
+    run(&store.open()?, &log, writes).map_err(store_failure)
+}
+
+fn run(store: &Store, log: &Path, writes: Option<u64>) -> Result<(), StoreError> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

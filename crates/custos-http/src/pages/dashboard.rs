@@ -8,9 +8,8 @@
 //! [`FRESH_FOR`] (or at once, with the page's Refresh button). The ledger's verification reads
 //! every chain and runs on its own schedule, [`VERIFY_EVERY`].
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Form;
@@ -18,18 +17,20 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use custos_core::Timestamp;
-use custos_store::{ConsentOverTime, VerifyReport};
+use custos_core::RetentionClass;
+use custos_store::{ConsentOverTime, HoldRecord, RetentionReport};
 use maud::{Markup, PreEscaped, html};
 use serde_json::Value;
 
+use super::error::PageError;
+use super::layout::{date, date_time, download, in_words, page, see_other};
 use super::person::CsrfForm;
-use super::{PageError, Session, date, date_time, download, page, see_other, signed_in};
-use crate::AppState;
+use super::session::{Session, signed_in};
 use crate::access::Role;
 use crate::charts::{Series, stacked_bars, thousands};
-use crate::exports::{on_exports, refusal};
-use crate::routes::blocking;
+use crate::figures::{Figures, Verification};
+use crate::jobs::SweepRecord;
+use crate::state::AppState;
 
 /// Figures younger than this are shown as they are; older ones are shown while new ones are
 /// computed.
@@ -38,69 +39,11 @@ const FRESH_FOR: Duration = Duration::from_secs(60);
 const VERIFY_EVERY: Duration = Duration::from_secs(600);
 /// How many weeks the series go back.
 const WEEKS: usize = 12;
-/// How many sweeps of this server the dashboard lists.
-const SWEEPS_KEPT: usize = 20;
 
 const ALLOWED: &str = "#1d4ed8";
 const DECLINED: &str = "#b45309";
 const UNDECIDED: &str = "#6b7280";
 const CHANNEL_COLOURS: [&str; 3] = ["#1d4ed8", "#7e22ce", "#0f766e"];
-
-/// One sweep this server ran, for the dashboard's list.
-#[derive(Debug, Clone)]
-pub struct SweepRecord {
-    pub at: Timestamp,
-    /// `scheduled`, or the actor who asked for it.
-    pub by: String,
-    pub purged: usize,
-    pub held_back: usize,
-    pub took: Duration,
-}
-
-#[derive(Debug)]
-struct Figures {
-    as_of: Timestamp,
-    /// When counting began, and when it ended.
-    started: Instant,
-    computed: Instant,
-    over_time: ConsentOverTime,
-    consent: Value,
-    retention: Value,
-}
-
-#[derive(Debug)]
-struct Verification {
-    as_of: Timestamp,
-    finished: Instant,
-    took: Duration,
-    outcome: Result<VerifyReport, String>,
-}
-
-/// The dashboard's figures, kept between requests.
-#[derive(Debug, Default)]
-pub struct DashboardCache {
-    figures: Mutex<Option<Arc<Figures>>>,
-    verification: Mutex<Option<Arc<Verification>>>,
-    /// One computation of the figures at a time.
-    refreshing: tokio::sync::Mutex<()>,
-    verifying: AtomicBool,
-    sweeps: Mutex<VecDeque<SweepRecord>>,
-}
-
-impl DashboardCache {
-    pub fn record_sweep(&self, sweep: SweepRecord) {
-        if let Ok(mut sweeps) = self.sweeps.lock() {
-            if sweeps.len() == SWEEPS_KEPT {
-                sweeps.pop_back();
-            }
-            sweeps.push_front(sweep);
-        }
-    }
-
-    fn current(&self) -> Option<Arc<Figures>> {
-        self.figures.lock().ok().and_then(|f| f.clone())
-    }
-}
 
 /// Computes the figures, one computation at a time, and starts a verification of the ledger if
 /// the last is old. Figures whose counting began after `newer_than` (any, with `None`) are
@@ -119,14 +62,15 @@ async fn refresh_figures(
     }
     let as_of = state.now();
     let started = Instant::now();
-    let (over_time, consent, retention) = blocking(state, move |store| {
-        Ok((
-            store.consent_over_time(as_of, WEEKS)?,
-            store.consent_report(as_of)?,
-            store.retention_report(as_of)?,
-        ))
-    })
-    .await?;
+    let (over_time, consent, retention) = state
+        .blocking(move |store| {
+            Ok((
+                store.consent_over_time(as_of, WEEKS)?,
+                store.consent_report(as_of)?,
+                store.retention_report(as_of)?,
+            ))
+        })
+        .await?;
     let figures = Arc::new(Figures {
         as_of,
         started,
@@ -135,9 +79,7 @@ async fn refresh_figures(
         consent,
         retention,
     });
-    if let Ok(mut slot) = state.dashboard.figures.lock() {
-        *slot = Some(Arc::clone(&figures));
-    }
+    state.dashboard.keep(Arc::clone(&figures));
     verify_if_due(state);
     Ok(figures)
 }
@@ -150,17 +92,17 @@ pub fn refresh_in_background(state: &Arc<AppState>) {
         if state.dashboard.refreshing.try_lock().is_ok() {
             let stale = Some(Instant::now());
             if let Err(PageError::Shown { message, .. }) = refresh_figures(&state, stale).await {
-                eprintln!("custos: the dashboard's figures could not be computed: {message}");
+                tracing::error!(%message, "the dashboard's figures could not be computed");
             }
         }
     });
 }
 
 fn verify_if_due(state: &Arc<AppState>) {
-    let due = state.dashboard.verification.lock().ok().is_some_and(|v| {
-        v.as_ref()
-            .is_none_or(|v| v.finished.elapsed() >= VERIFY_EVERY)
-    });
+    let due = state
+        .dashboard
+        .verification()
+        .is_none_or(|v| v.finished.elapsed() >= VERIFY_EVERY);
     if due {
         verify_in_background(state);
     }
@@ -174,7 +116,8 @@ fn verify_in_background(state: &Arc<AppState>) {
     tokio::spawn(async move {
         let as_of = state.now();
         let started = Instant::now();
-        let outcome = blocking(&state, |store| store.verify_ledger())
+        let outcome = state
+            .blocking(|store| store.verify_ledger())
             .await
             .map_err(|problem| problem.detail);
         let verification = Arc::new(Verification {
@@ -183,9 +126,7 @@ fn verify_in_background(state: &Arc<AppState>) {
             took: started.elapsed(),
             outcome,
         });
-        if let Ok(mut slot) = state.dashboard.verification.lock() {
-            *slot = Some(verification);
-        }
+        state.dashboard.keep_verification(verification);
         state.dashboard.verifying.store(false, Ordering::Release);
     });
 }
@@ -253,30 +194,18 @@ pub async fn dashboard(
     let session = signed_in(&state, &headers).await?;
     operator(&session)?;
     let Some(figures) = figures(&state).await else {
-        let mut response = page("Dashboard", Some(&session), counting(&session));
+        let mut response = page("Dashboard", Some(&session.visitor()), counting(&session));
         response.headers_mut().insert(
             axum::http::header::REFRESH,
             axum::http::HeaderValue::from_static("5"),
         );
         return Ok(response);
     };
-    let verification = state
-        .dashboard
-        .verification
-        .lock()
-        .ok()
-        .and_then(|v| v.clone());
-    let sweeps: Vec<SweepRecord> = state
-        .dashboard
-        .sweeps
-        .lock()
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default();
-    let exports = on_exports(&state, |exports| exports.finished())
-        .await?
-        .map_err(|e| refusal(&state, e))?;
+    let verification = state.dashboard.verification();
+    let sweeps = state.sweeps.recent();
+    let exports = state.on_exports(|exports| exports.finished()).await?;
     let holds = if session.caller.role == Role::Admin {
-        Some(blocking(&state, |store| store.holds()).await?)
+        Some(state.blocking(|store| store.holds()).await?)
     } else {
         None
     };
@@ -288,18 +217,19 @@ pub async fn dashboard(
             input type="hidden" name="csrf" value=(session.csrf());
             button.link type="submit" { "Count again now" }
         }
-        (deadline_section(&state, &figures))
+        (deadline_section(&figures))
         (choices_section(&figures))
-        (retention_section(&figures))
+        (retention_section(&state, &figures.retention))
         (sweeps_section(&sweeps, &figures.retention))
         (exports_section(&exports))
         (holds_section(&figures.retention, holds.as_deref()))
         (ledger_section(verification.as_deref()))
     };
-    Ok(page("Dashboard", Some(&session), content))
+    Ok(page("Dashboard", Some(&session.visitor()), content))
 }
 
-/// The value at `path` (`a/b`) of a figure, or null: figures are read, never trusted to be whole.
+/// The value at `path` (`a/b`) of a manifest, or null: a manifest is read from its file, never
+/// trusted to be whole.
 fn field<'a>(value: &'a Value, path: &str) -> &'a Value {
     value.pointer(&format!("/{path}")).unwrap_or(&Value::Null)
 }
@@ -320,14 +250,13 @@ fn figure(label: &str, value: String) -> Markup {
     html! { div.figure { span.value { (value) } span { (label) } } }
 }
 
-fn deadline_section(state: &AppState, figures: &Figures) -> Markup {
-    let policy = state.store.policy();
-    let deadline = field(&figures.consent, "deadline");
-    let undecided = field(deadline, "undecided_consumer_accounts")
-        .as_u64()
-        .unwrap_or(0);
-    let passed = field(deadline, "passed").as_bool().unwrap_or(false);
-    let days_left = field(deadline, "days_left").as_u64().unwrap_or(0);
+fn deadline_section(figures: &Figures) -> Markup {
+    let deadline = &figures.consent.deadline;
+    let (undecided, passed, days_left) = (
+        deadline.undecided_consumer_accounts,
+        deadline.passed,
+        deadline.days_left,
+    );
     let consumer_total: u64 = figures
         .over_time
         .by_plan
@@ -354,12 +283,12 @@ fn deadline_section(state: &AppState, figures: &Figures) -> Markup {
                 (figure("consumer accounts in all", thousands(consumer_total)))
                 (figure(
                     if passed { "the deadline has passed: undecided users are blocked until they choose" } else { "days left to choose" },
-                    if passed { date(policy.choose_by) } else { days_left.to_string() },
+                    if passed { date(deadline.choose_by) } else { days_left.to_string() },
                 ))
             }
-            p.explain { "Deadline " (date_time(policy.choose_by)) ", notice " code { (policy.id) } "." }
+            p.explain { "Deadline " (date_time(deadline.choose_by)) ", notice " code { (deadline.notice) } "." }
             (chart(stacked_bars(
-                &format!("Undecided consumer accounts at each week's end (deadline {})", date(policy.choose_by)),
+                &format!("Undecided consumer accounts at each week's end (deadline {})", date(deadline.choose_by)),
                 &labels,
                 &[Series { name: "undecided".into(), color: UNDECIDED, values: undecided_by_week }],
             )))
@@ -443,44 +372,40 @@ fn share_table(over_time: &ConsentOverTime) -> Markup {
     }
 }
 
-fn retention_section(figures: &Figures) -> Markup {
-    let retention = &figures.retention;
-    let classes = field(retention, "conversations_by_class").as_object();
+fn retention_section(state: &AppState, retention: &RetentionReport) -> Markup {
     let class = |name: &str| {
-        classes
-            .and_then(|c| c.get(name))
-            .and_then(Value::as_u64)
+        retention
+            .conversations_by_class
+            .get(name)
+            .copied()
             .unwrap_or(0)
     };
-    let weeks: Vec<(String, u64)> = field(retention, "due_by_week")
-        .as_array()
-        .map(|weeks| {
-            weeks
-                .iter()
-                .map(|w| {
-                    let starts = field(w, "week_starting").as_str().unwrap_or_default();
-                    (
-                        starts.get(5..10).unwrap_or_default().to_owned(),
-                        field(w, "due").as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
+    let (labels, due): (Vec<String>, Vec<u64>) = retention
+        .due_by_week
+        .iter()
+        .map(|week| {
+            let starts = date(week.week_starting);
+            (starts.get(5..).unwrap_or_default().to_owned(), week.due)
         })
-        .unwrap_or_default();
-    let (labels, due): (Vec<String>, Vec<u64>) = weeks.into_iter().unzip();
+        .unzip();
+    let kept = &state.store.policy().retention;
+    let (extended, standard) = (
+        RetentionClass::Extended.as_str(),
+        RetentionClass::Standard.as_str(),
+    );
     html! {
         section aria-labelledby="retention" {
             h2 #retention { "Retention" }
             div.figures {
-                (figure("conversations kept 5 years (extended)", thousands(class("extended"))))
-                (figure("conversations kept 30 days (standard)", thousands(class("standard"))))
-                (figure("due now, waiting for the next sweep", thousands(field(retention, "due_now").as_u64().unwrap_or(0))))
+                (figure(&format!("conversations kept {} ({extended})", in_words(kept.extended)), thousands(class(extended))))
+                (figure(&format!("conversations kept {} ({standard})", in_words(kept.standard)), thousands(class(standard))))
+                (figure("due now, waiting for the next sweep", thousands(retention.due_now)))
             }
             div.charts {
                 (chart(stacked_bars(
                     "Conversations per retention class",
-                    &["extended".to_owned(), "standard".to_owned()],
-                    &[Series { name: "conversations".into(), color: ALLOWED, values: vec![class("extended"), class("standard")] }],
+                    &[extended.to_owned(), standard.to_owned()],
+                    &[Series { name: "conversations".into(), color: ALLOWED, values: vec![class(extended), class(standard)] }],
                 )))
                 (chart(stacked_bars(
                     "Purges due per week (week starting)",
@@ -492,11 +417,8 @@ fn retention_section(figures: &Figures) -> Markup {
     }
 }
 
-fn sweeps_section(sweeps: &[SweepRecord], retention: &Value) -> Markup {
-    let purged_by_day: Vec<&Value> = field(retention, "purged_by_day")
-        .as_array()
-        .map(|days| days.iter().rev().take(14).collect())
-        .unwrap_or_default();
+fn sweeps_section(sweeps: &[SweepRecord], retention: &RetentionReport) -> Markup {
+    let purged_by_day: Vec<_> = retention.purged_by_day.iter().rev().take(14).collect();
     html! {
         section aria-labelledby="sweeps" {
             h2 #sweeps { "Sweeps" }
@@ -519,9 +441,9 @@ fn sweeps_section(sweeps: &[SweepRecord], retention: &Value) -> Markup {
                 div.table-wrap { table {
                     thead { tr { th scope="col" { "Day" } th scope="col" { "Reason" } th.num scope="col" { "Purged" } } }
                     tbody { @for day in purged_by_day { tr {
-                        td { (field(day, "day").as_str().unwrap_or_default()) }
-                        td { (field(day, "reason").as_str().unwrap_or_default()) }
-                        td.num { (thousands(field(day, "purged").as_u64().unwrap_or(0))) }
+                        td { (day.day) }
+                        td { (day.reason) }
+                        td.num { (thousands(day.purged)) }
                     } } }
                 } }
             }
@@ -560,15 +482,15 @@ fn exports_section(exports: &[Value]) -> Markup {
     }
 }
 
-fn holds_section(retention: &Value, holds: Option<&[custos_store::HoldRecord]>) -> Markup {
-    let counts = field(retention, "holds");
+fn holds_section(retention: &RetentionReport, holds: Option<&[HoldRecord]>) -> Markup {
+    let counts = retention.holds;
     html! {
         section aria-labelledby="holds" {
             h2 #holds { "Legal holds" }
             div.figures {
-                (figure("active on accounts", thousands(field(counts, "active_on_accounts").as_u64().unwrap_or(0))))
-                (figure("active on conversations", thousands(field(counts, "active_on_conversations").as_u64().unwrap_or(0))))
-                (figure("released", thousands(field(counts, "released").as_u64().unwrap_or(0))))
+                (figure("active on accounts", thousands(counts.active_on_accounts)))
+                (figure("active on conversations", thousands(counts.active_on_conversations)))
+                (figure("released", thousands(counts.released)))
             }
             @if let Some(holds) = holds {
                 @let active: Vec<_> = holds.iter().filter(|h| h.released_at.is_none()).collect();
@@ -642,9 +564,9 @@ pub async fn manifest(
     let session = signed_in(&state, &headers).await?;
     operator(&session)?;
     let wanted = id.clone();
-    let manifest = on_exports(&state, move |exports| exports.manifest_of(&wanted))
-        .await?
-        .map_err(|e| refusal(&state, e))?;
+    let manifest = state
+        .on_exports(move |exports| exports.manifest_of(&wanted))
+        .await?;
     Ok(download(&format!("manifest-{id}.json"), &manifest))
 }
 

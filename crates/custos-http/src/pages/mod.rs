@@ -1,35 +1,30 @@
-//! The pages people see, rendered on the server (issue 7): sign-in and signup, the notice,
-//! privacy settings, and the operator dashboard. Templates are `maud` macros and the one
-//! stylesheet is `include_str!`d, so everything is in the binary: no build step, no CDN, no
-//! script.
+//! The pages people see, rendered on the server: sign-in and signup, the notice, privacy
+//! settings, and the operator dashboard. Templates are `maud` macros and the one stylesheet is
+//! `include_str!`d, so everything is in the binary: no build step, no CDN, no script.
 //!
-//! A page is an adapter like a route: it authenticates (the token kept in an HttpOnly,
-//! SameSite=Strict cookie), checks the role, and records or reads through the same helpers as
-//! the API, so every answer is the core's.
+//! A page is an adapter like a route: it authenticates (the session cookie), checks the role,
+//! and records or reads through the same actions as the API, so every answer is the core's.
+//! They are not API routes, so the OpenAPI document does not list them.
 
 mod dashboard;
+mod error;
+mod layout;
 mod person;
+mod session;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use maud::{DOCTYPE, Markup, html};
 
-use crate::AppState;
-use crate::access::{Caller, Role};
-use crate::problem::Problem;
-use crate::routes::authenticate;
+pub use dashboard::refresh_in_background as refresh_dashboard_in_background;
+use error::PageError;
+use layout::see_other;
+use session::session;
 
-pub use dashboard::{
-    DashboardCache, SweepRecord, refresh_in_background as refresh_dashboard_in_background,
-};
-
-/// The cookie that keeps a signed-in person's token. HttpOnly: no script can read it;
-/// SameSite=Strict: no other site's page can send it.
-const SESSION_COOKIE: &str = "custos_session";
+use crate::state::AppState;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -94,72 +89,6 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-/// A signed-in person or operator: the token (to check forms against) and who it speaks for.
-pub(crate) struct Session {
-    token: String,
-    caller: Caller,
-}
-
-impl Session {
-    /// The form field that proves a form came from one of our own pages: derived from the
-    /// session's token, which no other site can read.
-    fn csrf(&self) -> String {
-        let hash = custos_store::token_hash(&format!("custos-pages-form:{}", self.token));
-        custos_core::policy::hex(hash.get(..16).unwrap_or_default())
-    }
-
-    fn check_form(&self, sent: &str) -> Result<(), PageError> {
-        if sent == self.csrf() {
-            Ok(())
-        } else {
-            Err(PageError::new(
-                StatusCode::FORBIDDEN,
-                "This form is out of date. Go back, reload the page and try again.",
-            ))
-        }
-    }
-}
-
-fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
-        .filter(|value| !value.is_empty())
-}
-
-/// The session of a request, if its cookie holds a token that is still valid.
-async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, PageError> {
-    let Some(token) = session_token(headers) else {
-        return Ok(None);
-    };
-    match authenticate(state, token.clone()).await {
-        Ok(caller) => Ok(Some(Session { token, caller })),
-        Err(problem) if problem.status == StatusCode::UNAUTHORIZED => Ok(None),
-        Err(problem) => Err(problem.into()),
-    }
-}
-
-/// The session of a request, or a way to the sign-in page.
-async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Session, PageError> {
-    session(state, headers)
-        .await?
-        .ok_or_else(|| PageError::Redirect("/signin".into()))
-}
-
-/// Where a signed-in caller starts.
-fn start_page(caller: &Caller) -> &'static str {
-    match caller.role {
-        Role::User => "/privacy",
-        Role::Admin | Role::Auditor => "/dashboard",
-        Role::Service | Role::Trainer => "/signin?role=other",
-    }
-}
-
 async fn home(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     headers: HeaderMap,
@@ -168,161 +97,6 @@ async fn home(
         Some(session) => see_other(&person::first_page(&state, &session.caller).await?),
         None => see_other("/signin"),
     })
-}
-
-/// After a form: 303, so that reloading the next page does not send the form again.
-fn see_other(to: &str) -> Response {
-    Redirect::to(to).into_response()
-}
-
-/// A cookie header that keeps `token` for this site only.
-fn session_cookie(token: &str) -> String {
-    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000")
-}
-
-fn cleared_cookie() -> &'static str {
-    "custos_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
-}
-
-/// The frame of every page: a skip link, the header with what this caller may open, the
-/// content, and the promise that nothing is sold or shared.
-fn layout(title: &str, session: Option<&Session>, content: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · custos" }
-                link rel="stylesheet" href="/assets/custos.css";
-            }
-            body {
-                a.skip href="#main" { "Skip to content" }
-                header.top {
-                    a.brand href="/" { "custos" }
-                    nav aria-label="Main" {
-                        @match session.map(|s| s.caller.role) {
-                            Some(Role::User) => {
-                                a href="/privacy" { "Privacy settings" }
-                                a href="/notice" { "Training notice" }
-                            }
-                            Some(Role::Admin | Role::Auditor) => {
-                                a href="/dashboard" { "Dashboard" }
-                            }
-                            _ => {}
-                        }
-                        @if let Some(session) = session {
-                            form method="post" action="/signout" {
-                                input type="hidden" name="csrf" value=(session.csrf());
-                                button.link type="submit" { "Sign out" }
-                            }
-                        } @else {
-                            a href="/signin" { "Sign in" }
-                            a href="/signup" { "Sign up" }
-                        }
-                    }
-                }
-                main #main tabindex="-1" { (content) }
-                footer.bottom {
-                    "Your data is never sold or disclosed to third parties. "
-                    "Training data is stripped of names, ids, secrets and contact details first."
-                }
-            }
-        }
-    }
-}
-
-fn page(title: &str, session: Option<&Session>, content: Markup) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        layout(title, session, content).into_string(),
-    )
-        .into_response()
-}
-
-/// What a page answers when something is wrong: a page that says what, with its status, or a
-/// way to the sign-in page.
-pub(crate) enum PageError {
-    Redirect(String),
-    Shown { status: StatusCode, message: String },
-}
-
-impl PageError {
-    fn new(status: StatusCode, message: impl Into<String>) -> PageError {
-        PageError::Shown {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn forbidden(message: &str) -> PageError {
-        PageError::new(StatusCode::FORBIDDEN, message)
-    }
-}
-
-impl From<Problem> for PageError {
-    fn from(problem: Problem) -> PageError {
-        PageError::new(problem.status, problem.detail)
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        match self {
-            PageError::Redirect(to) => see_other(&to),
-            PageError::Shown { status, message } => {
-                let content = html! {
-                    h1 { "Something went wrong" }
-                    p.banner.error role="alert" { (message) }
-                    p { a href="/" { "Back to the start" } }
-                };
-                let mut response = page("Error", None, content);
-                *response.status_mut() = status;
-                response
-            }
-        }
-    }
-}
-
-/// A file to download, e.g. a receipt or the person's data.
-fn download(file_name: &str, value: &serde_json::Value) -> Response {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    (
-        [
-            (header::CONTENT_TYPE, "application/json".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file_name}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-/// `2031-11-28`, from a timestamp.
-fn date(at: custos_core::Timestamp) -> String {
-    at.to_string().get(..10).unwrap_or_default().to_owned()
-}
-
-/// `2031-11-28 14:03 UTC`, from a timestamp.
-fn date_time(at: custos_core::Timestamp) -> String {
-    let text = at.to_string();
-    format!(
-        "{} {} UTC",
-        text.get(..10).unwrap_or_default(),
-        text.get(11..16).unwrap_or_default()
-    )
-}
-
-/// A policy duration in words: `5 years`, `30 days`.
-fn in_words(duration: custos_core::Duration) -> String {
-    match duration {
-        custos_core::Duration::Days(1) => "1 day".into(),
-        custos_core::Duration::Days(n) => format!("{n} days"),
-        custos_core::Duration::Years(1) => "1 year".into(),
-        custos_core::Duration::Years(n) => format!("{n} years"),
-    }
 }
 
 #[cfg(test)]

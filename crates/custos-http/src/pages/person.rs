@@ -6,43 +6,27 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use custos_core::{
-    AccountId, Channel, Command, EligibilityReason, GateDecision, Policy, Preference, Timestamp,
+    AccountId, Channel, EligibilityReason, GateDecision, GateReason, Policy, Preference,
 };
 use custos_store::{AccountView, ConversationSummary, Entry, EntryKind};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{
-    PageError, Session, cleared_cookie, date, date_time, download, in_words, page, see_other,
-    session, session_cookie, signed_in, start_page,
-};
-use crate::AppState;
-use crate::access::Role;
-use crate::retention::erase_account_as;
-use crate::routes::{
-    account_id, authenticate, blocking, conversation_id, delete_conversation_as, gate_from_memory,
-    record_choice, record_notice_shown,
-};
+use super::error::PageError;
+use super::layout::{date, date_time, download, in_words, page, see_other};
+use super::session::{Session, end_session, form, keep_session, session, signed_in, start_page};
+use crate::access::{Caller, Role};
+use crate::actions;
+use crate::extract::{account_id, conversation_id};
+use crate::state::AppState;
 
 type Shared = State<Arc<AppState>>;
 
 /// How long a token made at signup lasts.
-const SIGNUP_TOKEN_DAYS: i64 = 30;
-
-fn form<T>(sent: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
-    sent.map(|Form(value)| value).map_err(|rejection| {
-        PageError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "The form was not filled in as expected: {}",
-                rejection.body_text()
-            ),
-        )
-    })
-}
+const SIGNUP_TOKEN_LASTS: custos_core::Duration = custos_core::Duration::Days(30);
 
 /// The account of a person's session; operators have none and are sent to their own page.
 fn own_account(session: &Session) -> Result<AccountId, PageError> {
@@ -109,7 +93,7 @@ pub async fn signin(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
     let caller = if well_formed {
-        authenticate(&state, token.clone()).await.ok()
+        state.authenticate(token.clone()).await.ok()
     } else {
         None
     };
@@ -120,29 +104,20 @@ pub async fn signin(
         ));
     };
     let mut response = see_other(&first_page(&state, &caller).await?);
-    set_cookie(&mut response, &session_cookie(&token));
+    keep_session(&mut response, &token);
     Ok(response)
 }
 
 /// Where a caller goes once signed in: a person whom the gate would prompt or block sees the
 /// notice first; otherwise the caller's own start page. The gate is asked of memory, as the
 /// API's gate route asks it.
-pub async fn first_page(
-    state: &Arc<AppState>,
-    caller: &crate::access::Caller,
-) -> Result<String, PageError> {
+pub async fn first_page(state: &Arc<AppState>, caller: &Caller) -> Result<String, PageError> {
     if let (Role::User, Some(account)) = (caller.role, &caller.account) {
-        if gate_from_memory(state, account).await?.decision != GateDecision::Allow {
+        if actions::gate_from_memory(state, account).await?.decision != GateDecision::Allow {
             return Ok("/notice".to_owned());
         }
     }
     Ok(start_page(caller).to_owned())
-}
-
-fn set_cookie(response: &mut Response, cookie: &str) {
-    if let Ok(value) = header::HeaderValue::from_str(cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,7 +134,7 @@ pub async fn signout(
         session.check_form(&form(sent)?.csrf)?;
     }
     let mut response = see_other("/signin");
-    set_cookie(&mut response, cleared_cookie());
+    end_session(&mut response);
     Ok(response)
 }
 
@@ -301,22 +276,15 @@ pub async fn signup(
     // A business plan has no choice to make; an answer sent with one is not recorded.
     let choice = allowed.filter(|_| consumer).map(|a| (a, Channel::Signup));
     let id = new_account_id()?;
+    actions::create_account(&state, "signup".into(), id.clone(), plan, choice).await?;
     let at = state.now();
-    let command = Command::CreateAccount {
-        account: id.clone(),
-        plan,
-        choice,
-    };
-    let account = id.clone();
-    let expires = Timestamp::from_unix_millis(at.unix_millis() + SIGNUP_TOKEN_DAYS * 86_400_000);
-    let token = blocking(&state, move |store| {
-        store.apply(at, &command, "signup")?;
-        store.create_token("user", Some(&account), at, expires)
-    })
-    .await?;
-    state.refresh_gate_blocking(&id).await?;
+    // Saturating: a token's end is never lost to an overflow, which would read as "never".
+    let expires = Some(at.saturating_add(SIGNUP_TOKEN_LASTS));
+    let token = state
+        .blocking(move |store| store.create_token("user", Some(&id), at, expires))
+        .await?;
     let mut response = see_other("/privacy?done=welcome");
-    set_cookie(&mut response, &session_cookie(&token));
+    keep_session(&mut response, &token);
     Ok(response)
 }
 
@@ -334,7 +302,9 @@ fn new_account_id() -> Result<AccountId, PageError> {
 async fn view_of(state: &AppState, id: &AccountId) -> Result<AccountView, PageError> {
     let at = state.now();
     let id = id.clone();
-    Ok(blocking(state, move |store| store.account_view(&id, at)).await?)
+    Ok(state
+        .blocking(move |store| store.account_view(&id, at))
+        .await?)
 }
 
 pub async fn notice_page(State(state): Shared, headers: HeaderMap) -> Result<Response, PageError> {
@@ -347,7 +317,7 @@ pub async fn notice_page(State(state): Shared, headers: HeaderMap) -> Result<Res
         @match decision {
             GateDecision::Allow => {
                 h1 { "Training choice" }
-                @if view.gate.reason.as_str() == "not_applicable" {
+                @if view.gate.reason == GateReason::NotApplicable {
                     p { "Your plan (" (view.plan) ") is a business plan: nothing of yours is ever used for training, and there is nothing to choose." }
                 } @else {
                     p { "You have chosen: " strong { (preference_words(view.preference)) } "." }
@@ -386,7 +356,7 @@ pub async fn notice_page(State(state): Shared, headers: HeaderMap) -> Result<Res
             }
         }
     };
-    Ok(page("Training notice", Some(&session), content))
+    Ok(page("Training notice", Some(&session.visitor()), content))
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,18 +377,18 @@ pub async fn notice_answer(
     let done = match sent.answer.as_str() {
         "allow" | "decline" => {
             let allowed = sent.answer == "allow";
-            record_choice(&state, &session.caller, &id, allowed, Channel::Notice).await?;
+            actions::record_choice(&state, &session.caller, id, allowed, Channel::Notice).await?;
             if allowed { "allowed" } else { "declined" }
         }
         "later" => {
             // "Not now" exists only before the deadline.
-            if gate_from_memory(&state, &id).await?.decision != GateDecision::Prompt {
+            if actions::gate_from_memory(&state, &id).await?.decision != GateDecision::Prompt {
                 return Err(PageError::new(
                     StatusCode::CONFLICT,
                     "The deadline has passed: choose Allow or Don't allow to continue.",
                 ));
             }
-            record_notice_shown(&state, &session.caller, id).await?;
+            actions::record_notice_shown(&state, &session.caller, id).await?;
             "later"
         }
         _ => {
@@ -505,14 +475,15 @@ pub async fn privacy_page(
     let id = own_account(&session)?;
     let at = state.now();
     let account = id.clone();
-    let (view, entries, conversations) = blocking(&state, move |store| {
-        Ok((
-            store.account_view(&account, at)?,
-            store.ledger(&account)?,
-            store.visible_conversations(&account, at)?,
-        ))
-    })
-    .await?;
+    let (view, entries, conversations) = state
+        .blocking(move |store| {
+            Ok((
+                store.account_view(&account, at)?,
+                store.ledger(&account)?,
+                store.visible_conversations(&account, at)?,
+            ))
+        })
+        .await?;
     let policy = state.store.policy();
     let consumer = policy.is_consumer_plan_named(&view.plan);
     let content = html! {
@@ -609,7 +580,7 @@ pub async fn privacy_page(
             p { a href="/privacy/erase" { "Erase my account…" } }
         }
     };
-    Ok(page("Privacy settings", Some(&session), content))
+    Ok(page("Privacy settings", Some(&session.visitor()), content))
 }
 
 fn conversation_row(session: &Session, conversation: &ConversationSummary) -> Markup {
@@ -673,7 +644,7 @@ pub async fn change_choice(
             ));
         }
     };
-    record_choice(&state, &session.caller, &id, allowed, Channel::Settings).await?;
+    actions::record_choice(&state, &session.caller, id, allowed, Channel::Settings).await?;
     Ok(see_other(if allowed {
         "/privacy?done=allowed"
     } else {
@@ -689,7 +660,9 @@ pub async fn download_receipt(
     let session = signed_in(&state, &headers).await?;
     let id = own_account(&session)?;
     let wanted = receipt.clone();
-    let found = blocking(&state, move |store| store.receipt(&id, &wanted)).await?;
+    let found = state
+        .blocking(move |store| store.receipt(&id, &wanted))
+        .await?;
     let receipt_json = found.ok_or_else(|| {
         PageError::new(StatusCode::NOT_FOUND, "You have no receipt with that id.")
     })?;
@@ -711,7 +684,9 @@ pub async fn download_data(
     let session = signed_in(&state, &headers).await?;
     let id = own_account(&session)?;
     let at = state.now();
-    let document = blocking(&state, move |store| store.access_document(&id, at)).await?;
+    let document = state
+        .blocking(move |store| store.access_document(&id, at))
+        .await?;
     Ok(download("my-data.json", &document))
 }
 
@@ -725,7 +700,7 @@ pub async fn delete_conversation(
     session.check_form(&form(sent)?.csrf)?;
     own_account(&session)?;
     let id = conversation_id(&id)?;
-    delete_conversation_as(&state, &session.caller, id).await?;
+    actions::delete_conversation_as(&state, &session.caller, id).await?;
     Ok(see_other("/privacy?done=deleted#conversations"))
 }
 
@@ -759,7 +734,7 @@ pub async fn erase_page(State(state): Shared, headers: HeaderMap) -> Result<Resp
         }
         p.explain { "Data kept after a withdrawal is held at most " (in_words(policy.retention.withdrawal_cap)) "." }
     };
-    Ok(page("Erase my account", Some(&session), content))
+    Ok(page("Erase my account", Some(&session.visitor()), content))
 }
 
 #[derive(Debug, Deserialize)]
@@ -783,11 +758,13 @@ pub async fn erase(
             "Nothing was erased: tick the box to confirm, then press Erase my account.",
         ));
     }
-    erase_account_as(&state, &session.caller, &id).await?;
+    actions::erase_account_as(&state, &session.caller, id).await?;
     // The session ends with the account: its token can't be used again.
     let (token, at) = (session.token.clone(), state.now());
     let hash = custos_store::token_hash(&token);
-    blocking(&state, move |store| store.revoke_token(&token, at)).await?;
+    state
+        .blocking(move |store| store.revoke_token(&token, at))
+        .await?;
     state.tokens.forget(&hash);
     let content = html! {
         h1 { "Your account was erased" }
@@ -795,6 +772,6 @@ pub async fn erase(
         p { a href="/signup" { "Create a new account" } }
     };
     let mut response = page("Account erased", None, content);
-    set_cookie(&mut response, cleared_cookie());
+    end_session(&mut response);
     Ok(response)
 }

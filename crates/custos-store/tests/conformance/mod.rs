@@ -82,7 +82,9 @@ fn replay_against_the_model(open: Factory<'_>, sweep_batches: Option<usize>) {
                     let batch = 1 + usize::try_from(case).unwrap() % largest;
                     store.sweep(now, batch, &mut |_, _| {}).map(Some)
                 }
-                _ => store.apply(now, &command, "conformance"),
+                _ => store
+                    .apply(now, &command, "conformance")
+                    .map(|written| written.sweep),
             };
             let context = format!("case {case} step {index} at {now}: {command:?}");
             match (&expected, &got) {
@@ -533,12 +535,17 @@ pub fn the_expiry_index_follows_every_write(open: Factory<'_>) {
             "user:e",
         )
         .unwrap();
-    let report = store.apply(t1, &Command::Sweep, "admin").unwrap().unwrap();
+    let report = store
+        .apply(t1, &Command::Sweep, "admin")
+        .unwrap()
+        .sweep
+        .unwrap();
     assert_eq!(report.purged.get("account_erased"), Some(&1));
     let at_cap = ts("2025-11-01T00:00:00Z");
     let report = store
         .apply(at_cap, &Command::Sweep, "admin")
         .unwrap()
+        .sweep
         .unwrap();
     assert_eq!(report.purged.get("withdrawal_cap"), Some(&1), "{report:?}");
     assert_eq!(report.purged.get("deletion_grace"), Some(&1), "{report:?}");

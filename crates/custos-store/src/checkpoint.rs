@@ -1,0 +1,285 @@
+//! Signed checkpoints of every chain head, and the verification of every chain and checkpoint.
+
+use std::collections::BTreeMap;
+
+use custos_core::Timestamp;
+
+use crate::codec::{LEDGER_COLUMNS, entry_from_row, hash32, time};
+use crate::error::StoreError;
+use crate::ledger::{self, Entry, GENESIS, LedgerKey, checkpoint_message, heads_root};
+use crate::records::{END, history_from};
+use crate::sql::Tx;
+
+/// A signed checkpoint of every chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub id: i64,
+    pub at: Timestamp,
+    pub accounts: i64,
+    pub entries: i64,
+    pub root: [u8; 32],
+    /// Ed25519 over [`checkpoint_message`].
+    pub signature: Vec<u8>,
+}
+
+/// Records a checkpoint if any chain grew since the last one; returns the newest checkpoint.
+pub fn checkpoint(
+    tx: &mut dyn Tx,
+    key: &LedgerKey,
+    at: Timestamp,
+) -> Result<Option<Checkpoint>, StoreError> {
+    // Only the chains that grew since the last checkpoint are read (a partial index finds them),
+    // so sealing costs what changed, not what exists.
+    let rows = tx.query(
+        "SELECT account_id, ledger_len, ledger_head, checkpointed_len, erased_at FROM accounts \
+         WHERE ledger_len <> checkpointed_len ORDER BY account_id",
+        &[],
+    )?;
+    let mut changed = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
+    let (mut new_accounts, mut new_entries) = (0i64, 0i64);
+    for row in &rows {
+        let (account, length, head, sealed) =
+            (row.text(0)?, row.int(1)?, row.bytes(2)?, row.int(3)?);
+        new_accounts += i64::from(sealed == 0);
+        new_entries += length - sealed;
+        names.push(key.ledger_name(&account, row.optional_int(4)?.is_some()));
+        changed.push((account, length, head));
+    }
+    let last = latest_checkpoint(tx)?;
+    if changed.is_empty() {
+        return Ok(last);
+    }
+    let (id, previous_root, accounts, entries) = match &last {
+        Some(last) => (last.id + 1, last.root, last.accounts, last.entries),
+        None => (1, GENESIS, 0, 0),
+    };
+    // The root chains the previous checkpoint's root with the heads that changed since, so it
+    // commits to every chain head there is.
+    let root = heads_root(
+        &previous_root,
+        changed
+            .iter()
+            .zip(&names)
+            .map(|((_, l, h), name)| (name.as_str(), *l, h.as_slice())),
+    );
+    let (accounts, entries) = (accounts + new_accounts, entries + new_entries);
+    let signature = key.sign(&checkpoint_message(id, at, accounts, entries, &root));
+    tx.execute(
+        "INSERT INTO checkpoints (id, at, accounts, entries, root, signature) VALUES (?, ?, ?, ?, ?, ?)",
+        &[id.into(), at.unix_millis().into(), accounts.into(), entries.into(), root.as_slice().into(), signature.as_slice().into()],
+    )?;
+    for (account, length, head) in changed {
+        tx.execute(
+            "INSERT INTO checkpoint_heads (checkpoint_id, account_id, ledger_len, head) VALUES (?, ?, ?, ?)",
+            &[id.into(), account.as_str().into(), length.into(), head.as_slice().into()],
+        )?;
+        tx.execute(
+            "UPDATE accounts SET checkpointed_len = ? WHERE account_id = ?",
+            &[length.into(), account.into()],
+        )?;
+    }
+    Ok(Some(Checkpoint {
+        id,
+        at,
+        accounts,
+        entries,
+        root,
+        signature: signature.to_vec(),
+    }))
+}
+
+/// The newest signed checkpoint, if any.
+pub fn latest_checkpoint(tx: &mut dyn Tx) -> Result<Option<Checkpoint>, StoreError> {
+    tx.query_one(
+        "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id DESC LIMIT 1",
+        &[],
+    )?
+    .map(|row| {
+        Ok(Checkpoint {
+            id: row.int(0)?,
+            at: time(row.int(1)?)?,
+            accounts: row.int(2)?,
+            entries: row.int(3)?,
+            root: hash32(row.bytes(4)?)?,
+            signature: row.bytes(5)?,
+        })
+    })
+    .transpose()
+}
+
+/// What `ledger verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub accounts: usize,
+    pub entries: usize,
+    pub checkpoints: usize,
+    /// The first problem found, naming the entry or checkpoint; `None` when all is intact.
+    pub problem: Option<String>,
+}
+
+/// Recomputes every chain and every checkpoint. Stops at the first problem.
+pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut chains: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let rows = tx.query(
+        "SELECT account_id, ledger_len, ledger_head, plan, preference, erased_at FROM accounts ORDER BY account_id",
+        &[],
+    )?;
+    for row in &rows {
+        let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
+        let (plan_column, preference_column) = (row.optional_text(3)?, row.optional_text(4)?);
+        let erased = row.optional_int(5)?.is_some();
+        if erased != account.starts_with(ledger::PSEUDONYM_PREFIX) {
+            report.problem = Some(format!(
+                "account `{account}`: erased accounts, and only they, are stored under their pseudonym"
+            ));
+            return Ok(report);
+        }
+        let name = key.ledger_name(&account, erased);
+        let entries = tx.query(
+            &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
+            &[account.as_str().into()],
+        )?;
+        let mut hashes = Vec::with_capacity(entries.len());
+        let mut previous = GENESIS;
+        for (position, row) in entries.iter().enumerate() {
+            let problem = |what: &str| {
+                Some(format!(
+                    "account `{account}` ledger entry {position}: {what}"
+                ))
+            };
+            let entry = match entry_from_row(row) {
+                Ok(entry) => entry,
+                Err(error) => {
+                    report.problem = problem(&format!("unreadable ({error})"));
+                    return Ok(report);
+                }
+            };
+            report.entries += 1;
+            if entry.idx != i64::try_from(position).unwrap_or(-1) {
+                report.problem = problem(&format!(
+                    "found entry {} in its place (removed or reordered)",
+                    entry.idx
+                ));
+            } else if entry.prev_hash != previous {
+                report.problem =
+                    problem("does not follow the entry before it (removed, reordered or changed)");
+            } else if entry.chained_hash(&previous, &name) != entry.hash {
+                report.problem = problem("its content does not match its hash (changed)");
+            }
+            if report.problem.is_some() {
+                return Ok(report);
+            }
+            previous = entry.hash;
+            hashes.push(entry.hash);
+        }
+        if i64::try_from(hashes.len()).ok() != Some(length)
+            || previous.as_slice() != head.as_slice()
+        {
+            report.problem = Some(format!(
+                "account `{account}`: its ledger has {} entries but its head records {length} (an entry was removed or added)",
+                hashes.len()
+            ));
+            return Ok(report);
+        }
+        // The gate's columns must say what the ledger says.
+        let entries: Vec<Entry> = entries
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()?;
+        if let Some(history) = history_from(&entries)? {
+            let plan = history.plan_at(END).as_str().to_owned();
+            let preference = history.preference_at(END).as_str().to_owned();
+            if plan_column.as_deref() != Some(plan.as_str())
+                || preference_column.as_deref() != Some(preference.as_str())
+            {
+                report.problem = Some(format!(
+                    "account `{account}`: its gate columns say plan {plan_column:?} and choice {preference_column:?}, but its ledger says `{plan}` and `{preference}` (changed outside custos)"
+                ));
+                return Ok(report);
+            }
+        }
+        report.accounts += 1;
+        chains.insert(account.clone(), hashes);
+        names.insert(account, name);
+    }
+    let orphans = tx.query(
+        "SELECT DISTINCT account_id FROM ledger WHERE account_id NOT IN (SELECT account_id FROM accounts)",
+        &[],
+    )?;
+    if let Some(row) = orphans.first() {
+        report.problem = Some(format!(
+            "ledger entries of `{}` have no account (its account row was removed)",
+            row.text(0)?
+        ));
+        return Ok(report);
+    }
+
+    let mut heads: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
+    let mut previous_root = GENESIS;
+    let checkpoints = tx.query(
+        "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id",
+        &[],
+    )?;
+    for (position, row) in checkpoints.iter().enumerate() {
+        let id = row.int(0)?;
+        let problem = |what: String| Some(format!("checkpoint {id}: {what}"));
+        if id != i64::try_from(position).unwrap_or(-1) + 1 {
+            report.problem = problem(format!(
+                "expected checkpoint {} here (removed or reordered)",
+                position + 1
+            ));
+            return Ok(report);
+        }
+        let mut delta: Vec<(String, i64, Vec<u8>)> = Vec::new();
+        for head in tx.query(
+            "SELECT account_id, ledger_len, head FROM checkpoint_heads WHERE checkpoint_id = ?",
+            &[id.into()],
+        )? {
+            let (account, length, hash) = (head.text(0)?, head.int(1)?, head.bytes(2)?);
+            let chain_hash = usize::try_from(length - 1)
+                .ok()
+                .and_then(|i| chains.get(&account)?.get(i));
+            if chain_hash.map(|h| h.as_slice()) != Some(hash.as_slice()) {
+                report.problem = problem(format!(
+                    "records entry {} of `{account}` with a hash the ledger no longer has (the ledger was changed after it was signed)",
+                    length - 1
+                ));
+                return Ok(report);
+            }
+            delta.push((account.clone(), length, hash.clone()));
+            heads.insert(account, (length, hash));
+        }
+        let root = heads_root(
+            &previous_root,
+            delta.iter().map(|(a, l, h)| {
+                let name = names.get(a).map_or(a.as_str(), String::as_str);
+                (name, *l, h.as_slice())
+            }),
+        );
+        let (at, accounts, entries) = (time(row.int(1)?)?, row.int(2)?, row.int(3)?);
+        let entries_now: i64 = heads.values().map(|(l, _)| *l).sum();
+        let accounts_now = i64::try_from(heads.len()).unwrap_or(-1);
+        if root.as_slice() != row.bytes(4)?.as_slice()
+            || entries != entries_now
+            || accounts != accounts_now
+        {
+            report.problem =
+                problem("its root does not match the chain heads it covers".to_owned());
+            return Ok(report);
+        }
+        if !key.verify(
+            &checkpoint_message(id, at, accounts, entries, &root),
+            &row.bytes(5)?,
+        ) {
+            report.problem =
+                problem("its signature does not verify with this store's public key".to_owned());
+            return Ok(report);
+        }
+        previous_root = root;
+        report.checkpoints += 1;
+    }
+    Ok(report)
+}

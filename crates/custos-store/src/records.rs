@@ -1,0 +1,274 @@
+//! The records the core reads, loaded from their rows: account histories rebuilt from the
+//! ledger (and cached by ledger length), conversations with their activity.
+
+use custos_core::{AccountHistory, AccountId, Conversation, ConversationId, EventKey, Timestamp};
+
+use crate::codec::{
+    CONVERSATION_COLUMNS, LEDGER_COLUMNS, account_id, conversation_from_row, conversation_id,
+    entry_from_row, feedback_columns, feedback_from_row, hash32, in_key_order, message_columns,
+    message_from_row, seq,
+};
+use crate::error::StoreError;
+use crate::ledger::{Entry, Record, pseudonym};
+use crate::sql::Tx;
+
+/// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
+///
+/// The ledger is append-only, so an equal length means an equal history; any other writer
+/// (another thread, or another server on the same PostgreSQL) changes the length and the next
+/// load reads the ledger again. Only histories read from committed rows are kept.
+///
+/// It also holds the key of account pseudonyms, which every lookup needs: an erased account is
+/// stored under its pseudonym only, and found again from its id by recomputing it.
+#[derive(Debug)]
+pub struct Histories {
+    cache: std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>,
+    pseudonym_key: [u8; 32],
+}
+
+/// More cached histories than this and the cache starts afresh: memory stays bounded.
+const HISTORIES_KEPT: usize = 65_536;
+
+impl Histories {
+    pub fn new(pseudonym_key: [u8; 32]) -> Histories {
+        Histories {
+            cache: std::sync::Mutex::default(),
+            pseudonym_key,
+        }
+    }
+
+    /// The account's keyed pseudonym (see `ledger::pseudonym`).
+    pub fn pseudonym(&self, account: &str) -> String {
+        pseudonym(&self.pseudonym_key, account)
+    }
+
+    fn get(&self, id: &AccountId, ledger_len: i64) -> Option<AccountHistory> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(id)
+            .filter(|(len, _)| *len == ledger_len)
+            .map(|(_, h)| h.clone())
+    }
+
+    pub fn keep(&self, ledger_len: i64, history: &AccountHistory) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= HISTORIES_KEPT {
+                cache.clear();
+            }
+            cache.insert(history.id.clone(), (ledger_len, history.clone()));
+        }
+    }
+}
+
+/// A key that sees every recorded event: the stored expiry reflects all of them.
+pub(crate) const END: EventKey = EventKey {
+    at: Timestamp::MAX,
+    seq: u64::MAX,
+};
+
+/// The mutable head of an account: its event counter and its ledger chain.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    pub id: AccountId,
+    /// The next event's place in this account's order (SPEC §2 "order of arrival").
+    pub next_seq: i64,
+    pub ledger_len: i64,
+    pub ledger_head: [u8; 32],
+    pub erased_at: Option<i64>,
+    /// How the ledger's hashes name this account: its pseudonym.
+    pub ledger_name: String,
+}
+
+pub(crate) fn next_key(account: &AccountRow, at: Timestamp) -> Result<EventKey, StoreError> {
+    Ok(EventKey::new(at, seq(account.next_seq)?))
+}
+
+pub fn ledger_entries(tx: &mut dyn Tx, account: &str) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx");
+    tx.query(&sql, &[account.into()])?
+        .iter()
+        .map(entry_from_row)
+        .collect()
+}
+
+/// Turns ledger entries that come grouped by account, each account's in chain order (as a
+/// query ordered by `account_id, idx` gives them), into one history per account.
+#[derive(Debug, Default)]
+pub(crate) struct HistoriesInOrder {
+    /// The current account's entries so far.
+    entries: Vec<Entry>,
+}
+
+impl HistoriesInOrder {
+    /// Takes the next entry; when it starts another account, gives the previous one's history.
+    pub(crate) fn push(&mut self, entry: Entry) -> Result<Option<AccountHistory>, StoreError> {
+        let done = if self
+            .entries
+            .first()
+            .is_some_and(|e| e.account != entry.account)
+        {
+            self.finish()?
+        } else {
+            None
+        };
+        self.entries.push(entry);
+        Ok(done)
+    }
+
+    /// The last account's history, once every entry is in.
+    pub(crate) fn finish(&mut self) -> Result<Option<AccountHistory>, StoreError> {
+        let history = history_from(&self.entries)?;
+        self.entries.clear();
+        Ok(history)
+    }
+}
+
+/// Rebuilds the core's view of an account from its ledger.
+pub(crate) fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, StoreError> {
+    let mut history: Option<AccountHistory> = None;
+    for entry in entries {
+        match (entry.record(), history.as_mut()) {
+            (Record::Created(plan), None) => {
+                history = Some(AccountHistory::new(entry.account.clone(), entry.key, plan));
+            }
+            (Record::Changed(change), Some(history)) => history.record(entry.key, &change),
+            _ => {
+                return Err(StoreError::corrupt(format!(
+                    "ledger of `{}` has `{}` at entry {} out of place",
+                    entry.account,
+                    entry.kind.as_str(),
+                    entry.idx
+                )));
+            }
+        }
+    }
+    Ok(history)
+}
+
+/// An account's row and history; with `lock`, the row stays locked until the transaction ends,
+/// which serializes writers of one account and no others.
+pub fn load_account(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    id: &AccountId,
+    lock: bool,
+) -> Result<Option<(AccountRow, AccountHistory)>, StoreError> {
+    // A read-only transaction reads one snapshot and may not lock (PostgreSQL refuses it).
+    let lock = if lock && !tx.read_only() {
+        tx.dialect().lock_clause()
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT next_seq, ledger_len, ledger_head, erased_at FROM accounts WHERE account_id = ?{lock}"
+    );
+    // An erased account is stored under its pseudonym: found by recomputing it from the id.
+    let (stored_id, row) = match tx.query_one(&sql, &[id.as_str().into()])? {
+        Some(row) => (id.clone(), row),
+        None => {
+            let name = histories.pseudonym(id.as_str());
+            match tx.query_one(&sql, &[name.as_str().into()])? {
+                Some(row) => (account_id(name)?, row),
+                None => return Ok(None),
+            }
+        }
+    };
+    let erased_at = row.optional_int(3)?;
+    let account = AccountRow {
+        ledger_name: if erased_at.is_some() {
+            stored_id.as_str().to_owned()
+        } else {
+            histories.pseudonym(id.as_str())
+        },
+        id: stored_id,
+        next_seq: row.int(0)?,
+        ledger_len: row.int(1)?,
+        ledger_head: hash32(row.bytes(2)?)?,
+        erased_at,
+    };
+    if let Some(history) = histories.get(id, account.ledger_len) {
+        return Ok(Some((account, history)));
+    }
+    let entries = ledger_entries(tx, account.id.as_str())?;
+    let mut history = history_from(&entries)?
+        .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
+    // Answers name the account as it was asked for, not by its pseudonym.
+    history.id = id.clone();
+    // Only a read-only transaction is sure to have read committed rows; a write transaction
+    // may have read its own uncommitted writes (an earlier event of a batch). Writes reach
+    // the cache after their commit instead (`Written`).
+    if tx.read_only() {
+        histories.keep(account.ledger_len, &history);
+    }
+    Ok(Some((account, history)))
+}
+
+/// A conversation with its activity; `with_text` also reads message texts and comments.
+pub fn load_conversation(
+    tx: &mut dyn Tx,
+    id: &ConversationId,
+    with_text: bool,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(row) = tx.query_one(
+        &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = ?"),
+        &[id.as_str().into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let mut conversation = conversation_from_row(&row)?;
+    if conversation.purged.is_some() {
+        return Ok(Some(conversation));
+    }
+    let params = [conversation.owner.as_str().into(), id.as_str().into()];
+    tx.query_each(
+        &format!(
+            "SELECT {} FROM messages WHERE account_id = ? AND conversation_id = ? ORDER BY seq",
+            message_columns(with_text)
+        ),
+        &params,
+        &mut |row| {
+            conversation.messages.push(message_from_row(row, 0)?);
+            Ok(())
+        },
+    )?;
+    tx.query_each(
+        &format!(
+            "SELECT {} FROM feedback WHERE account_id = ? AND conversation_id = ? ORDER BY seq",
+            feedback_columns(with_text)
+        ),
+        &params,
+        &mut |row| {
+            conversation.feedback.push(feedback_from_row(row, 0)?);
+            Ok(())
+        },
+    )?;
+    in_key_order(&mut conversation);
+    Ok(Some(conversation))
+}
+
+pub(crate) fn conversations_of(
+    tx: &mut dyn Tx,
+    account: &AccountId,
+) -> Result<Vec<ConversationId>, StoreError> {
+    tx.query(
+        "SELECT conversation_id FROM conversations WHERE account_id = ? ORDER BY conversation_id",
+        &[account.as_str().into()],
+    )?
+    .into_iter()
+    .map(|row| conversation_id(row.text(0)?))
+    .collect()
+}
+
+/// The account a conversation belongs to, if it was ever recorded.
+pub fn conversation_owner(
+    tx: &mut dyn Tx,
+    id: &ConversationId,
+) -> Result<Option<AccountId>, StoreError> {
+    tx.query_one(
+        "SELECT account_id FROM conversations WHERE conversation_id = ?",
+        &[id.as_str().into()],
+    )?
+    .map(|row| account_id(row.text(0)?))
+    .transpose()
+}

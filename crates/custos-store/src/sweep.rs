@@ -1,0 +1,211 @@
+//! Retention sweeps over the expiry index, and the check that the index says what the core
+//! says.
+
+use custos_core::{
+    Conversation, Policy, SweepAction, SweepReport, Timestamp, expiry, sweep_decision,
+};
+use sha2::{Digest, Sha256};
+
+use crate::codec::conversation_id;
+use crate::error::StoreError;
+use crate::holds::active_holds;
+use crate::records::{END, Histories, load_account, load_conversation, next_key};
+use crate::sql::Tx;
+
+/// Conversations per sweep transaction: writers wait at most one batch behind a sweep, and the
+/// batch's changed pages fit the page cache.
+pub const SWEEP_BATCH: usize = 1000;
+
+/// Purges every due conversation that no hold covers, in one transaction (the scenario
+/// runner's `sweep` step). The service sweeps in batches instead ([`sweep_batch`]).
+pub(crate) fn sweep(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    now: Timestamp,
+) -> Result<SweepReport, StoreError> {
+    let mut report = SweepReport::default();
+    let mut cursor = None;
+    loop {
+        let (part, next, _) =
+            sweep_batch(tx, histories, policy, now, cursor.as_ref(), SWEEP_BATCH)?;
+        report.add(&part);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(report),
+        }
+    }
+}
+
+/// Where a batched sweep goes on from: the last conversation it looked at, in expiry order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepCursor {
+    expires_at: i64,
+    conversation: String,
+}
+
+/// How many conversations are due at `now` and not purged (for a sweep's progress).
+pub fn count_due(tx: &mut dyn Tx, now: Timestamp) -> Result<u64, StoreError> {
+    let row = tx.query_one(
+        "SELECT COUNT(*) FROM conversations WHERE purged_at IS NULL AND expires_at <= ?",
+        &[now.unix_millis().into()],
+    )?;
+    Ok(row.map_or(Ok(0), |r| r.int(0))?.try_into().unwrap_or(0))
+}
+
+/// Looks at up to `limit` due conversations after `after`, in (expiry, id) order, through the
+/// expiry index, and purges each that no hold covers, whole. The stored expiry only nominates
+/// candidates: the core decides each one again as of `now`. Returns what it did, where the
+/// next batch starts (`None` when no due conversation is left) and how many it looked at. Held conversations stay in the
+/// index, so the cursor, not the purges, moves the sweep on.
+pub fn sweep_batch(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    now: Timestamp,
+    after: Option<&SweepCursor>,
+    limit: usize,
+) -> Result<(SweepReport, Option<SweepCursor>, usize), StoreError> {
+    let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
+    let due = match after {
+        None => tx.query(
+            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+             ORDER BY expires_at, conversation_id LIMIT ?",
+            &[now.unix_millis().into(), limit_value.into()],
+        )?,
+        Some(cursor) => tx.query(
+            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+             AND (expires_at > ? OR (expires_at = ? AND conversation_id > ?)) \
+             ORDER BY expires_at, conversation_id LIMIT ?",
+            &[
+                now.unix_millis().into(),
+                cursor.expires_at.into(),
+                cursor.expires_at.into(),
+                cursor.conversation.as_str().into(),
+                limit_value.into(),
+            ],
+        )?,
+    };
+    // Active holds are few: read once per batch, not once per conversation.
+    let active = active_holds(tx)?;
+    let mut report = SweepReport::default();
+    let mut last = None;
+    for row in &due {
+        let id = conversation_id(row.text(0)?)?;
+        last = Some(SweepCursor {
+            expires_at: row.int(1)?,
+            conversation: id.as_str().to_owned(),
+        });
+        let Some(conversation) = load_conversation(tx, &id, false)? else {
+            continue;
+        };
+        let Some((account, owner)) = load_account(tx, histories, &conversation.owner, false)?
+        else {
+            continue;
+        };
+        let as_of = next_key(&account, now)?;
+        let action = sweep_decision(policy, &owner, &conversation, &active, as_of);
+        if let SweepAction::Purge(bound) = action {
+            purge(tx, &conversation, now, bound.as_str())?;
+        }
+        report.count(action);
+    }
+    let next = if due.len() == limit { last } else { None };
+    Ok((report, next, due.len()))
+}
+
+/// Purged = content gone; a tombstone (id hash, time, reason) remains (SPEC §3).
+fn purge(
+    tx: &mut dyn Tx,
+    conversation: &Conversation,
+    now: Timestamp,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let params = [
+        conversation.owner.as_str().into(),
+        conversation.id.as_str().into(),
+    ];
+    tx.execute(
+        "DELETE FROM messages WHERE account_id = ? AND conversation_id = ?",
+        &params,
+    )?;
+    tx.execute(
+        "DELETE FROM feedback WHERE account_id = ? AND conversation_id = ?",
+        &params,
+    )?;
+    tx.execute(
+        "UPDATE conversations SET purged_at = ?, expires_at = NULL WHERE conversation_id = ?",
+        &[now.unix_millis().into(), conversation.id.as_str().into()],
+    )?;
+    let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
+    tx.execute(
+        "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        &[hash.as_slice().into(), now.unix_millis().into(), reason.into()],
+    )?;
+    Ok(())
+}
+
+/// What `retention check` found: every stored expiry recomputed by the core.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionCheck {
+    pub checked: u64,
+    /// Conversation, stored (at, class, bound), recomputed (at, class, bound); at most 100.
+    pub differences: Vec<(String, String, String)>,
+    pub different: u64,
+}
+
+/// Recomputes the expiry of every conversation not yet purged, `page` at a time in id order,
+/// and compares it with the stored one that sweeps rely on.
+pub fn check_retention(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    after: &str,
+    page: usize,
+    check: &mut RetentionCheck,
+) -> Result<Option<String>, StoreError> {
+    let rows = tx.query(
+        "SELECT conversation_id, expires_at, retention_class, expiry_bound FROM conversations \
+         WHERE purged_at IS NULL AND conversation_id > ? ORDER BY conversation_id LIMIT ?",
+        &[after.into(), i64::try_from(page).unwrap_or(i64::MAX).into()],
+    )?;
+    let describe = |at: Option<i64>, class: Option<String>, bound: Option<String>| match (
+        at.and_then(Timestamp::from_unix_millis),
+        class,
+        bound,
+    ) {
+        (Some(at), Some(class), Some(bound)) => format!("{at} {class} ({bound})"),
+        (None, None, None) => "none".to_owned(),
+        (at, class, bound) => format!("incomplete: {at:?} {class:?} {bound:?}"),
+    };
+    let mut last = None;
+    for row in &rows {
+        let id = conversation_id(row.text(0)?)?;
+        last = Some(id.as_str().to_owned());
+        check.checked += 1;
+        let stored = describe(
+            row.optional_int(1)?,
+            row.optional_text(2)?,
+            row.optional_text(3)?,
+        );
+        let conversation = load_conversation(tx, &id, false)?
+            .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` vanished")))?;
+        let (_, owner) = load_account(tx, histories, &conversation.owner, false)?
+            .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` has no account")))?;
+        let computed = expiry(policy, &owner, &conversation, END);
+        let recomputed = describe(
+            computed.map(|e| e.at.unix_millis()),
+            computed.map(|e| e.class.as_str().to_owned()),
+            computed.map(|e| e.bound.as_str().to_owned()),
+        );
+        if stored != recomputed {
+            check.different += 1;
+            if check.differences.len() < 100 {
+                check
+                    .differences
+                    .push((id.as_str().to_owned(), stored, recomputed));
+            }
+        }
+    }
+    Ok(if rows.len() == page { last } else { None })
+}
