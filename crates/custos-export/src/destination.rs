@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::ExportError;
+use crate::error::ExportError;
 
 /// Resolves `out` (relative to the working folder, or absolute) and accepts it only if it lies
 /// strictly inside `root`, after following symbolic links, names no `..`, and is a new or empty

@@ -20,7 +20,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::{ColumnPath, Type};
 use sha2::{Digest, Sha256};
 
-use crate::ExportError;
+use crate::error::ExportError;
 
 /// One exported conversation, after redaction. Texts are borrowed where redaction left them
 /// as they were: the sink copies each once, into its file or its row group's column.

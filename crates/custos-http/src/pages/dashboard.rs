@@ -580,7 +580,7 @@ mod tests {
             .into_iter()
             .chain(CHANNEL_COLOURS)
         {
-            let ratio = crate::pages::tests::contrast(colour, "#ffffff");
+            let ratio = crate::pages::layout::tests::contrast(colour, "#ffffff");
             assert!(ratio >= 3.0, "{colour}: {ratio:.2}:1");
         }
     }

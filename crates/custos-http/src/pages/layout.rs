@@ -116,3 +116,51 @@ pub fn in_words(duration: custos_core::Duration) -> String {
         custos_core::Duration::Years(n) => format!("{n} years"),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// WCAG 2's contrast ratio of two `#rrggbb` colours.
+    pub(crate) fn contrast(a: &str, b: &str) -> f64 {
+        let luminance = |hex: &str| {
+            let channel = |i: usize| {
+                let value =
+                    f64::from(u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap()) / 255.0;
+                if value <= 0.039_28 {
+                    value / 12.92
+                } else {
+                    ((value + 0.055) / 1.055).powf(2.4)
+                }
+            };
+            0.2126 * channel(0) + 0.7152 * channel(1) + 0.0722 * channel(2)
+        };
+        let (x, y) = (luminance(a), luminance(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    /// The value of a colour variable of the stylesheet, e.g. `--text`.
+    fn colour(name: &str) -> String {
+        let css = include_str!("custos.css");
+        let at = css.find(&format!("{name}:")).unwrap() + name.len() + 1;
+        css[at..].trim_start()[..7].to_owned()
+    }
+
+    #[test]
+    fn every_text_colour_keeps_a_contrast_of_at_least_4_5_to_1_on_its_background() {
+        let white = "#ffffff".to_owned();
+        for (text, background) in [
+            (colour("--text"), white.clone()),
+            (colour("--muted"), white.clone()),
+            (colour("--link"), white.clone()),
+            (colour("--accent"), white.clone()),
+            // The answer buttons: white on the accent colour.
+            (white.clone(), colour("--accent")),
+            (colour("--warn"), colour("--warn-bg")),
+            (colour("--ok"), colour("--ok-bg")),
+            (colour("--bad"), white.clone()),
+            (colour("--bad"), "#fdecea".to_owned()),
+        ] {
+            let ratio = contrast(&text, &background);
+            assert!(ratio >= 4.5, "{text} on {background}: {ratio:.2}:1");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The names of an export's files and of its record's, and where they lie.
+
+/// The version of the manifest and data file layout.
+pub const FORMAT_VERSION: &str = "custos-export/1";
+/// Where the default export root lies, inside the data folder.
+pub const DEFAULT_ROOT: &str = "exports";
+/// Each export's record (manifest, signature, row keys), inside the data folder.
+pub const RECORDS: &str = "export-records";
+/// The secret that keys the pseudonyms of exported rows, inside the data folder.
+pub const SECRET_FILE: &str = "export-keys.secret";
+pub const MANIFEST: &str = "manifest.json";
+pub const SIGNATURE: &str = "manifest.json.sig";
+pub const REQUEST: &str = "request.json";
+pub const KEYS: &str = "keys";
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 << 20;
