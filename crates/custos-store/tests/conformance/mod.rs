@@ -10,7 +10,8 @@
 mod timelines;
 
 use custos_core::{
-    AccountId, Channel, Command, ConversationId, Policy, Rating, Role, Surface, Timeline, Timestamp,
+    AccountId, Channel, Command, ConversationId, Policy, Preference, Rating, Role, Surface,
+    Timeline, Timestamp,
 };
 use custos_store::{Store, StoreError};
 use proptest::strategy::{Strategy, ValueTree};
@@ -50,6 +51,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     account_views_and_conversation_lists_are_read_without_locks,
     bulk_loaded_accounts_answer_like_the_reference_model,
     late_activity_is_exported_in_key_order_with_its_own_texts,
+    every_concurrent_writer_is_answered_with_its_own_write,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -774,4 +776,86 @@ pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
         let report = store.verify_ledger().unwrap();
         assert_eq!(report.problem, None, "case {case}");
     }
+}
+
+/// Many writers change one account's choice at once. Each is answered with the entry its own
+/// transaction wrote (its choice, its place in the chain) and the account as that entry left
+/// it; no two are answered with the same entry, and every choice in the ledger was answered to
+/// exactly one writer.
+pub fn every_concurrent_writer_is_answered_with_its_own_write(open: Factory<'_>) {
+    let store = open();
+    let start = ts("2025-10-01T00:00:00Z");
+    store
+        .apply(
+            start,
+            &Command::CreateAccount {
+                account: account("a"),
+                plan: "pro".into(),
+                choice: Some((true, Channel::Signup)),
+            },
+            "service",
+        )
+        .unwrap();
+    const WRITERS: usize = 8;
+    const EACH: usize = 12;
+    let answers = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let (store, answers) = (&store, &answers);
+            scope.spawn(move || {
+                for i in 0..EACH {
+                    let allowed = (writer + i) % 2 == 0;
+                    let command = Command::Choose {
+                        account: account("a"),
+                        allowed,
+                        channel: Channel::Settings,
+                    };
+                    let written = store.apply(start, &command, &format!("w{writer}")).unwrap();
+                    answers.lock().unwrap().push((writer, allowed, written));
+                }
+            });
+        }
+    });
+    let answers = answers.into_inner().unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    for (writer, allowed, written) in &answers {
+        let [entry] = written.entries.as_slice() else {
+            panic!(
+                "writer {writer} was answered {} entries",
+                written.entries.len()
+            );
+        };
+        let asked = if *allowed {
+            Preference::Allowed
+        } else {
+            Preference::Declined
+        };
+        assert_eq!(
+            entry.preference,
+            Some(asked),
+            "writer {writer}: another's entry"
+        );
+        assert_eq!(
+            entry.actor,
+            format!("w{writer}"),
+            "writer {writer}: another's entry"
+        );
+        let view = written.account.as_ref().unwrap();
+        assert_eq!(view.preference, asked, "writer {writer}: another's state");
+        assert_eq!(written.gate.as_ref().unwrap().1.preference, asked);
+        assert!(answered.insert(entry.hash), "an entry answered twice");
+    }
+    let choices: std::collections::BTreeSet<[u8; 32]> = store
+        .ledger(&account("a"))
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == custos_store::EntryKind::Choice && e.actor != "service")
+        .map(|e| e.hash)
+        .collect();
+    assert_eq!(choices.len(), WRITERS * EACH);
+    assert_eq!(
+        choices, answered,
+        "every entry answered to exactly one writer"
+    );
+    assert_eq!(store.verify_ledger().unwrap().problem, None);
 }

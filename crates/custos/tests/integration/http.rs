@@ -1060,6 +1060,82 @@ fn a_consent_receipt_is_signed_and_verifies_offline() {
     );
 }
 
+/// 50 callers change one account's choice at once over HTTP, alternating allowed and declined.
+/// Each is answered with its own write: the state it asked for, and a receipt that verifies
+/// with the store's key and says the same. No two share a receipt, and every choice in the
+/// ledger was answered to exactly one caller.
+#[test]
+fn each_of_many_concurrent_choices_is_answered_with_its_own_receipt() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    assert_eq!(signup(&server, "u1", "pro", Some(true)).status, 201);
+    const CALLERS: usize = 50;
+    let answers: Vec<(bool, Reply)> =
+        std::thread::scope(|scope| {
+            let calls: Vec<_> =
+                (0..CALLERS)
+                    .map(|caller| {
+                        let server = &server;
+                        scope.spawn(move || {
+                    let allowed = caller % 2 == 0;
+                    let body = json!({"allowed": allowed, "channel": "settings", "notice": NOTICE});
+                    let token = if caller % 3 == 0 { "user" } else { "service" };
+                    let path = "/v1/accounts/u1/training-preference";
+                    (allowed, server.call("PUT", path, Some(token), Some(&body.to_string())))
+                })
+                    })
+                    .collect();
+            calls.into_iter().map(|call| call.join().unwrap()).collect()
+        });
+    let public_key = std::fs::read_to_string(server.data().join("ledger-signing.pub")).unwrap();
+    let mut receipts = std::collections::BTreeSet::new();
+    for (allowed, reply) in &answers {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let asked = if *allowed { "allowed" } else { "declined" };
+        assert_eq!(
+            reply.body["state"], asked,
+            "answered another's state: {}",
+            reply.body
+        );
+        let receipt = reply.body["receipt"].as_str().unwrap().to_owned();
+        let signed = server.call(
+            "GET",
+            &format!("/v1/accounts/u1/receipts/{receipt}"),
+            Some("auditor"),
+            None,
+        );
+        assert_eq!(signed.status, 200, "{}", signed.body);
+        assert_eq!(
+            custos_store::receipt::verify(&signed.body, Some(public_key.trim())),
+            Ok(receipt.clone())
+        );
+        assert_eq!(
+            signed.body["receipt"]["services"][0]["purposes"][0]["consentGiven"], *allowed,
+            "the receipt is of another's choice"
+        );
+        assert!(receipts.insert(receipt), "a receipt answered twice");
+    }
+    let history = server.call(
+        "GET",
+        "/v1/accounts/u1/training-preference/history",
+        Some("auditor"),
+        None,
+    );
+    let written: std::collections::BTreeSet<String> = history.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "choice" && e["channel"] == "settings")
+        .map(|e| e["hash"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(written.len(), CALLERS);
+    assert_eq!(
+        written, receipts,
+        "every choice answered to exactly one caller"
+    );
+    let verified = server.call("GET", "/v1/ledger/verify", Some("auditor"), None);
+    assert_eq!(verified.body["intact"], true, "{}", verified.body);
+}
+
 #[test]
 fn the_openapi_document_covers_every_route_and_every_documented_route_is_served() {
     let server = Server::start("2025-10-01T00:00:00Z");
