@@ -77,6 +77,11 @@ pub async fn status(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
     let id = conversation_id(&id)?;
+    let allowed = Allowed::and_user_self(&[Role::Service, Role::Auditor]);
+    // A role that may never ask is refused outright; a user's right depends on the owner.
+    if caller.role != Role::User {
+        allowed.check(&caller, None)?;
+    }
     let at = state.now();
     let lookup = id.clone();
     let (owner, status) = state
@@ -90,19 +95,13 @@ pub async fn status(
         })
         .await?;
     // A user asking about another's conversation learns no more than about an unknown one.
-    let allowed = Allowed::and_user_self(&[Role::Service, Role::Auditor]);
     let unknown = || Problem::from(Refusal::UnknownConversation(id.clone()));
     let (Some(owner), Some(status)) = (owner, status) else {
-        allowed.check(&caller, None).map_err(|_| unknown())?;
         return Err(unknown());
     };
-    allowed.check(&caller, Some(&owner)).map_err(|problem| {
-        if caller.role == Role::User {
-            unknown()
-        } else {
-            problem
-        }
-    })?;
+    allowed
+        .check(&caller, Some(&owner))
+        .map_err(|_| unknown())?;
     let mut fields = status_fields(&status);
     fields.insert("id".into(), json!(id.as_str()));
     fields.insert("exists".into(), json!(status.exists));
