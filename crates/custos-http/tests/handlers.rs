@@ -236,18 +236,21 @@ async fn every_documented_operation_refuses_each_caller_its_role_does_not_allow(
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// A request and the problem it must get: method, path, caller, body, status, slug.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<(&'a str, String)>,
+    StatusCode,
+    &'a str,
+);
+
 #[tokio::test]
 async fn every_layer_refuses_with_a_problem_body() {
     let service = Service::start();
     let json = |value: Value| Some(("application/json", value.to_string()));
-    let cases: Vec<(
-        &str,
-        &str,
-        Option<&str>,
-        Option<(&str, String)>,
-        StatusCode,
-        &str,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         // The router: a route that does not exist, and a method a route does not take.
         (
             "GET",
