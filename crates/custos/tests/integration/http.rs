@@ -76,6 +76,11 @@ impl Server {
     /// Starts a server whose clock reads `now`, with one token per role; `user` is bound to
     /// account `u1` and `other-user` to `u2`.
     pub fn start(now: &str) -> Server {
+        Server::start_with(now, &[], None)
+    }
+
+    /// The same, with more `serve` arguments, and its log (stderr) written to `log`.
+    pub fn start_with(now: &str, serve_args: &[&str], log: Option<&std::path::Path>) -> Server {
         let folder = tempfile::tempdir().unwrap();
         let data = folder.path().join("data");
         let database = FreshDatabase::create();
@@ -112,7 +117,9 @@ impl Server {
                 String::from_utf8(output.stdout).unwrap().trim().to_owned(),
             );
         }
-        let (child, address) = spawn_serve(&data, &database_args, now);
+        let mut args = database_args;
+        args.extend(serve_args.iter().map(|a| (*a).to_owned()));
+        let (child, address) = spawn_serve(&data, &args, now, log);
         Server {
             child,
             address,
@@ -171,7 +178,7 @@ impl Server {
             .flat_map(|d| ["--database".to_owned(), d.url()])
             .collect();
         let data = self._folder.path().join("data");
-        (self.child, self.address) = spawn_serve(&data, &database_args, now);
+        (self.child, self.address) = spawn_serve(&data, &database_args, now, None);
     }
 
     /// Counts rows with `sql` in this server's database, SQLite or PostgreSQL.
@@ -215,7 +222,16 @@ impl Server {
 }
 
 /// Starts `custos serve` on a manual clock and returns it with the address it serves.
-fn spawn_serve(data: &std::path::Path, database_args: &[String], now: &str) -> (Child, String) {
+fn spawn_serve(
+    data: &std::path::Path,
+    database_args: &[String],
+    now: &str,
+    log: Option<&std::path::Path>,
+) -> (Child, String) {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
     let mut child = custos()
         .args([
             "serve",
@@ -230,7 +246,7 @@ fn spawn_serve(data: &std::path::Path, database_args: &[String], now: &str) -> (
         .arg(data)
         .args(database_args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -899,7 +915,7 @@ fn sigterm_stops_the_server_gracefully_keeping_every_acknowledged_write() {
 }
 
 /// Sends SIGTERM to the server and waits for it to exit, which it must do cleanly.
-fn terminate(server: &mut Server) {
+pub fn terminate(server: &mut Server) {
     let status = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -1834,7 +1850,7 @@ fn start_export(server: &Server, request: &Value) -> String {
 }
 
 /// Starts an export as the trainer and waits for it to finish; returns its snapshot id.
-fn export_and_wait(server: &Server, request: Value) -> String {
+pub fn export_and_wait(server: &Server, request: Value) -> String {
     let id = start_export(server, &request);
     for _ in 0..600 {
         let status = server.call("GET", &format!("/v1/exports/{id}"), Some("trainer"), None);

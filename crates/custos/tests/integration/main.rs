@@ -14,6 +14,7 @@ mod exports;
 mod http;
 mod http_replay;
 mod invalid_steps;
+mod logs;
 mod pages;
 mod policy_check;
 mod retention;
