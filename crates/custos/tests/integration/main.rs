@@ -11,6 +11,7 @@
 mod architecture;
 mod browser;
 mod exports;
+mod hostile;
 mod http;
 mod http_replay;
 mod invalid_steps;
