@@ -121,7 +121,7 @@ COPY (
   ),
   messages AS (
     SELECT m.account_id, m.conversation_id,
-           list({{'role': m.role, 'text': m.text, 'at': make_timestamp(m.at * 1000)}} ORDER BY m.seq) AS messages
+           list({{'role': m.role, 'content': m.text, 'at': make_timestamp(m.at * 1000)}} ORDER BY m.seq) AS messages
     FROM '{tables}/messages.parquet' m SEMI JOIN eligible e USING (account_id, conversation_id)
     WHERE m.at <= {cut}
     GROUP BY ALL

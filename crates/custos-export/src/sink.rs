@@ -364,7 +364,8 @@ fn jsonl_line(row: &TrainingRow<'_>) -> String {
 }
 
 /// One row per conversation; messages and feedback as lists of structs (the standard
-/// three-level LIST layout, which pyarrow, DuckDB and Spark read as `list<struct<…>>`).
+/// three-level LIST layout, which pyarrow, DuckDB and Spark read as `list<struct<…>>`). The
+/// field names are the JSONL rows' own, in the chat format (`role`, `content`).
 const SCHEMA: &str = "
 message training_conversation {
   required binary conversation_key (STRING);
@@ -374,7 +375,7 @@ message training_conversation {
     repeated group list {
       required group element {
         required binary role (STRING);
-        required binary text (STRING);
+        required binary content (STRING);
         required int64 at (TIMESTAMP(MILLIS,true));
       }
     }
@@ -407,7 +408,7 @@ fn properties() -> WriterProperties {
     for path in [
         "conversation_key",
         "account_key",
-        "messages.list.element.text",
+        "messages.list.element.content",
         "feedback.list.element.comment",
     ] {
         builder = builder

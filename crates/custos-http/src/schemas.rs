@@ -180,12 +180,13 @@ pub fn export_preview() -> Value {
     }))
 }
 
-/// The manifest of a finished export (custos-export/1).
+/// The manifest of a finished export (custos-export/2: messages carry `role` and `content` in
+/// both formats).
 fn export_manifest() -> Value {
     let count = json!({"type": "integer", "minimum": 0});
     let counts = json!({"type": "object", "additionalProperties": count});
     object(json!({
-        "format_version": {"const": "custos-export/1"},
+        "format_version": {"const": custos_export::FORMAT_VERSION},
         "snapshot_id": {"type": "string"},
         "purpose": {"const": "model_training"},
         "cutoff": time(),
