@@ -9,9 +9,11 @@ use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use custos_core::Policy;
 use serde_json::{Map, Value, json};
 
 use crate::api::{accounts, conversations, events, exports, operations, reports, retention};
+use crate::clock::Clock;
 use crate::middleware;
 use crate::problem::Problem;
 use crate::schemas;
@@ -41,6 +43,8 @@ pub struct RouteSpec {
     pub refusals: &'static [u16],
     /// Links from its success answer to other operations (for clients and stateful tests).
     pub links: Value,
+    /// The schema of each path parameter (an id of SPEC §2's syntax unless said otherwise).
+    pub parameters: Vec<(&'static str, Value)>,
     pub handler: MethodRouter<Arc<AppState>>,
 }
 
@@ -64,8 +68,15 @@ impl RouteSpec {
             response: None,
             refusals: &[],
             links: Value::Null,
+            parameters: Vec::new(),
             handler,
         }
+    }
+
+    /// The schema of path parameter `name`.
+    fn parameter(mut self, name: &'static str, schema: Value) -> RouteSpec {
+        self.parameters.push((name, schema));
+        self
     }
 
     fn ok(self, status: u16) -> RouteSpec {
@@ -107,38 +118,98 @@ fn link(operation: &str, parameter: &str, field: &str) -> Value {
     json!({"operationId": operation, "parameters": {parameter: format!("$response.body#/{field}")}})
 }
 
+/// An account, conversation or hold id (SPEC §2).
 fn id_schema() -> Value {
     json!({"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"})
 }
 
-fn choice_schema() -> Value {
+/// A snapshot id, as `POST /v1/exports` makes them.
+fn export_id_schema() -> Value {
+    json!({"type": "string", "pattern": "^exp-[0-9a-f]{16}$"})
+}
+
+/// A receipt id: the hash of its choice's ledger entry.
+fn receipt_id_schema() -> Value {
+    json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"})
+}
+
+/// A plan of the policy in force, consumer or business.
+fn plan_schema(policy: &Policy) -> Value {
+    let plans: Vec<&str> = policy
+        .consumer_plans()
+        .iter()
+        .chain(policy.business_plans())
+        .map(|p| p.as_str())
+        .collect();
+    json!({"enum": plans})
+}
+
+/// A choice; `notice` must be the notice in force.
+fn choice_schema(policy: &Policy) -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["allowed", "channel", "notice"],
-        "properties": {"allowed": {"type": "boolean"}, "channel": {"enum": ["signup", "notice", "settings"]}, "notice": {"type": "string"}}})
+        "properties": {"allowed": {"type": "boolean"}, "channel": {"enum": ["signup", "notice", "settings"]},
+            "notice": {"const": policy.id, "description": "The id of the notice the user answered: the one in force"}}})
 }
 
-fn operation_routes() -> Vec<RouteSpec> {
-    vec![
-        RouteSpec::new("GET", "/healthz", "healthz", "Liveness", "anyone", get(operations::healthz))
-            .returns(schemas::health()),
-        RouteSpec::new("GET", "/metrics", "metrics", "Prometheus metrics", "anyone", get(operations::metrics)),
-        RouteSpec::new("GET", "/openapi.json", "openapi", "This document", "anyone", get(openapi)),
+/// What the route table is made for: the policy in force, and whether the clock is settable.
+struct Service<'a> {
+    policy: &'a Policy,
+    manual_clock: bool,
+}
+
+fn operation_routes(service: &Service<'_>) -> Vec<RouteSpec> {
+    let mut routes = vec![
         RouteSpec::new(
-            "PUT", "/v1/admin/clock", "setClock", "Set the clock (only with --clock manual)", "admin",
-            put(operations::set_clock),
+            "GET",
+            "/healthz",
+            "healthz",
+            "Liveness",
+            "anyone",
+            get(operations::healthz),
         )
-        .takes(json!({"type": "object", "additionalProperties": false, "required": ["now"], "properties": {"now": {"type": "string", "format": "date-time"}}}))
-        .returns(schemas::clock())
-        .refuses(&[404]),
-    ]
+        .returns(schemas::health()),
+        RouteSpec::new(
+            "GET",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics",
+            "anyone",
+            get(operations::metrics),
+        ),
+        RouteSpec::new(
+            "GET",
+            "/openapi.json",
+            "openapi",
+            "This document",
+            "anyone",
+            get(openapi),
+        ),
+    ];
+    // The test clock exists only on a server started with `--clock manual`.
+    if service.manual_clock {
+        routes.push(
+            RouteSpec::new(
+                "PUT", "/v1/admin/clock", "setClock", "Set the clock (only with --clock manual)", "admin",
+                put(operations::set_clock),
+            )
+            .takes(json!({"type": "object", "additionalProperties": false, "required": ["now"], "properties": {"now": {"type": "string", "format": "date-time"}}}))
+            .returns(schemas::clock()),
+        );
+    }
+    routes
 }
 
-fn account_routes() -> Vec<RouteSpec> {
+fn account_routes(service: &Service<'_>) -> Vec<RouteSpec> {
+    let policy = service.policy;
     let to_account = || {
         json!({
             "ReadAccount": link("readAccount", "id", "id"),
             "ReadGate": link("readGate", "id", "id"),
             "ReadHistory": link("readPreferenceHistory", "id", "id"),
             "ListConversations": link("listConversations", "id", "id"),
+            "ChangePlan": link("changePlan", "id", "id"),
+            "SetPreference": link("setPreference", "id", "id"),
+            "RecordNoticeShown": link("recordNoticeShown", "id", "id"),
         })
     };
     vec![
@@ -148,7 +219,8 @@ fn account_routes() -> Vec<RouteSpec> {
         )
         .ok(201)
         .takes(json!({"type": "object", "additionalProperties": false, "required": ["id", "plan"],
-            "properties": {"id": id_schema(), "plan": {"type": "string"}, "choice": choice_schema()}}))
+            "properties": {"id": id_schema(), "plan": plan_schema(policy), "choice": schemas::or_null(choice_schema(policy))},
+            "description": "A consumer plan needs a choice from the accounts' creation on the policy's effective date (R4); a business plan takes none (R2): else 422"}))
         .returns(schemas::account())
         .refuses(&[409])
         .links(to_account()),
@@ -162,7 +234,7 @@ fn account_routes() -> Vec<RouteSpec> {
             "PATCH", "/v1/accounts/{id}", "changePlan", "Change an account's plan", "service",
             patch(accounts::change_plan),
         )
-        .takes(json!({"type": "object", "additionalProperties": false, "required": ["plan"], "properties": {"plan": {"type": "string"}}}))
+        .takes(json!({"type": "object", "additionalProperties": false, "required": ["plan"], "properties": {"plan": plan_schema(policy)}}))
         .returns(schemas::account())
         .refuses(&[404])
         .links(to_account()),
@@ -177,8 +249,10 @@ fn account_routes() -> Vec<RouteSpec> {
             "Record a training choice; returns the new state and a receipt id", "service, user (self)",
             put(accounts::set_preference),
         )
-        .takes(choice_schema())
+        .takes(choice_schema(policy))
         .returns(schemas::preference_set())
+        .links(json!({"ReadReceipt": {"operationId": "readReceipt",
+            "parameters": {"id": "$request.path.id", "receipt": "$response.body#/receipt"}}}))
         .refuses(&[404]),
         RouteSpec::new(
             "GET", "/v1/accounts/{id}/training-preference/history", "readPreferenceHistory",
@@ -198,17 +272,20 @@ fn account_routes() -> Vec<RouteSpec> {
             "GET", "/v1/accounts/{id}/receipts/{receipt}", "readReceipt", "A signed consent receipt",
             "user (self), auditor", get(accounts::receipt),
         )
+        .parameter("receipt", receipt_id_schema())
         .returns(schemas::receipt())
         .refuses(&[404]),
     ]
 }
 
 fn conversation_routes() -> Vec<RouteSpec> {
+    let or_null = schemas::or_null;
     let event = json!({"type": "object", "required": ["id", "type", "at"], "properties": {
-        "id": {"type": "string"}, "type": {"enum": ["message", "feedback", "conversation_deleted"]},
+        "id": {"type": "string", "minLength": 1, "maxLength": 128}, "type": {"enum": ["message", "feedback", "conversation_deleted"]},
         "at": {"type": "string", "format": "date-time"}, "account": id_schema(), "conversation": id_schema(),
-        "surface": {"enum": ["chat", "code"]}, "role": {"enum": ["user", "assistant"]}, "text": {"type": "string"},
-        "incognito": {"type": "boolean"}, "rating": {"enum": ["up", "down"]}, "comment": {"type": "string"}}});
+        "surface": or_null(json!({"enum": ["chat", "code"]})), "role": or_null(json!({"enum": ["user", "assistant"]})),
+        "text": or_null(json!({"type": "string"})), "incognito": or_null(json!({"type": "boolean"})),
+        "rating": {"enum": ["up", "down"]}, "comment": or_null(json!({"type": "string"}))}});
     vec![
         RouteSpec::new(
             "GET", "/v1/accounts/{id}/conversations", "listConversations",
@@ -216,7 +293,11 @@ fn conversation_routes() -> Vec<RouteSpec> {
             get(conversations::list),
         )
         .returns(schemas::conversation_list())
-        .refuses(&[404]),
+        .refuses(&[404])
+        .links(json!({
+            "ReadConversation": link("readConversation", "id", "conversations/0/id"),
+            "DeleteConversation": link("deleteConversation", "id", "conversations/0/id"),
+        })),
         RouteSpec::new(
             "DELETE", "/v1/conversations/{id}", "deleteConversation", "Delete a conversation (R7)",
             "service, user (owner)", delete(conversations::delete),
@@ -228,7 +309,10 @@ fn conversation_routes() -> Vec<RouteSpec> {
             "Record activity; idempotent by event id; answers after commit", "service",
             post(events::record),
         )
-        .takes(json!({"type": "object", "additionalProperties": false, "required": ["events"], "properties": {"events": {"type": "array", "items": event}}}))
+        // Each event is judged alone: one that is not an Event is answered `rejected` with its
+        // problem, and the others are recorded. So the batch takes any item.
+        .takes(json!({"type": "object", "additionalProperties": false, "required": ["events"], "properties": {"events": {"type": "array",
+            "items": {"anyOf": [event, {"description": "Anything else is answered `rejected`, with its problem"}]}}}}))
         .returns(schemas::event_results()),
         RouteSpec::new(
             "GET", "/v1/conversations/{id}", "readConversation",
@@ -267,7 +351,13 @@ fn retention_routes() -> Vec<RouteSpec> {
         )
         .ok(201)
         .takes(json!({"type": "object", "additionalProperties": false, "required": ["id", "reason"],
-            "properties": {"id": id_schema(), "account": id_schema(), "conversation": id_schema(), "reason": {"type": "string", "minLength": 1}}}))
+            "properties": {"id": id_schema(), "account": schemas::or_null(id_schema()), "conversation": schemas::or_null(id_schema()),
+                "reason": {"type": "string", "pattern": "\\S", "description": "Why it is placed; kept in the audit trail"}},
+            "oneOf": [
+                {"required": ["account"], "properties": {"account": id_schema()}},
+                {"required": ["conversation"], "properties": {"conversation": id_schema()}},
+            ],
+            "description": "A hold names exactly one of `account` and `conversation`"}))
         .returns(schemas::hold())
         .refuses(&[404, 409])
         .links(json!({"ReleaseHold": link("releaseHold", "id", "id")})),
@@ -315,6 +405,7 @@ fn export_routes() -> Vec<RouteSpec> {
             "An export's status: its progress while running, then its manifest", "trainer, auditor",
             get(exports::read),
         )
+        .parameter("id", export_id_schema())
         .returns(schemas::export_status())
         .refuses(&[404]),
         RouteSpec::new(
@@ -322,6 +413,7 @@ fn export_routes() -> Vec<RouteSpec> {
             "The rows of an export no longer eligible now, with the reason (withdrawn, deleted, erased, expired)",
             "trainer", get(exports::revocations),
         )
+        .parameter("id", export_id_schema())
         .returns(schemas::revocations())
         .refuses(&[404, 409]),
     ]
@@ -359,11 +451,15 @@ fn report_routes() -> Vec<RouteSpec> {
     ]
 }
 
-/// Every route of the API.
-pub fn routes() -> Vec<RouteSpec> {
+/// Every route of the API this server serves.
+fn routes(state: &AppState) -> Vec<RouteSpec> {
+    let service = Service {
+        policy: state.store.policy(),
+        manual_clock: matches!(state.clock, Clock::Manual(_)),
+    };
     [
-        operation_routes(),
-        account_routes(),
+        operation_routes(&service),
+        account_routes(&service),
         conversation_routes(),
         retention_routes(),
         export_routes(),
@@ -379,7 +475,7 @@ pub fn routes() -> Vec<RouteSpec> {
 pub fn router(state: Arc<AppState>) -> Router {
     // Routes sharing a path share one method router.
     let mut by_path: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
-    for route in routes() {
+    for route in routes(&state) {
         let merged = match by_path.remove(route.path) {
             Some(existing) => existing.merge(route.handler),
             None => route.handler,
@@ -404,8 +500,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn openapi() -> Json<Value> {
-    Json(openapi_document())
+async fn openapi(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Json<Value> {
+    Json(openapi_document(&state))
 }
 
 /// The statuses a route can answer, each with its description and body.
@@ -457,15 +553,23 @@ fn responses(route: &RouteSpec) -> Map<String, Value> {
     responses
 }
 
-/// The OpenAPI 3.1 document, generated from [`routes`].
-pub fn openapi_document() -> Value {
+/// The OpenAPI 3.1 document of this server (its policy's plans and notice, its clock),
+/// generated from the route table.
+pub fn openapi_document(state: &AppState) -> Value {
     let mut paths = Map::new();
-    for route in routes() {
+    for route in routes(state) {
         let parameters: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                let schema = route
+                    .parameters
+                    .iter()
+                    .find(|(named, _)| *named == name)
+                    .map_or_else(id_schema, |(_, schema)| schema.clone());
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         let mut operation = Map::new();
         operation.insert("operationId".into(), json!(route.operation));

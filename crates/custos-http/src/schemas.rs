@@ -8,6 +8,11 @@ fn optional_string() -> Value {
     json!({"type": ["string", "null"]})
 }
 
+/// An optional field of a request body: absent and `null` mean the same.
+pub fn or_null(schema: Value) -> Value {
+    json!({"anyOf": [schema, {"type": "null"}]})
+}
+
 fn time() -> Value {
     json!({"type": "string", "format": "date-time"})
 }

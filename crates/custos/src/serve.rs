@@ -15,6 +15,15 @@ use serde::Deserialize;
 
 use crate::cli::{Failure, StoreArgs, print};
 
+/// A line on stdout for the person or script that started the server. A reader that has gone
+/// away (a closed pipe) must not stop the server, so a failed write is let go.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The data folder [default: custos-data].
@@ -218,7 +227,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {address}"))?;
         let bound = listener.local_addr()?;
         // The first line on stdout is the address: scripts and tests read it.
-        println!(
+        say!(
             "custos: serving http://{bound} ({} accounts in the gate index, data in {})",
             state.gates.len(),
             data.display()
@@ -239,7 +248,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The pages a person trying the demo can open, each with the token it needs.
 fn print_pages(bound: std::net::SocketAddr) {
-    println!("custos demo pages (sign in with a token printed above):");
+    say!("custos demo pages (sign in with a token printed above):");
     for (what, path) in [
         ("sign in", "/signin"),
         ("sign up (a new account, with its choice)", "/signup"),
@@ -247,14 +256,14 @@ fn print_pages(bound: std::net::SocketAddr) {
         ("the training notice (user token)", "/notice"),
         ("operator dashboard (admin or auditor token)", "/dashboard"),
     ] {
-        println!("  {what}: http://{bound}{path}");
+        say!("  {what}: http://{bound}{path}");
     }
 }
 
 /// Demo data and one token per role, printed for the person trying custos.
 fn fill_demo(store: &Store, data: &Path, now: Timestamp) -> anyhow::Result<()> {
     let report = crate::demo::run(store, 1000, 5000, now, 2025)?;
-    println!(
+    say!(
         "custos demo: {} accounts and {} conversations ({} events) in {}",
         report.accounts,
         report.conversations,
@@ -270,9 +279,9 @@ fn fill_demo(store: &Store, data: &Path, now: Timestamp) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        println!("  {:<8} token{whose}: {token}", role.as_str());
+        say!("  {:<8} token{whose}: {token}", role.as_str());
     }
-    println!(
+    say!(
         "  try: curl -H \"Authorization: Bearer <service token>\" http://<address>/v1/accounts/{user}/gate"
     );
     Ok(())

@@ -20,6 +20,7 @@ use crate::access::{Allowed, Caller, Role};
 use crate::extract::{ApiJson, ApiPath};
 use crate::jobs::Run;
 use crate::problem::Problem;
+use crate::schemas::or_null;
 use crate::state::AppState;
 
 type Shared = State<Arc<AppState>>;
@@ -51,10 +52,10 @@ pub fn new_export_schema() -> Value {
         "required": ["purpose"],
         "properties": {
             "purpose": {"type": "string", "enum": purposes},
-            "cutoff": {"type": "string", "format": "date-time"},
-            "format": {"type": "string", "enum": ["parquet", "jsonl"]},
-            "destination": {"type": "string", "description": "a folder inside the configured export root"},
-            "max_file_bytes": {"type": "integer", "minimum": 1},
+            "cutoff": or_null(json!({"type": "string", "format": "date-time"})),
+            "format": or_null(json!({"type": "string", "enum": ["parquet", "jsonl"]})),
+            "destination": or_null(json!({"type": "string", "description": "a folder inside the configured export root"})),
+            "max_file_bytes": or_null(json!({"type": "integer", "minimum": 1})),
         },
     })
 }

@@ -10,6 +10,7 @@
 
 mod architecture;
 mod browser;
+mod contract;
 mod exports;
 mod hostile;
 mod http;
