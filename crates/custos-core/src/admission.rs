@@ -1,4 +1,4 @@
-//! When an event is admitted, and what it records (API.md §1 "A step is invalid"; the same
+//! When an event is admitted, and what it records (docs/API.md §1 "A step is invalid"; the same
 //! rules guard the service).
 //!
 //! [`admit`] is the one door every event goes through: the reference model, the store's
@@ -147,7 +147,7 @@ pub enum Effect<'c> {
 }
 
 /// Admits `command` at `key`, given the records it names, or says why not. `key` is the
-/// event's place in the order of SPEC §2; where the command names no recorded account, any key
+/// event's place in the order of docs/POLICY.md, Terms; where the command names no recorded account, any key
 /// at its time will do (nothing then compares with it).
 pub fn admit<'c>(
     policy: &Policy,
@@ -320,7 +320,7 @@ fn admit_create_account(
     }
 }
 
-/// Making a choice: only on a consumer plan (SPEC §2).
+/// Making a choice: only on a consumer plan (docs/POLICY.md, Terms).
 fn admit_choice(policy: &Policy, account: &AccountHistory, key: EventKey) -> Result<(), Refusal> {
     let plan = account.plan_at(key);
     if policy.is_consumer(plan) {

@@ -1,4 +1,4 @@
-//! The events custos is told of (API.md §1 `do` steps; the service's writes are the same).
+//! The events custos is told of (docs/API.md §1 `do` steps; the service's writes are the same).
 
 use crate::id::{AccountId, ConversationId, HoldId};
 use crate::model::{Channel, HoldTarget, Rating, Role, Surface};
@@ -114,7 +114,7 @@ impl Command {
         }
     }
 
-    /// Whether the command is about legal holds, which are ordered by time alone (SPEC §2
+    /// Whether the command is about legal holds, which are ordered by time alone (docs/POLICY.md, Terms
     /// "hold"), not by an account's order of arrival.
     pub fn is_about_a_hold(&self) -> bool {
         matches!(

@@ -1,5 +1,5 @@
 //! Which messages and feedback of an eligible conversation a training export carries
-//! (SPEC §3, policy field `training.content`).
+//! (docs/POLICY.md, The decisions, policy field `training.content`).
 
 use crate::model::{AccountHistory, Conversation, EventKey, Feedback, Message};
 use crate::policy::{ContentRule, Policy};

@@ -1,4 +1,4 @@
-//! Eligible(c, T) for the `model_training` export (SPEC §3, R7–R10, R12).
+//! Eligible(c, T) for the `model_training` export (docs/POLICY.md, The decisions, R7–R10, R12).
 
 use crate::model::{AccountHistory, Conversation, EventKey, Preference};
 use crate::policy::Policy;
@@ -98,7 +98,7 @@ pub fn snapshot_eligibility(
 }
 
 closed_set! {
-    /// Why a row of an earlier snapshot may no longer be used for training (SPEC §5
+    /// Why a row of an earlier snapshot may no longer be used for training (docs/POLICY.md, Beyond the minimum
     /// Revocations).
     pub enum RevocationReason {
         Withdrawn => "withdrawn",

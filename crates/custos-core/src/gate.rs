@@ -1,4 +1,4 @@
-//! Gate(a, t): may this user continue? (SPEC §3, R3)
+//! Gate(a, t): may this user continue? (docs/POLICY.md, The decisions, R3)
 
 use crate::model::{AccountHistory, EventKey, Preference};
 use crate::policy::Policy;

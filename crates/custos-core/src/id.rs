@@ -24,7 +24,7 @@ macro_rules! external_id {
         pub struct $name(String);
 
         impl $name {
-            /// Accepts 1–128 characters of `[A-Za-z0-9._:@-]` (SPEC §2).
+            /// Accepts 1–128 characters of `[A-Za-z0-9._:@-]` (docs/POLICY.md, Terms).
             pub fn parse(text: &str) -> Result<Self, IdError> {
                 if is_id_syntax(text) {
                     Ok(Self(text.to_owned()))

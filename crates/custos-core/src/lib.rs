@@ -1,6 +1,6 @@
 //! custos-core: the rules of custos, written once.
 //!
-//! It owns the policy file's meaning, the domain types, and the four decisions of SPEC §3 —
+//! It owns the policy file's meaning, the domain types, and the four decisions of docs/POLICY.md, The decisions —
 //! Gate, Expiry, Eligible and training content — plus the admission rules that refuse invalid
 //! events. Every other part of custos (store, HTTP, sweeps, exports, pages, the scenario runner)
 //! calls these functions instead of restating a rule.

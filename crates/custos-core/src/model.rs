@@ -6,7 +6,7 @@ use crate::id::{AccountId, ConversationId, HoldId};
 use crate::policy::{Plan, Policy};
 use crate::time::Timestamp;
 
-/// The place of an event in the total order of SPEC §2: by time, then by order of arrival.
+/// The place of an event in the total order of docs/POLICY.md, Terms: by time, then by order of arrival.
 ///
 /// A decision made "as of" a key sees exactly the events whose keys are smaller: those with an
 /// earlier time, and those with the same time that arrived before it.
@@ -196,7 +196,7 @@ impl AccountHistory {
         index.checked_sub(1).and_then(|i| self.choices.get(i))
     }
 
-    /// covered(e) for an activity of this account at `key` (SPEC §2), before the conversation's
+    /// covered(e) for an activity of this account at `key` (docs/POLICY.md, Terms), before the conversation's
     /// own incognito flag is considered.
     pub fn training_allowed_at(&self, policy: &Policy, key: EventKey) -> bool {
         policy.is_consumer(self.plan_at(key)) && self.preference_at(key) == Preference::Allowed
@@ -204,7 +204,7 @@ impl AccountHistory {
 
     /// The account's withdrawals before `as_of`, in event order: each choice of `declined` while
     /// the choice was `allowed`, and each move from a consumer to a business plan while it was
-    /// `allowed` (SPEC §2).
+    /// `allowed` (docs/POLICY.md, Terms).
     pub fn withdrawals_before(&self, policy: &Policy, as_of: EventKey) -> Vec<EventKey> {
         let mut withdrawals = Vec::new();
         let mut preference = Preference::Unset;
@@ -293,7 +293,7 @@ pub struct Conversation {
     pub id: ConversationId,
     pub owner: AccountId,
     pub surface: Surface,
-    /// Fixed at the first message (SPEC §2).
+    /// Fixed at the first message (docs/POLICY.md, Terms).
     pub incognito: bool,
     pub messages: Vec<Message>,
     pub feedback: Vec<Feedback>,

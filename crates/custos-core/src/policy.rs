@@ -1,6 +1,6 @@
 //! The policy file: text → parsed document → validated [`Policy`].
 //!
-//! Every number and list custos enforces comes from here (SPEC §1, §6). A bad file is refused
+//! Every number and list custos enforces comes from here (docs/POLICY.md). A bad file is refused
 //! whole, with the line and column of what is wrong.
 
 use std::collections::BTreeSet;
@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::time::{Duration, Timestamp};
 
-/// The bundled default policy (SPEC §6), compiled into every binary.
+/// The bundled default policy (docs/POLICY.md, The bundled default policy), compiled into every binary.
 pub const BUNDLED_POLICY_PATH: &str = "policies/consumer-terms-2025.toml";
 const BUNDLED_POLICY_TEXT: &str = include_str!("../../../policies/consumer-terms-2025.toml");
 
@@ -52,7 +52,7 @@ pub struct Retention {
     pub withdrawal_cap: Duration,
 }
 
-/// The data controller, for consent receipts (SPEC §5). Optional in the file.
+/// The data controller, for consent receipts (docs/POLICY.md, Beyond the minimum). Optional in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Controller {
@@ -86,7 +86,7 @@ pub struct Training {
 }
 
 closed_set! {
-    /// Which parts of an eligible conversation a training export carries (SPEC §3).
+    /// Which parts of an eligible conversation a training export carries (docs/POLICY.md, The decisions).
     pub enum ContentRule {
         /// Every message and feedback made on a consumer plan: a resumed conversation counts whole.
         Whole => "whole",

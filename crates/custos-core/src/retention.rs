@@ -1,4 +1,4 @@
-//! Expiry(c) and the sweep's rule (SPEC §3, R6–R8, R12–R13).
+//! Expiry(c) and the sweep's rule (docs/POLICY.md, The decisions, R6–R8, R12–R13).
 
 use std::collections::BTreeMap;
 
@@ -125,7 +125,7 @@ pub enum SweepAction {
     Keep,
 }
 
-/// Purge (SPEC §3): a sweep at `now` removes every conversation with expiry ≤ now that is not
+/// Purge (docs/POLICY.md, The decisions): a sweep at `now` removes every conversation with expiry ≤ now that is not
 /// under an active hold.
 pub fn sweep_action(expiry: Option<Expiry>, held: bool, now: Timestamp) -> SweepAction {
     match expiry {

@@ -1,4 +1,4 @@
-//! A conversation's state as the product and its user see it (API.md §1 `conversation`).
+//! A conversation's state as the product and its user see it (docs/API.md §1 `conversation`).
 
 use crate::eligibility::{EligibilityReason, eligibility};
 use crate::model::{AccountHistory, Conversation, EventKey, Hold};
@@ -20,7 +20,7 @@ pub struct ConversationStatus {
 
 impl ConversationStatus {
     /// Whether it is in its owner's history at `at`: visible, and not expired. An expired
-    /// conversation is gone for its user (SPEC §2) even before a sweep purges it.
+    /// conversation is gone for its user (docs/POLICY.md, Terms) even before a sweep purges it.
     pub fn in_owner_history(&self, at: Timestamp) -> bool {
         self.visible && self.expiry.is_some_and(|expiry| !expiry.has_passed(at))
     }

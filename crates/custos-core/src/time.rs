@@ -1,6 +1,6 @@
 //! Instants and policy durations.
 //!
-//! SPEC §2: times are RFC 3339 with an offset, kept in UTC at millisecond precision (finer
+//! docs/POLICY.md, Terms: times are RFC 3339 with an offset, kept in UTC at millisecond precision (finer
 //! fractions truncated, second 60 invalid). `Nd` is N × 86,400 s; `Ny` is N × 12 calendar months
 //! on the UTC date, clamped to the month's end.
 

@@ -257,7 +257,7 @@ impl Timeline {
     }
 }
 
-/// Purged = content gone (SPEC §3). The record keeps only what a tombstone keeps: that it was
+/// Purged = content gone (docs/POLICY.md, The decisions). The record keeps only what a tombstone keeps: that it was
 /// purged and when, so that later events naming it are refused rather than starting afresh.
 fn purge(conversation: &mut Conversation, key: EventKey) {
     conversation.messages = Vec::new();

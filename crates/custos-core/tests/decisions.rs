@@ -1,4 +1,4 @@
-//! One test per rule of SPEC §3 and per reason code, each on the smallest timeline that shows it.
+//! One test per rule of docs/POLICY.md, The decisions and per reason code, each on the smallest timeline that shows it.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,4 +1,4 @@
-//! Property tests: the core against an independent model, and the invariants of SPEC §4.
+//! Property tests: the core against an independent model, and the invariants of docs/POLICY.md, Invariants.
 //!
 //! The [`oracle`] replays a random timeline as a plain state machine — it tracks the current plan
 //! and choice and stamps each activity as covered when it happens — which is a different
@@ -488,7 +488,7 @@ fn assert_same_answers(core: &Timeline, model: &oracle::Oracle, now: Timestamp) 
     }
 }
 
-/// SPEC §4 invariant 1, stated as absences and checked on the core's own export.
+/// invariant 1 of docs/POLICY.md, stated as absences and checked on the core's own export.
 fn assert_export_holds_only_allowed_data(core: &Timeline, model: &oracle::Oracle, now: Timestamp) {
     for (id, content) in core.snapshot(now).included {
         let index: usize = id.as_str()[1..].parse().unwrap();

@@ -4,7 +4,7 @@
 //! An export reads one consistent snapshot of the store (`Store::scan_training`). The core
 //! decides each conversation (`snapshot_eligibility`: eligible at the cutoff and still eligible
 //! now) and its content (`training_content`), and redacts every text (`Redactor`) before
-//! anything is written. Nothing here restates a rule of SPEC.md.
+//! anything is written. Nothing here restates a rule of docs/POLICY.md.
 //!
 //! Three threads share the work, joined by bounded channels: the reader (database reads, in
 //! chunks of a few hundred accounts, copied as they are), the decider (parsing and the core's

@@ -3,7 +3,7 @@
 //!
 //! Everything here is deterministic: the bytes of every file depend only on the rows, in their
 //! order, and on the settings (no clock, no random, no snapshot id), so the same selection
-//! gives byte-identical files (SPEC §4 invariant 4).
+//! gives byte-identical files (invariant 4 of docs/POLICY.md).
 
 use std::borrow::Cow;
 use std::fs::{self, File};

@@ -1,4 +1,4 @@
-//! Training exports against real stores: SPEC §4 invariants 1 and 4 on random timelines,
+//! Training exports against real stores: invariants 1 and 4 of docs/POLICY.md on random timelines,
 //! exports taken while other writers withdraw and delete, revocations, refusals, redaction, and
 //! the Parquet files read back by independent readers (pyarrow and DuckDB).
 
@@ -190,7 +190,7 @@ fn assert_counts_add_up(manifest: &Value, conversations: usize) {
     assert_eq!(rows, included, "every included conversation is one row");
 }
 
-/// SPEC §4 invariant 1, checked from the reference model's records rather than through
+/// invariant 1 of docs/POLICY.md, checked from the reference model's records rather than through
 /// `eligibility`: nothing of a business plan, incognito, deleted or expired, erased, not allowed
 /// at the cutoff (or withdrawn since), or whose every covered activity precedes the latest
 /// withdrawal; and no message after the cutoff or sent under a business plan.

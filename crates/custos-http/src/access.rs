@@ -5,7 +5,7 @@ use custos_core::AccountId;
 
 use crate::problem::Problem;
 
-/// The roles of API.md §2.
+/// The roles of docs/API.md §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The chat product's back-end.

@@ -1,4 +1,4 @@
-//! Charts as SVG, drawn on the server for the operator dashboard (issue 7): no script and no
+//! Charts as SVG, drawn on the server for the operator dashboard : no script and no
 //! external asset, with axes, labels and the numbers themselves, and a text alternative for
 //! screen readers.
 //!

@@ -80,7 +80,7 @@ fn path_problem(rejection: &PathRejection) -> Problem {
     )
 }
 
-/// An account id from outside (SPEC §2 syntax), or a 400 that says why not.
+/// An account id from outside (docs/POLICY.md, Terms), or a 400 that says why not.
 pub fn account_id(text: &str) -> Result<AccountId, Problem> {
     AccountId::parse(text).map_err(|e| Problem::invalid_id(e.to_string()))
 }

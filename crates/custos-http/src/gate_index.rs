@@ -1,4 +1,4 @@
-//! The gate's in-memory index (SPEC §4 invariant 6: no request waits on disk to learn a choice).
+//! The gate's in-memory index (invariant 6 of docs/POLICY.md: no request waits on disk to learn a choice).
 //!
 //! It keeps, per account, only the two facts Gate needs and whether the account was erased, and
 //! answers through the core's rule table. It is built from the store at start and updated only

@@ -1,10 +1,10 @@
-//! custos-http: the service a chat product calls (API.md §2), and the pages people see.
+//! custos-http: the service a chat product calls (docs/API.md §2), and the pages people see.
 //!
 //! Thin adapters in layers: `state` (what handlers reach), `access` (callers and roles),
 //! `extract` (the caller, the path, the JSON body, each refusing with problem+json),
 //! `actions` (what the API and the pages both do), `api` (the handlers by resource), `pages`,
 //! and `routes` (the table the router and the OpenAPI document are both built from). No handler
-//! restates a rule of SPEC.md: the gate, admission, expiry and eligibility are the core's.
+//! restates a rule of docs/POLICY.md: the gate, admission, expiry and eligibility are the core's.
 //!
 //! It must never listen beyond loopback unless told to, log a token, or answer an error with
 //! anything but problem+json (the pages answer theirs as pages).

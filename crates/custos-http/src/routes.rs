@@ -1,4 +1,4 @@
-//! The route table of API.md §2, each route with who may call it, what it takes and what it
+//! The route table of docs/API.md §2, each route with who may call it, what it takes and what it
 //! answers; the router and the OpenAPI 3.1 document at `/openapi.json` are both built from it,
 //! so neither can list a route the other lacks.
 
@@ -43,7 +43,7 @@ pub struct RouteSpec {
     pub refusals: &'static [u16],
     /// Links from its success answer to other operations (for clients and stateful tests).
     pub links: Value,
-    /// The schema of each path parameter (an id of SPEC §2's syntax unless said otherwise).
+    /// The schema of each path parameter (an id of the syntax of docs/POLICY.md, Terms unless said otherwise).
     pub parameters: Vec<(&'static str, Value)>,
     pub handler: MethodRouter<Arc<AppState>>,
 }
@@ -118,7 +118,7 @@ fn link(operation: &str, parameter: &str, field: &str) -> Value {
     json!({"operationId": operation, "parameters": {parameter: format!("$response.body#/{field}")}})
 }
 
-/// An account, conversation or hold id (SPEC §2).
+/// An account, conversation or hold id (docs/POLICY.md, Terms).
 fn id_schema() -> Value {
     json!({"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"})
 }

@@ -13,6 +13,11 @@ pub fn or_null(schema: Value) -> Value {
     json!({"anyOf": [schema, {"type": "null"}]})
 }
 
+/// The reason codes of a decision, in rule order.
+fn codes<'a>(all: impl Iterator<Item = &'a str>) -> Value {
+    Value::Array(all.map(|code| json!(code)).collect())
+}
+
 fn time() -> Value {
     json!({"type": "string", "format": "date-time"})
 }
@@ -33,7 +38,7 @@ pub fn health() -> Value {
 pub fn gate() -> Value {
     object(json!({
         "decision": {"enum": ["allow", "prompt", "block"]},
-        "reason": {"type": "string", "description": "A reason code of SPEC §3 Gate"},
+        "reason": {"enum": codes(custos_core::GateReason::ALL.iter().map(|c| c.as_str()))},
         "notice": object(json!({"id": {"type": "string"}, "choose_by": time()})),
     }))
 }
@@ -113,7 +118,7 @@ fn status_properties() -> serde_json::Map<String, Value> {
         "expires_at": optional_string(),
         "held": {"type": "boolean"},
         "eligible": {"type": "boolean"},
-        "reason": {"type": "string", "description": "A reason code of SPEC §3 Eligible"},
+        "reason": {"enum": codes(custos_core::EligibilityReason::ALL.iter().map(|c| c.as_str()))},
     });
     properties.as_object().cloned().unwrap_or_default()
 }

@@ -1,9 +1,9 @@
-//! custos-scenario: the policy as a runnable timeline (API.md §1).
+//! custos-scenario: the policy as a runnable timeline (docs/API.md §1).
 //!
 //! It reads a scenario file, replays its steps one by one through the store — a temporary SQLite
 //! database, the same path the server takes — and writes one JSON line per query. It stops at
 //! the first invalid step; lines already written stay written. It owns the file format and the
-//! output format, and no rule of SPEC.md: every answer comes from `custos-core`.
+//! output format, and no rule of docs/POLICY.md: every answer comes from `custos-core`.
 
 mod step;
 

@@ -75,7 +75,7 @@ pub struct ChoiceRecord {
     pub channel: Option<Channel>,
     pub notice: String,
     pub receipt_id: String,
-    /// The signed receipt (SPEC §5): a JSON document whose signature covers its canonical form.
+    /// The signed receipt (docs/POLICY.md, Beyond the minimum): a JSON document whose signature covers its canonical form.
     pub receipt: Option<serde_json::Value>,
 }
 

@@ -1,4 +1,4 @@
-//! Signed consent receipts (SPEC §5, R11): the ISO/IEC TS 27560 and Kantara Consent Receipt
+//! Signed consent receipts (docs/POLICY.md, Beyond the minimum, R11): the ISO/IEC TS 27560 and Kantara Consent Receipt
 //! v1.1 fields for one recorded choice, signed with the store's Ed25519 key.
 //!
 //! A receipt is made on demand from the choice's ledger entry, so its id is that entry's hash

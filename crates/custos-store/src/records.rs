@@ -70,7 +70,7 @@ pub(crate) const END: EventKey = EventKey {
 #[derive(Debug, Clone)]
 pub struct AccountRow {
     pub id: AccountId,
-    /// The next event's place in this account's order (SPEC §2 "order of arrival").
+    /// The next event's place in this account's order (docs/POLICY.md, Terms "order of arrival").
     pub next_seq: i64,
     pub ledger_len: i64,
     pub ledger_head: [u8; 32],

@@ -114,7 +114,7 @@ pub fn sweep_batch(
     Ok((report, next, due.len()))
 }
 
-/// Purged = content gone; a tombstone (id hash, time, reason) remains (SPEC §3).
+/// Purged = content gone; a tombstone (id hash, time, reason) remains (docs/POLICY.md, The decisions).
 fn purge(
     tx: &mut dyn Tx,
     conversation: &Conversation,

@@ -1,5 +1,5 @@
 //! The `custos` binary: parses arguments and hands each subcommand to the module (and the
-//! library crate) that owns it. It holds no rule of SPEC.md.
+//! library crate) that owns it. It holds no rule of docs/POLICY.md.
 //!
 //! Exit codes: 0 success; 1 an operational failure (I/O, an internal error, a failed
 //! verification); 2 invalid input (a bad policy file, an invalid scenario step, a malformed

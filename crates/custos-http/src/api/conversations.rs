@@ -70,7 +70,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// API.md §1's `conversation` answer, as of the service's clock: metadata only, never content.
+/// docs/API.md §1's `conversation` answer, as of the service's clock: metadata only, never content.
 pub async fn status(
     State(state): Shared,
     caller: Caller,

@@ -1,4 +1,4 @@
-//! The API's handlers (API.md §2), by resource. Each authenticates and checks its caller's
+//! The API's handlers (docs/API.md §2), by resource. Each authenticates and checks its caller's
 //! role, reads the request into core types, and asks an action, the store or the gate index;
 //! none decides anything itself.
 

@@ -1161,7 +1161,7 @@ fn the_openapi_document_covers_every_route_and_every_documented_route_is_served(
     let document = reply.body;
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().unwrap();
-    // The routes of API.md §2 this service has so far; each must be documented.
+    // The routes of docs/API.md §2 this service has so far; each must be documented.
     for (method, path) in [
         ("post", "/v1/accounts"),
         ("get", "/v1/accounts/{id}"),

@@ -1,4 +1,4 @@
-//! Each way a step can be invalid (API.md §1) stops the run with exit 2, names the step on
+//! Each way a step can be invalid (docs/API.md §1) stops the run with exit 2, names the step on
 //! stderr, keeps the lines already printed, and runs nothing after it.
 
 use serde_json::{Value, json};

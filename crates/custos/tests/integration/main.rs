@@ -8,6 +8,7 @@
     reason = "a test fails loudly on a broken fixture; that is its job"
 )]
 
+mod api_doc;
 mod architecture;
 mod browser;
 mod contract;
