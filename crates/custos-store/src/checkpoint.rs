@@ -118,105 +118,141 @@ pub struct VerifyReport {
     pub problem: Option<String>,
 }
 
+/// A problem `verify` found, naming the entry or checkpoint: verification stops at the first.
+type Found = String;
+
+/// Every account's chain as verified: its entries' hashes, and the name its hashes use.
+#[derive(Default)]
+struct Chains {
+    hashes: BTreeMap<String, Vec<[u8; 32]>>,
+    names: BTreeMap<String, String>,
+}
+
 /// Recomputes every chain and every checkpoint. Stops at the first problem.
 pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut chains: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
-    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let found = match verify_chains(tx, key, &mut report)? {
+        Ok(chains) => verify_checkpoints(tx, key, &chains, &mut report)?.err(),
+        Err(found) => Some(found),
+    };
+    report.problem = found;
+    Ok(report)
+}
+
+/// Every account's chain, link by link, its head, and its gate columns; then that no ledger
+/// entry is left without its account.
+fn verify_chains(
+    tx: &mut dyn Tx,
+    key: &LedgerKey,
+    report: &mut VerifyReport,
+) -> Result<Result<Chains, Found>, StoreError> {
+    let mut chains = Chains::default();
     let rows = tx.query(
         "SELECT account_id, ledger_len, ledger_head, plan, preference, erased_at FROM accounts ORDER BY account_id",
         &[],
     )?;
     for row in &rows {
-        let (account, length, head) = (row.text(0)?, row.int(1)?, row.bytes(2)?);
-        let (plan_column, preference_column) = (row.optional_text(3)?, row.optional_text(4)?);
+        let account = row.text(0)?;
         let erased = row.optional_int(5)?.is_some();
         if erased != account.starts_with(ledger::PSEUDONYM_PREFIX) {
-            report.problem = Some(format!(
+            return Ok(Err(format!(
                 "account `{account}`: erased accounts, and only they, are stored under their pseudonym"
-            ));
-            return Ok(report);
+            )));
         }
         let name = key.ledger_name(&account, erased);
-        let entries = tx.query(
-            &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
-            &[account.as_str().into()],
-        )?;
-        let mut hashes = Vec::with_capacity(entries.len());
-        let mut previous = GENESIS;
-        for (position, row) in entries.iter().enumerate() {
-            let problem = |what: &str| {
-                Some(format!(
-                    "account `{account}` ledger entry {position}: {what}"
-                ))
-            };
-            let entry = match entry_from_row(row) {
-                Ok(entry) => entry,
-                Err(error) => {
-                    report.problem = problem(&format!("unreadable ({error})"));
-                    return Ok(report);
-                }
-            };
-            report.entries += 1;
-            if entry.idx != i64::try_from(position).unwrap_or(-1) {
-                report.problem = problem(&format!(
-                    "found entry {} in its place (removed or reordered)",
-                    entry.idx
-                ));
-            } else if entry.prev_hash != previous {
-                report.problem =
-                    problem("does not follow the entry before it (removed, reordered or changed)");
-            } else if entry.chained_hash(&previous, &name) != entry.hash {
-                report.problem = problem("its content does not match its hash (changed)");
-            }
-            if report.problem.is_some() {
-                return Ok(report);
-            }
-            previous = entry.hash;
-            hashes.push(entry.hash);
-        }
-        if i64::try_from(hashes.len()).ok() != Some(length)
-            || previous.as_slice() != head.as_slice()
-        {
-            report.problem = Some(format!(
-                "account `{account}`: its ledger has {} entries but its head records {length} (an entry was removed or added)",
-                hashes.len()
-            ));
-            return Ok(report);
-        }
-        // The gate's columns must say what the ledger says.
-        let entries: Vec<Entry> = entries
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<_, _>>()?;
-        if let Some(history) = history_from(&entries)? {
-            let plan = history.plan_at(END).as_str().to_owned();
-            let preference = history.preference_at(END).as_str().to_owned();
-            if plan_column.as_deref() != Some(plan.as_str())
-                || preference_column.as_deref() != Some(preference.as_str())
-            {
-                report.problem = Some(format!(
-                    "account `{account}`: its gate columns say plan {plan_column:?} and choice {preference_column:?}, but its ledger says `{plan}` and `{preference}` (changed outside custos)"
-                ));
-                return Ok(report);
-            }
-        }
+        let hashes = match verify_chain(tx, row, &account, &name, report)? {
+            Ok(hashes) => hashes,
+            Err(found) => return Ok(Err(found)),
+        };
         report.accounts += 1;
-        chains.insert(account.clone(), hashes);
-        names.insert(account, name);
+        chains.hashes.insert(account.clone(), hashes);
+        chains.names.insert(account, name);
     }
     let orphans = tx.query(
         "SELECT DISTINCT account_id FROM ledger WHERE account_id NOT IN (SELECT account_id FROM accounts)",
         &[],
     )?;
     if let Some(row) = orphans.first() {
-        report.problem = Some(format!(
+        return Ok(Err(format!(
             "ledger entries of `{}` have no account (its account row was removed)",
             row.text(0)?
-        ));
-        return Ok(report);
+        )));
     }
+    Ok(Ok(chains))
+}
 
+/// One account's chain (its account row is `row`): each entry where it belongs, following the
+/// one before, with the hash of its content; the head the row records; the gate columns the
+/// ledger implies. Answers the entries' hashes.
+fn verify_chain(
+    tx: &mut dyn Tx,
+    row: &crate::sql::Row,
+    account: &str,
+    name: &str,
+    report: &mut VerifyReport,
+) -> Result<Result<Vec<[u8; 32]>, Found>, StoreError> {
+    let (length, head) = (row.int(1)?, row.bytes(2)?);
+    let (plan_column, preference_column) = (row.optional_text(3)?, row.optional_text(4)?);
+    let rows = tx.query(
+        &format!("SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = ? ORDER BY idx"),
+        &[account.into()],
+    )?;
+    let mut entries: Vec<Entry> = Vec::with_capacity(rows.len());
+    let mut previous = GENESIS;
+    for (position, row) in rows.iter().enumerate() {
+        let found = |what: &str| format!("account `{account}` ledger entry {position}: {what}");
+        let entry = match entry_from_row(row) {
+            Ok(entry) => entry,
+            Err(error) => return Ok(Err(found(&format!("unreadable ({error})")))),
+        };
+        report.entries += 1;
+        if entry.idx != i64::try_from(position).unwrap_or(-1) {
+            let what = format!(
+                "found entry {} in its place (removed or reordered)",
+                entry.idx
+            );
+            return Ok(Err(found(&what)));
+        }
+        if entry.prev_hash != previous {
+            return Ok(Err(found(
+                "does not follow the entry before it (removed, reordered or changed)",
+            )));
+        }
+        if entry.chained_hash(&previous, name) != entry.hash {
+            return Ok(Err(found("its content does not match its hash (changed)")));
+        }
+        previous = entry.hash;
+        entries.push(entry);
+    }
+    if i64::try_from(entries.len()).ok() != Some(length) || previous.as_slice() != head.as_slice() {
+        return Ok(Err(format!(
+            "account `{account}`: its ledger has {} entries but its head records {length} (an entry was removed or added)",
+            entries.len()
+        )));
+    }
+    // The gate's columns must say what the ledger says.
+    if let Some(history) = history_from(&entries)? {
+        let plan = history.plan_at(END).as_str().to_owned();
+        let preference = history.preference_at(END).as_str().to_owned();
+        if plan_column.as_deref() != Some(plan.as_str())
+            || preference_column.as_deref() != Some(preference.as_str())
+        {
+            return Ok(Err(format!(
+                "account `{account}`: its gate columns say plan {plan_column:?} and choice {preference_column:?}, but its ledger says `{plan}` and `{preference}` (changed outside custos)"
+            )));
+        }
+    }
+    Ok(Ok(entries.iter().map(|e| e.hash).collect()))
+}
+
+/// Every checkpoint in order: the heads it records are the chains' own, its root chains the one
+/// before with them, its counts add up, and the store's key signed it.
+fn verify_checkpoints(
+    tx: &mut dyn Tx,
+    key: &LedgerKey,
+    chains: &Chains,
+    report: &mut VerifyReport,
+) -> Result<Result<(), Found>, StoreError> {
     let mut heads: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
     let mut previous_root = GENESIS;
     let checkpoints = tx.query(
@@ -225,13 +261,13 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
     )?;
     for (position, row) in checkpoints.iter().enumerate() {
         let id = row.int(0)?;
-        let problem = |what: String| Some(format!("checkpoint {id}: {what}"));
+        let found = |what: &str| format!("checkpoint {id}: {what}");
         if id != i64::try_from(position).unwrap_or(-1) + 1 {
-            report.problem = problem(format!(
+            let what = format!(
                 "expected checkpoint {} here (removed or reordered)",
                 position + 1
-            ));
-            return Ok(report);
+            );
+            return Ok(Err(found(&what)));
         }
         let mut delta: Vec<(String, i64, Vec<u8>)> = Vec::new();
         for head in tx.query(
@@ -241,13 +277,13 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
             let (account, length, hash) = (head.text(0)?, head.int(1)?, head.bytes(2)?);
             let chain_hash = usize::try_from(length - 1)
                 .ok()
-                .and_then(|i| chains.get(&account)?.get(i));
+                .and_then(|i| chains.hashes.get(&account)?.get(i));
             if chain_hash.map(|h| h.as_slice()) != Some(hash.as_slice()) {
-                report.problem = problem(format!(
+                let what = format!(
                     "records entry {} of `{account}` with a hash the ledger no longer has (the ledger was changed after it was signed)",
                     length - 1
-                ));
-                return Ok(report);
+                );
+                return Ok(Err(found(&what)));
             }
             delta.push((account.clone(), length, hash.clone()));
             heads.insert(account, (length, hash));
@@ -255,7 +291,7 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
         let root = heads_root(
             &previous_root,
             delta.iter().map(|(a, l, h)| {
-                let name = names.get(a).map_or(a.as_str(), String::as_str);
+                let name = chains.names.get(a).map_or(a.as_str(), String::as_str);
                 (name, *l, h.as_slice())
             }),
         );
@@ -266,20 +302,18 @@ pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreErr
             || entries != entries_now
             || accounts != accounts_now
         {
-            report.problem =
-                problem("its root does not match the chain heads it covers".to_owned());
-            return Ok(report);
+            return Ok(Err(found(
+                "its root does not match the chain heads it covers",
+            )));
         }
-        if !key.verify(
-            &checkpoint_message(id, at, accounts, entries, &root),
-            &row.bytes(5)?,
-        ) {
-            report.problem =
-                problem("its signature does not verify with this store's public key".to_owned());
-            return Ok(report);
+        let message = checkpoint_message(id, at, accounts, entries, &root);
+        if !key.verify(&message, &row.bytes(5)?) {
+            return Ok(Err(found(
+                "its signature does not verify with this store's public key",
+            )));
         }
         previous_root = root;
         report.checkpoints += 1;
     }
-    Ok(report)
+    Ok(Ok(()))
 }
