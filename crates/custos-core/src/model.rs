@@ -109,6 +109,25 @@ impl AccountHistory {
         }
     }
 
+    /// An account as its creation at `key` leaves it: on `plan`, with the choice made at signup
+    /// if there was one (recorded at the same key).
+    pub fn opened(
+        id: AccountId,
+        key: EventKey,
+        plan: Plan,
+        signup_choice: Option<(Preference, Channel)>,
+    ) -> AccountHistory {
+        let mut history = AccountHistory::new(id, key, plan);
+        if let Some((preference, channel)) = signup_choice {
+            history.record_choice(Choice {
+                key,
+                preference,
+                channel,
+            });
+        }
+        history
+    }
+
     pub fn created(&self) -> EventKey {
         self.created
     }

@@ -12,9 +12,7 @@ use crate::content::TrainingContent;
 use crate::eligibility::EligibilityReason;
 use crate::gate::{Gate, gate};
 use crate::id::{AccountId, ConversationId, HoldId};
-use crate::model::{
-    AccountChange, AccountHistory, Conversation, EventKey, Feedback, Hold, Message,
-};
+use crate::model::{AccountHistory, Conversation, EventKey, Feedback, Hold, Message};
 use crate::policy::Policy;
 use crate::retention::{SweepReport, sweep_decision};
 use crate::selection::{Selection, select};
@@ -111,14 +109,7 @@ impl Timeline {
                 plan,
                 signup_choice,
             } => {
-                let mut history = AccountHistory::new(account.clone(), key, plan);
-                if let Some((preference, channel)) = signup_choice {
-                    let choice = AccountChange::Choice {
-                        preference,
-                        channel,
-                    };
-                    history.record(key, &choice);
-                }
+                let history = AccountHistory::opened(account.clone(), key, plan, signup_choice);
                 self.accounts.insert(account.clone(), history);
             }
             Effect::AccountChanged { account, change } => {

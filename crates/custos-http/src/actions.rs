@@ -221,7 +221,8 @@ pub async fn sweep_periodically(state: Arc<AppState>, interval: std::time::Durat
         ticks.tick().await;
         let at = state.now();
         if let Err(problem) = sweep_now(&state, at, "scheduled".into()).await {
-            tracing::error!(%at, detail = %problem.detail, "scheduled sweep failed");
+            let cause = problem.cause.as_deref().unwrap_or(&problem.detail);
+            tracing::error!(%at, cause, "scheduled sweep failed");
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use custos_core::{AccountId, ConversationId, HoldId};
 use serde::de::DeserializeOwned;
 
-use crate::access::{Caller, bearer};
+use crate::access::{Allowed, Caller, bearer};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -78,6 +78,14 @@ fn path_problem(rejection: &PathRejection) -> Problem {
         "invalid-path",
         rejection.body_text(),
     )
+}
+
+/// The account a route's path names, if `caller` may reach it there: a 400 for an id of the
+/// wrong syntax, a 403 for a caller the route does not allow.
+pub fn admitted_account(caller: &Caller, id: &str, allowed: Allowed) -> Result<AccountId, Problem> {
+    let id = account_id(id)?;
+    allowed.check(caller, Some(&id))?;
+    Ok(id)
 }
 
 /// An account id from outside (docs/POLICY.md, Terms), or a 400 that says why not.

@@ -1,8 +1,8 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` slug.
 //!
 //! A client learns what was wrong and where; it never sees internals. Storage failures are
-//! reported as a 500 with a generic detail, and the cause goes to the server's log with the
-//! request's id.
+//! reported as a 500 with a generic detail; the cause rides along inside the answer (never in
+//! its body) to the middleware, which logs it with the request's id.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,13 @@ pub struct Problem {
     /// Stable slug, e.g. `choice-required`.
     pub kind: &'static str,
     pub detail: String,
+    /// What went wrong inside, for the log only; never sent.
+    pub cause: Option<String>,
 }
+
+/// The cause of an internal failure, carried in an answer's extensions to the log.
+#[derive(Debug, Clone)]
+pub struct Cause(pub String);
 
 /// A problem as it is sent: the body of an error answer, or one event's outcome in a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +43,16 @@ impl Problem {
             status,
             kind,
             detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// An internal failure, whose cause goes to the log (with the request's id) and nowhere
+    /// else.
+    pub fn internal_because(cause: impl std::fmt::Display) -> Problem {
+        Problem {
+            cause: Some(cause.to_string()),
+            ..Problem::internal()
         }
     }
 
@@ -119,10 +135,7 @@ impl From<StoreError> for Problem {
                 "busy",
                 "too many concurrent writes; try again",
             ),
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                Problem::internal()
-            }
+            other => Problem::internal_because(format!("storage: {other}")),
         }
     }
 }
@@ -145,8 +158,7 @@ impl From<ExportError> for Problem {
             | ExportError::Parquet { .. }
             | ExportError::Invalid { .. }
             | ExportError::Internal(_) => {
-                tracing::error!(error = %error, "export failure");
-                return Problem::internal();
+                return Problem::internal_because(format!("export: {error}"));
             }
         };
         // The destination's full path names the server's folders; the refusal says only why.

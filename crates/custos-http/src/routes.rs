@@ -491,7 +491,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             Problem::not_found("no-such-route", "there is no such route; see /openapi.json")
         })
         .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::middleware::from_fn(middleware::problem_bodies))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             middleware::observe,

@@ -87,27 +87,20 @@ pub(crate) fn new_account(
         ledger_name: histories.pseudonym(account.as_str()),
     };
     let key = EventKey::new(at, 0);
+    let history = AccountHistory::opened(account.clone(), key, plan.clone(), signup_choice);
     let mut entries = vec![chain_entry(
         policy,
         &mut row,
         actor,
         key,
-        &Record::Created(plan.clone()),
+        &Record::Created(plan),
     )];
-    let mut history = AccountHistory::new(account.clone(), key, plan);
     if let Some((preference, channel)) = signup_choice {
-        let choice = AccountChange::Choice {
+        let choice = Record::Changed(AccountChange::Choice {
             preference,
             channel,
-        };
-        history.record(key, &choice);
-        entries.push(chain_entry(
-            policy,
-            &mut row,
-            actor,
-            key,
-            &Record::Changed(choice),
-        ));
+        });
+        entries.push(chain_entry(policy, &mut row, actor, key, &choice));
     }
     (row, history, entries)
 }

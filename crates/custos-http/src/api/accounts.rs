@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::access::{Allowed, Caller, Role};
 use crate::actions;
-use crate::extract::{ApiJson, ApiPath, account_id};
+use crate::extract::{ApiJson, ApiPath, account_id, admitted_account};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -115,8 +115,7 @@ pub async fn read(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Service]))?;
     let at = state.now();
     let view = state
         .blocking(move |store| store.account_view(&id, at))
@@ -136,8 +135,7 @@ pub async fn change_plan(
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<NewPlan>, Problem>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::roles(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::roles(&[Role::Service]))?;
     let ApiJson(request) = body?;
     let view = actions::change_plan(&state, &caller, id, request.plan).await?;
     Ok(Json(account_json(&view, &state)))
@@ -149,8 +147,7 @@ pub async fn gate(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Service]))?;
     let gate = actions::gate_from_memory(&state, &id).await?;
     state.metrics.gate_decision(gate.reason.as_str());
     Ok(Json(gate_json(gate, &state)))
@@ -163,8 +160,7 @@ pub async fn set_preference(
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<ChoiceBody>, Problem>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Service]))?;
     let (allowed, channel) = body?.0.parse(&state)?;
     let (view, receipt) = actions::record_choice(&state, &caller, id, allowed, channel).await?;
     let mut result = preference_json(&view);
@@ -177,8 +173,11 @@ pub async fn preference_history(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service, Role::Auditor]).check(&caller, Some(&id))?;
+    let id = admitted_account(
+        &caller,
+        &id,
+        Allowed::and_user_self(&[Role::Service, Role::Auditor]),
+    )?;
     actions::known_live(&state, &id).await?;
     let account = id.clone();
     let entries = state.blocking(move |store| store.ledger(&account)).await?;
@@ -191,8 +190,7 @@ pub async fn notice_shown(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Service]))?;
     actions::record_notice_shown(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -203,8 +201,7 @@ pub async fn receipt(
     caller: Caller,
     ApiPath((id, receipt)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Auditor]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Auditor]))?;
     actions::known_live(&state, &id).await?;
     let (account, wanted) = (id.clone(), receipt.clone());
     state

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::access::{Allowed, Caller, Role};
 use crate::actions;
-use crate::extract::{ApiPath, account_id, conversation_id};
+use crate::extract::{ApiPath, admitted_account, conversation_id};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -39,8 +39,7 @@ pub async fn list(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[Role::Service]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[Role::Service]))?;
     let at = state.now();
     let account = id.clone();
     let list = state

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::access::{Allowed, Caller};
 use crate::actions;
-use crate::extract::{ApiJson, ApiPath, account_id, conversation_id, hold_id};
+use crate::extract::{ApiJson, ApiPath, account_id, admitted_account, conversation_id, hold_id};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -131,8 +131,7 @@ pub async fn erase_account(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[]))?;
     actions::erase_account_as(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -143,8 +142,7 @@ pub async fn account_data(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccessDocument>, Problem> {
-    let id = account_id(&id)?;
-    Allowed::and_user_self(&[]).check(&caller, Some(&id))?;
+    let id = admitted_account(&caller, &id, Allowed::and_user_self(&[]))?;
     let at = state.now();
     let document = state
         .blocking(move |store| store.access_document(&id, at))

@@ -91,8 +91,11 @@ pub fn refresh_in_background(state: &Arc<AppState>) {
     tokio::spawn(async move {
         if state.dashboard.refreshing.try_lock().is_ok() {
             let stale = Some(Instant::now());
-            if let Err(PageError::Shown { message, .. }) = refresh_figures(&state, stale).await {
-                tracing::error!(%message, "the dashboard's figures could not be computed");
+            if let Err(PageError::Shown { message, cause, .. }) =
+                refresh_figures(&state, stale).await
+            {
+                let cause = cause.unwrap_or(message);
+                tracing::error!(cause, "the dashboard's figures could not be computed");
             }
         }
     });
@@ -119,7 +122,11 @@ fn verify_in_background(state: &Arc<AppState>) {
         let outcome = state
             .blocking(|store| store.verify_ledger())
             .await
-            .map_err(|problem| problem.detail);
+            .map_err(|problem| {
+                let cause = problem.cause.as_deref().unwrap_or(&problem.detail);
+                tracing::error!(cause, "the ledger could not be verified");
+                problem.detail
+            });
         let verification = Arc::new(Verification {
             as_of,
             finished: Instant::now(),

@@ -5,13 +5,18 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 
 use super::layout::{page, see_other};
-use crate::problem::Problem;
+use crate::problem::{Cause, Problem};
 
 /// What a page answers when something is wrong: a page that says what, with its status, or a
 /// way to the sign-in page.
 pub enum PageError {
     Redirect(String),
-    Shown { status: StatusCode, message: String },
+    Shown {
+        status: StatusCode,
+        message: String,
+        /// What went wrong inside, for the log only (see `Problem::cause`).
+        cause: Option<String>,
+    },
 }
 
 impl PageError {
@@ -19,6 +24,7 @@ impl PageError {
         PageError::Shown {
             status,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -29,7 +35,11 @@ impl PageError {
 
 impl From<Problem> for PageError {
     fn from(problem: Problem) -> PageError {
-        PageError::new(problem.status, problem.detail)
+        PageError::Shown {
+            status: problem.status,
+            message: problem.detail,
+            cause: problem.cause,
+        }
     }
 }
 
@@ -37,7 +47,11 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
             PageError::Redirect(to) => see_other(&to),
-            PageError::Shown { status, message } => {
+            PageError::Shown {
+                status,
+                message,
+                cause,
+            } => {
                 let content = html! {
                     h1 { "Something went wrong" }
                     p.banner.error role="alert" { (message) }
@@ -45,6 +59,9 @@ impl IntoResponse for PageError {
                 };
                 let mut response = page("Error", None, content);
                 *response.status_mut() = status;
+                if let Some(cause) = cause {
+                    response.extensions_mut().insert(Cause(cause));
+                }
                 response
             }
         }
