@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures how fast the decision core replays random timelines (issue 2: "10,000 random
+# Measures how fast the decision core replays random timelines ("10,000 random
 # timelines through the core take seconds, not minutes").
 #
 # Usage: bench/core-timelines.sh [COUNT]   (default 10000)

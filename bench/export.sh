@@ -4,7 +4,7 @@
 # feedback, write Parquet), in the same run; with each one's wall time and peak memory.
 #
 # Usage: bench/export.sh [ACCOUNTS] [CONVERSATIONS]   (default 1000000 10000000)
-# Goals (issue 6): custos at least as fast as DuckDB (ratio >= 1.0x); custos's memory under 1 GiB
+# Goals: custos at least as fast as DuckDB (ratio >= 1.0x); custos's memory under 1 GiB
 # whatever the data size (measured as its peak RssAnon; see watch_anon below).
 #
 # DuckDB's job is the usual hand-written filter over the current consent state: plan consumer,

@@ -3,7 +3,7 @@
 # with the same wrk settings in the same run.
 #
 # Usage: bench/pages.sh [ACCOUNTS] [CONVERSATIONS] [DURATION]   (default 1000000 10000000 5s)
-# Goal (issue 7): every page answers within 50 ms on a demo folder of 1M accounts (p99, one
+# Goal: every page answers within 50 ms on a demo folder of 1M accounts (p99, one
 # request at a time, so that each figure is one page's own time, not a queue's).
 #
 # The dashboard renders from figures computed in the background (counts over every table and a

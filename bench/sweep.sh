@@ -3,7 +3,7 @@
 # same database, and the gate's p99 under wrk while a sweep runs, against idle.
 #
 # Usage: bench/sweep.sh [ACCOUNTS] [CONVERSATIONS] [DUE]   (default 1000000 10000000 200000)
-# Goals (issue 5): sweep >= 0.7x the plain DELETE's conversations/s; gate p99 during a sweep
+# Goals: sweep >= 0.7x the plain DELETE's conversations/s; gate p99 during a sweep
 # <= 2x idle. Both sweeps purge the same DUE conversations: those that expire first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -172,13 +172,13 @@ fn the_json_log_names_each_request_by_id_and_template_and_holds_no_secret() {
         .collect();
     for id in &ids {
         assert!(
-            answered.iter().any(|e| e["span"]["id"] == id.as_str()),
+            answered.iter().any(|e| e["fields"]["id"] == id.as_str()),
             "request {id} is not in the log"
         );
     }
     let routes: Vec<&str> = answered
         .iter()
-        .filter_map(|e| e["span"]["route"].as_str())
+        .filter_map(|e| e["fields"]["route"].as_str())
         .collect();
     assert!(
         routes.contains(&"/v1/accounts/{id}/training-preference"),
