@@ -178,6 +178,37 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(Cause(cause));
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_failure_keeps_its_cause_out_of_the_body_and_in_the_answer_for_the_log() {
+        let problem = Problem::from(StoreError::Database("disk on fire at /var/lib/x".into()));
+        assert_eq!(problem.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let response = problem.into_response();
+        let cause = response.extensions().get::<Cause>().map(|c| c.0.clone());
+        assert_eq!(
+            cause.as_deref(),
+            Some("storage: database error: disk on fire at /var/lib/x")
+        );
+        let body = serde_json::to_string(&Problem::internal().body()).unwrap_or_default();
+        assert!(
+            !body.contains("disk") && !body.contains("/var/lib"),
+            "{body}"
+        );
+        // A refusal is the caller's to read, and no cause of the log's.
+        let refused = Problem::from(StoreError::Refused(Refusal::UnknownAccount(
+            custos_core::AccountId::parse("a").unwrap_or_else(|_| unreachable!()),
+        )));
+        assert_eq!(refused.cause, None);
+        assert_eq!(refused.kind, "unknown-account");
     }
 }

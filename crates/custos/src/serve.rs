@@ -82,9 +82,8 @@ enum LogLevel {
     Debug,
 }
 
-/// Sends the service's log to stderr. Every event inside a request carries the request's id;
-/// no event carries a token, a body or a path (paths hold ids): requests are named by their
-/// route template.
+/// Sends the service's log to stderr, one event a line. A request's events name it by its id,
+/// method and route template; no event carries a token, a body or a path (paths hold ids).
 fn start_logging(format: LogFormat, level: LogLevel) {
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,
@@ -103,7 +102,7 @@ fn start_logging(format: LogFormat, level: LogLevel) {
             .try_init(),
         LogFormat::Json => builder
             .json()
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(false)
             .try_init(),
     };

@@ -201,6 +201,30 @@ impl Server {
         }
     }
 
+    /// Runs `sql` on this server's database behind its back, SQLite or PostgreSQL (to damage
+    /// it on purpose).
+    pub fn execute(&self, sql: &str) {
+        match &self.database {
+            Some(database) => {
+                postgres::Client::connect(&database.url(), postgres::NoTls)
+                    .unwrap()
+                    .batch_execute(sql)
+                    .unwrap();
+            }
+            None => {
+                let path = self
+                    ._folder
+                    .path()
+                    .join("data")
+                    .join(custos_store::SQLITE_FILE);
+                rusqlite::Connection::open(path)
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap();
+            }
+        }
+    }
+
     /// The arguments that point a `custos` command at this server's store.
     pub fn store_args(&self) -> Vec<std::ffi::OsString> {
         let mut args = vec!["--data".into(), self._folder.path().join("data").into()];

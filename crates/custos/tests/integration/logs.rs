@@ -154,6 +154,24 @@ fn the_json_log_names_each_request_by_id_and_template_and_holds_no_secret() {
     let args = ["--log-format", "json", "--log-level", "debug"];
     let mut server = Server::start_with("2025-10-01T00:00:00Z", &args, Some(&log_path));
     let (secrets, ids) = full_run(&server);
+    // A storage failure: its cause goes to the log with the request's id, never to the caller.
+    server.execute("DROP TABLE event_ids");
+    let batch = json!({"events": [{"id": "e9", "type": "message", "at": "2025-10-01T00:00:00Z", "account": "u2", "conversation": "c9"}]});
+    let bearer = format!("Bearer {}", server.tokens["service"]);
+    let failed = http(
+        &server.address,
+        "POST",
+        "/v1/events",
+        &[("Authorization", &bearer)],
+        Some(&batch.to_string()),
+    );
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert!(
+        !failed.body.contains("event_ids"),
+        "the cause reached the caller: {}",
+        failed.body
+    );
+    let failed_id = failed.header("x-request-id");
     terminate(&mut server);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert_nothing_secret(&log, &secrets);
@@ -189,6 +207,19 @@ fn the_json_log_names_each_request_by_id_and_template_and_holds_no_secret() {
         "the sweep is not logged"
     );
     assert!(events.iter().any(|e| e["fields"]["message"] == "serving"));
+    let failure = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "failed")
+        .unwrap_or_else(|| panic!("the failure is not in the log:\n{log}"));
+    assert_eq!(failure["level"], "ERROR");
+    assert_eq!(failure["fields"]["id"], failed_id.as_str());
+    assert_eq!(failure["fields"]["route"], "/v1/events");
+    assert!(
+        failure["fields"]["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("event_ids")),
+        "{failure}"
+    );
     assert!(events.iter().any(|e| {
         e["fields"]["message"]
             .as_str()
