@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::http::{NOTICE, Server, signup};
+use crate::http::{NOTICE, Server, assert_ledger_length, signup};
 
 /// An answer as read off the socket.
 struct Raw {
@@ -328,18 +328,7 @@ fn hostile_input_gets_no_5xx_and_every_refusal_is_a_problem() {
     }
     assert!(faults.is_empty(), "{}", faults.join("\n"));
     // The server is still up and nothing of the refused requests was recorded.
-    let history = server.call(
-        "GET",
-        "/v1/accounts/u1/training-preference/history",
-        Some("service"),
-        None,
-    );
-    assert_eq!(
-        history.body["entries"].as_array().map(Vec::len),
-        Some(2),
-        "{}",
-        history.body
-    );
+    assert_ledger_length(&server, "u1", 2);
     let choice = json!({"allowed": true, "channel": "settings", "notice": NOTICE}).to_string();
     let reply = server.call(
         "PUT",

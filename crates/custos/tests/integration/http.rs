@@ -287,6 +287,18 @@ fn spawn_serve(
 
 pub const NOTICE: &str = "consumer-terms-2025";
 
+/// The account's ledger holds `entries` entries (nothing refused was recorded).
+pub fn assert_ledger_length(server: &Server, account: &str, entries: usize) {
+    let path = format!("/v1/accounts/{account}/training-preference/history");
+    let history = server.call("GET", &path, Some("service"), None);
+    assert_eq!(
+        history.body["entries"].as_array().map(Vec::len),
+        Some(entries),
+        "{}",
+        history.body
+    );
+}
+
 pub fn signup(server: &Server, id: &str, plan: &str, allowed: Option<bool>) -> Reply {
     let mut body = json!({"id": id, "plan": plan});
     if let Some(allowed) = allowed {
@@ -773,18 +785,7 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         assert!(!reply.body["detail"].as_str().unwrap_or("").is_empty());
     }
     // Nothing of the refused requests was recorded.
-    let history = server.call(
-        "GET",
-        "/v1/accounts/u1/training-preference/history",
-        Some("service"),
-        None,
-    );
-    assert_eq!(
-        history.body["entries"].as_array().map(Vec::len),
-        Some(2),
-        "{}",
-        history.body
-    );
+    assert_ledger_length(&server, "u1", 2);
     let reply = server.call("GET", "/v1/accounts/x", Some("service"), None);
     assert_eq!(reply.status, 404);
     let holds = server.call("GET", "/v1/legal-holds", Some("admin"), None);
