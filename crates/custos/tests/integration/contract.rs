@@ -127,10 +127,10 @@ fn schemathesis_finds_no_failure_for_any_role() {
         let report = String::from_utf8_lossy(&output.stdout);
         let summary = report
             .lines()
-            .rev()
-            .find(|l| l.contains(" in "))
-            .unwrap_or("")
-            .to_owned();
+            .filter(|l| l.contains(" generated, ") || l.starts_with("=="))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ");
         eprintln!("schemathesis as {role} (seed {seed}): {summary}");
         let ran = report.contains("generated") && report.contains("Stateful");
         if !output.status.success() || !ran {
