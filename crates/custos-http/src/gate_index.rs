@@ -2,11 +2,13 @@
 //!
 //! It keeps, per account, only the two facts Gate needs and whether the account was erased, and
 //! answers through the core's rule table. It is built from the store at start and updated only
-//! after a write commits.
+//! after a write commits. Each entry keeps the ledger length its facts are as of: two writes of
+//! one account may reach the index in either order, and only the newer one's facts are kept.
 //!
 //! Compact by design (goal: at most 64 resident bytes per account): every id lives in one byte
-//! arena; an entry is 8 bytes (arena offset, id length, packed state); an open-addressing table
-//! of `u32` entry numbers, at most 70% full, finds them. No per-account allocation.
+//! arena; an entry is 12 bytes (arena offset, ledger length, id length, packed state); an
+//! open-addressing table of `u32` entry numbers, at most 70% full, finds them. No per-account
+//! allocation.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::RwLock;
@@ -25,8 +27,14 @@ pub enum Lookup {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     offset: u32,
+    /// The ledger length the state is as of (saturated at `u32::MAX`).
+    version: u32,
     length: u8,
     state: u8,
+}
+
+fn version_of(ledger_len: u64) -> u32 {
+    u32::try_from(ledger_len).unwrap_or(u32::MAX)
 }
 
 const EMPTY: u32 = u32::MAX;
@@ -135,7 +143,7 @@ impl Table {
 
     /// Adds an entry for an id known to be new, without a slot: for the load at start, which
     /// reads each account once and then builds the slots in one pass ([`Table::index`]).
-    fn push_new(&mut self, id: &[u8], state: GateState) {
+    fn push_new(&mut self, id: &[u8], state: GateState, version: u64) {
         let (Ok(offset), Ok(length)) = (u32::try_from(self.ids.len()), u8::try_from(id.len()))
         else {
             return;
@@ -143,6 +151,7 @@ impl Table {
         self.ids.extend_from_slice(id);
         self.entries.push(Entry {
             offset,
+            version: version_of(version),
             length,
             state: pack(state),
         });
@@ -156,15 +165,21 @@ impl Table {
         self.rebuild_slots(capacity);
     }
 
-    fn set(&mut self, id: &[u8], state: GateState) {
+    /// Records `state` as of ledger length `version`, unless the entry already holds a newer
+    /// one.
+    fn set(&mut self, id: &[u8], state: GateState, version: u64) {
         // Keep the table at most 70% full.
         if (self.entries.len() + 1) * 10 > self.slots.len() * 7 {
             self.grow();
         }
+        let version = version_of(version);
         match self.find(id) {
             Some((_, Some(number))) => {
-                if let Some(entry) = self.entries.get_mut(number) {
+                if let Some(entry) = self.entries.get_mut(number)
+                    && version >= entry.version
+                {
                     entry.state = pack(state);
+                    entry.version = version;
                 }
             }
             Some((slot, None)) => {
@@ -178,6 +193,7 @@ impl Table {
                 self.ids.extend_from_slice(id);
                 self.entries.push(Entry {
                     offset,
+                    version,
                     length,
                     state: pack(state),
                 });
@@ -201,7 +217,9 @@ impl GateIndex {
         let mut table = Table::default();
         // Account ids are unique in the store, so each row is appended without a lookup and
         // the hash slots are built once at the end, at their final size.
-        store.for_each_gate_state(&mut |id, state| table.push_new(id.as_bytes(), state))?;
+        store.for_each_gate_state(&mut |id, state, version| {
+            table.push_new(id.as_bytes(), state, version);
+        })?;
         table.ids.shrink_to_fit();
         table.entries.shrink_to_fit();
         table.index();
@@ -235,10 +253,11 @@ impl GateIndex {
         }
     }
 
-    /// Records an account's state after a committed write.
-    pub fn update(&self, account: &AccountId, state: GateState) {
+    /// Records an account's state as of ledger length `version`, after a committed write; an
+    /// older state than the one held is let go.
+    pub fn update(&self, account: &AccountId, state: GateState, version: u64) {
         if let Ok(mut table) = self.table.write() {
-            table.set(account.as_str().as_bytes(), state);
+            table.set(account.as_str().as_bytes(), state, version);
         }
     }
 }
@@ -272,10 +291,10 @@ mod tests {
             erased: i % 7 == 0,
         };
         for i in 0..50_000 {
-            table.set(format!("account-{i}").as_bytes(), state(i));
+            table.set(format!("account-{i}").as_bytes(), state(i), 1);
         }
         for i in (0..50_000).step_by(3) {
-            table.set(format!("account-{i}").as_bytes(), state(i + 1));
+            table.set(format!("account-{i}").as_bytes(), state(i + 1), 2);
         }
         for i in 0..50_000 {
             let expected = if i % 3 == 0 { state(i + 1) } else { state(i) };
@@ -288,7 +307,7 @@ mod tests {
         assert_eq!(table.get(b"account-50000"), None);
         let mut loaded = Table::default();
         for i in 0..50_000 {
-            loaded.push_new(format!("account-{i}").as_bytes(), state(i));
+            loaded.push_new(format!("account-{i}").as_bytes(), state(i), 1);
         }
         loaded.index();
         for i in (0..50_000).step_by(7) {
@@ -298,9 +317,43 @@ mod tests {
             );
         }
         assert_eq!(loaded.get(b"account-50000"), None);
-        loaded.set(b"account-50000", state(1));
+        loaded.set(b"account-50000", state(1), 1);
         assert_eq!(loaded.get(b"account-50000"), Some(state(1)));
         assert_eq!(table.get(b""), None);
         assert_eq!(table.entries.len(), 50_000);
+    }
+
+    #[test]
+    fn an_older_state_never_replaces_a_newer_one_whatever_order_they_come_in() {
+        let mut table = Table::default();
+        let (undecided, allowed, business) = (
+            GateState {
+                consumer_plan: true,
+                preference: Preference::Unset,
+                erased: false,
+            },
+            GateState {
+                consumer_plan: true,
+                preference: Preference::Allowed,
+                erased: false,
+            },
+            GateState {
+                consumer_plan: false,
+                preference: Preference::Allowed,
+                erased: false,
+            },
+        );
+        table.set(b"a", undecided, 1);
+        table.set(b"a", business, 3);
+        table.set(b"a", allowed, 2);
+        assert_eq!(table.get(b"a"), Some(business));
+        table.set(b"a", allowed, 3);
+        assert_eq!(
+            table.get(b"a"),
+            Some(allowed),
+            "the same version may restate"
+        );
+        table.set(b"a", undecided, 4);
+        assert_eq!(table.get(b"a"), Some(undecided));
     }
 }

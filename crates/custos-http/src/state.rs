@@ -115,8 +115,8 @@ impl AppState {
 
     /// Brings the gate index up to what a committed write says of its account.
     pub fn remember(&self, written: &Written) {
-        if let Some((account, state)) = &written.gate {
-            self.gates.update(account, *state);
+        if let Some((account, state, version)) = &written.gate {
+            self.gates.update(account, *state, *version);
         }
     }
 
@@ -124,8 +124,8 @@ impl AppState {
     /// not hold: an account erased before this server started is stored under its pseudonym).
     pub async fn look_up_gate(&self, account: &AccountId) -> Result<(), Problem> {
         let id = account.clone();
-        if let Some(state) = self.blocking(move |store| store.gate_state(&id)).await? {
-            self.gates.update(account, state);
+        if let Some((state, version)) = self.blocking(move |store| store.gate_state(&id)).await? {
+            self.gates.update(account, state, version);
         }
         Ok(())
     }

@@ -31,8 +31,10 @@ pub struct Written {
     /// The account as it stands after the write, as of its time; for a change to a live
     /// account's ledger (creation, choice, notice shown, plan change).
     pub account: Option<AccountView>,
-    /// The account's gate facts after the write, for a change to its ledger (erasure too).
-    pub gate: Option<(AccountId, GateState)>,
+    /// The account's gate facts after the write, for a change to its ledger (erasure too),
+    /// with the ledger's length then: of two such answers for one account, the one with the
+    /// longer ledger is the newer, whichever reaches a reader first.
+    pub gate: Option<(AccountId, GateState, u64)>,
     /// What a sweep did.
     pub sweep: Option<SweepReport>,
 }
@@ -450,11 +452,12 @@ impl Carrier<'_, '_> {
             )?)
         };
         let id = history.id.clone();
+        let version = u64::try_from(row.ledger_len).unwrap_or(0);
         self.written.push((row.ledger_len, history));
         Ok(Written {
             entries,
             account,
-            gate: Some((id, gate)),
+            gate: Some((id, gate, version)),
             sweep: None,
         })
     }

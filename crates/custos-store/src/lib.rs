@@ -569,14 +569,14 @@ impl Store {
     }
 
     /// The gate inputs of one account (for the service's in-memory index).
-    pub fn gate_state(&self, account: &AccountId) -> Result<Option<GateState>, StoreError> {
+    pub fn gate_state(&self, account: &AccountId) -> Result<Option<(GateState, u64)>, StoreError> {
         self.read(&mut |tx| views::gate_state(tx, &self.histories, &self.policy, account))
     }
 
     /// Calls `each` with every account's gate inputs, streamed (for the index built at start).
     pub fn for_each_gate_state(
         &self,
-        each: &mut dyn FnMut(&str, GateState),
+        each: &mut dyn FnMut(&str, GateState, u64),
     ) -> Result<(), StoreError> {
         self.read(&mut |tx| views::for_each_gate_state(tx, &self.policy, each))
     }

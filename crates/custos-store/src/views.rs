@@ -133,13 +133,20 @@ pub(crate) fn gate_state_of(policy: &Policy, history: &AccountHistory) -> GateSt
     }
 }
 
+/// An account's gate facts and the length of the ledger they are as of (see
+/// [`crate::Written::gate`]).
 pub fn gate_state(
     tx: &mut dyn Tx,
     histories: &Histories,
     policy: &Policy,
     id: &AccountId,
-) -> Result<Option<GateState>, StoreError> {
-    Ok(load_account(tx, histories, id, false)?.map(|(_, history)| gate_state_of(policy, &history)))
+) -> Result<Option<(GateState, u64)>, StoreError> {
+    Ok(
+        load_account(tx, histories, id, false)?.map(|(row, history)| {
+            let version = u64::try_from(row.ledger_len).unwrap_or(0);
+            (gate_state_of(policy, &history), version)
+        }),
+    )
 }
 
 /// Every account's gate state, streamed from one scan of the accounts table, for building the
@@ -147,10 +154,10 @@ pub fn gate_state(
 pub fn for_each_gate_state(
     tx: &mut dyn Tx,
     policy: &Policy,
-    each: &mut dyn FnMut(&str, GateState),
+    each: &mut dyn FnMut(&str, GateState, u64),
 ) -> Result<(), StoreError> {
     tx.query_each(
-        "SELECT account_id, plan, preference, erased_at FROM accounts",
+        "SELECT account_id, plan, preference, erased_at, ledger_len FROM accounts",
         &[],
         &mut |row| {
             let plan = row.optional_str(1)?.unwrap_or_default();
@@ -166,7 +173,7 @@ pub fn for_each_gate_state(
             let id = row
                 .optional_str(0)?
                 .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
-            each(id, state);
+            each(id, state, u64::try_from(row.int(4)?).unwrap_or(0));
             Ok(())
         },
     )

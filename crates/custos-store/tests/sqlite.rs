@@ -165,7 +165,7 @@ fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained
     let store = Store::open(&location, Policy::bundled()).unwrap();
     let mut states = Vec::new();
     store
-        .for_each_gate_state(&mut |id, state| states.push((id.to_owned(), state)))
+        .for_each_gate_state(&mut |id, state, _version| states.push((id.to_owned(), state)))
         .unwrap();
     assert_eq!(states.len(), 1);
     let (_, state) = &states[0];

@@ -1177,6 +1177,77 @@ fn each_of_many_concurrent_choices_is_answered_with_its_own_receipt() {
     assert_eq!(verified.body["intact"], true, "{}", verified.body);
 }
 
+/// Many concurrent plan changes and choices on the same accounts: once every write is answered,
+/// the gate the instance answers from memory equals the gate over the stored history, for every
+/// account, in every trial. Two writes of one account may finish in either order; the index
+/// keeps the newer one's facts.
+#[test]
+fn the_gate_from_memory_equals_the_stored_histories_after_concurrent_writes() {
+    let server = Server::start("2025-10-01T00:00:00Z");
+    let accounts = ["g0", "g1", "g2"];
+    for account in accounts {
+        assert_eq!(signup(&server, account, "pro", Some(true)).status, 201);
+    }
+    let plans = ["free", "api", "team", "max", "pro", "enterprise"];
+    let mut differences = Vec::new();
+    for trial in 0..24 {
+        std::thread::scope(|scope| {
+            for writer in 0..36usize {
+                let server = &server;
+                scope.spawn(move || {
+                    let account = accounts[writer % accounts.len()];
+                    let (method, path, body) = if writer % 3 == 0 {
+                        let choice = json!({"allowed": (writer + trial) % 2 == 0, "channel": "settings", "notice": NOTICE});
+                        ("PUT", format!("/v1/accounts/{account}/training-preference"), choice)
+                    } else {
+                        let plan = plans[(writer * 7 + trial) % plans.len()];
+                        ("PATCH", format!("/v1/accounts/{account}"), json!({"plan": plan}))
+                    };
+                    let reply = server.call(method, &path, Some("service"), Some(&body.to_string()));
+                    // A choice on a business plan is refused; every other write is answered.
+                    assert!(
+                        reply.status == 200 || reply.body["type"] == "no-choice-on-business-plan",
+                        "{method} {path}: {} {}",
+                        reply.status,
+                        reply.body
+                    );
+                });
+            }
+        });
+        for account in accounts {
+            let memory = server.call(
+                "GET",
+                &format!("/v1/accounts/{account}/gate"),
+                Some("service"),
+                None,
+            );
+            let stored = server.call(
+                "GET",
+                &format!("/v1/accounts/{account}"),
+                Some("service"),
+                None,
+            );
+            let (from_memory, from_store) = (
+                (
+                    memory.body["decision"].clone(),
+                    memory.body["reason"].clone(),
+                ),
+                (
+                    stored.body["gate"]["decision"].clone(),
+                    stored.body["gate"]["reason"].clone(),
+                ),
+            );
+            if from_memory != from_store {
+                differences.push(format!(
+                    "trial {trial}, {account}: memory {from_memory:?}, stored {from_store:?} (plan {})",
+                    stored.body["plan"]
+                ));
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
 #[test]
 fn the_openapi_document_covers_every_route_and_every_documented_route_is_served() {
     let server = Server::start("2025-10-01T00:00:00Z");
