@@ -67,6 +67,10 @@ pub enum Refusal {
     HoldExists(HoldId),
     #[error("hold `{0}` is not active (unknown or already released)")]
     HoldNotActive(HoldId),
+    #[error(
+        "`{field}` holds a NUL character (U+0000) at character {at}; texts custos keeps may hold any character but that one"
+    )]
+    NulInText { field: &'static str, at: usize },
 }
 
 impl Refusal {
@@ -87,7 +91,18 @@ impl Refusal {
             Refusal::BeforeAccountCreated { .. } => "before-account-created",
             Refusal::HoldExists(_) => "hold-exists",
             Refusal::HoldNotActive(_) => "hold-not-active",
+            Refusal::NulInText { .. } => "nul-in-text",
         }
+    }
+}
+
+/// Refuses a text that holds U+0000. Every backend must keep the same texts, and PostgreSQL's
+/// `text` can't hold that character, so no store keeps it; a product that sends one is told
+/// where it is rather than having it dropped or changed unseen.
+pub fn check_text(field: &'static str, text: &str) -> Result<(), Refusal> {
+    match text.chars().position(|c| c == '\0') {
+        Some(at) => Err(Refusal::NulInText { field, at }),
+        None => Ok(()),
     }
 }
 
@@ -213,6 +228,7 @@ pub fn admit<'c>(
             text,
             incognito,
         } => {
+            check_text("text", text)?;
             let owner = live_account(account, named.account)?;
             match named.conversation {
                 Some(existing) => admit_activity(policy, owner, existing, key)?,
@@ -235,6 +251,9 @@ pub fn admit<'c>(
             rating,
             comment,
         } => {
+            if let Some(comment) = comment {
+                check_text("comment", comment)?;
+            }
             let owner = live_account(account, named.account)?;
             let existing = named
                 .conversation

@@ -732,6 +732,45 @@ fn activity_timed_before_the_account_was_created_is_refused() {
     model.apply(at, on_time).unwrap();
 }
 
+/// No store can keep U+0000 in every backend, so texts holding it are refused, saying where,
+/// and nothing of the event is recorded.
+#[test]
+fn a_text_or_comment_holding_nul_is_refused_and_says_where() {
+    let mut model = Timeline::new(Policy::bundled());
+    let a = account("a");
+    let at = ts("2025-10-01T00:00:00Z");
+    let create = Command::CreateAccount {
+        account: a.clone(),
+        plan: "pro".into(),
+        choice: Some((true, Channel::Signup)),
+    };
+    model.apply(at, create).unwrap();
+    let message = |text: &str| Command::Message {
+        account: a.clone(),
+        conversation: conversation("c1"),
+        surface: Surface::Chat,
+        role: Role::User,
+        text: text.into(),
+        incognito: false,
+    };
+    let refused = model.apply(at, message("é\u{0}b")).unwrap_err();
+    assert_eq!(refused.slug(), "nul-in-text");
+    assert!(refused.to_string().contains("`text`"), "{refused}");
+    assert!(refused.to_string().contains("character 1;"), "{refused}");
+    assert!(model.conversation_status(&conversation("c1"), at).is_err());
+    model.apply(at, message("a\u{1}b")).unwrap();
+    let feedback = |comment: &str| Command::Feedback {
+        account: a.clone(),
+        conversation: conversation("c1"),
+        rating: Rating::Up,
+        comment: Some(comment.into()),
+    };
+    let refused = model.apply(at, feedback("\u{0}")).unwrap_err();
+    assert_eq!(refused.slug(), "nul-in-text");
+    assert!(refused.to_string().contains("`comment`"), "{refused}");
+    model.apply(at, feedback("fine")).unwrap();
+}
+
 // ---- Refusal slugs ----
 
 #[test]
@@ -773,6 +812,10 @@ fn refusal_slugs_are_distinct_and_kebab_case() {
         },
         Refusal::HoldExists(h.clone()),
         Refusal::HoldNotActive(h),
+        Refusal::NulInText {
+            field: "text",
+            at: 0,
+        },
     ];
     let slugs: std::collections::BTreeSet<_> = refusals.iter().map(|r| r.slug()).collect();
     assert_eq!(slugs.len(), refusals.len());

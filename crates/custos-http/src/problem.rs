@@ -120,7 +120,8 @@ impl From<Refusal> for Problem {
             Refusal::UnknownPlan(_)
             | Refusal::ChoiceRequired { .. }
             | Refusal::NoChoiceOnBusinessPlan { .. }
-            | Refusal::BeforeAccountCreated { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | Refusal::BeforeAccountCreated { .. }
+            | Refusal::NulInText { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Problem::new(status, refusal.slug(), refusal.to_string())
     }

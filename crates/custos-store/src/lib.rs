@@ -401,6 +401,7 @@ impl Store {
         reason: &str,
         actor: &str,
     ) -> Result<HoldRecord, StoreError> {
+        custos_core::admission::check_text("reason", reason)?;
         let command = Command::PlaceHold {
             hold: hold.clone(),
             target: target.clone(),

@@ -138,6 +138,7 @@ fn parse_event(value: Value, now: Timestamp) -> Result<(String, Timestamp, Comma
     if id.is_empty() || id.len() > 128 {
         return Err(Problem::invalid_body("`id` must be 1 to 128 characters"));
     }
+    custos_core::admission::check_text("id", &id)?;
     if at.unix_millis() > now.unix_millis().saturating_add(FUTURE_TOLERANCE_MS) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
