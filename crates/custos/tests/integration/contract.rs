@@ -118,8 +118,12 @@ fn schemathesis_finds_no_failure_for_any_role() {
             .args([
                 "--checks",
                 "all",
+                // One worker: with two threads, CPython 3.11's `ast.parse` (which Hypothesis
+                // calls to describe its strategies) shares its depth counter between threads and
+                // fails now and then with "AST constructor recursion depth mismatch"
+                // (python/cpython#106905); a failure of the tool, not of custos.
                 "--workers",
-                "2",
+                "1",
                 "--seed",
                 &seed.to_string(),
             ])
