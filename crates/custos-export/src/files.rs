@@ -7,8 +7,6 @@ pub const FORMAT_VERSION: &str = "custos-export/2";
 pub const DEFAULT_ROOT: &str = "exports";
 /// Each export's record (manifest, signature, row keys), inside the data folder.
 pub const RECORDS: &str = "export-records";
-/// The secret that keys the pseudonyms of exported rows, inside the data folder.
-pub const SECRET_FILE: &str = "export-keys.secret";
 pub const MANIFEST: &str = "manifest.json";
 pub const SIGNATURE: &str = "manifest.json.sig";
 pub const REQUEST: &str = "request.json";

@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
 use custos_core::{EligibilityReason, Purpose, RevocationReason, Timestamp, revocation};
-use custos_store::ledger::{Hmac, load_or_create_secret};
+use custos_store::ledger::Hmac;
 use custos_store::{Checkpoint, RawChunk, Store, StoreError};
 use serde_json::{Value, json};
 
 pub use destination::confine;
 pub use error::ExportError;
 pub use files::{
-    DEFAULT_MAX_FILE_BYTES, DEFAULT_ROOT, FORMAT_VERSION, MANIFEST, RECORDS, SECRET_FILE, SIGNATURE,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_ROOT, FORMAT_VERSION, MANIFEST, RECORDS, SIGNATURE,
 };
 pub use pipeline::Progress;
 pub use request::{Prepared, Request};
@@ -211,10 +211,12 @@ impl<'a> Exports<'a> {
         let manifest = self.manifest(prepared, checkpoint, counted, &excluded, &written);
         let bytes = serde_json::to_vec_pretty(&manifest)
             .map_err(|_| ExportError::Internal("a manifest that does not serialize"))?;
+        let (signed, key_id) = self.store.sign(&bytes)?;
         let signature = json!({
             "algorithm": "ed25519",
+            "key_id": key_id,
             "public_key": self.store.public_key_hex(),
-            "signature": custos_core::policy::hex(&self.store.sign(&bytes)),
+            "signature": custos_core::policy::hex(&signed),
         })
         .to_string();
         for folder in [&prepared.out, &record] {
@@ -250,6 +252,7 @@ impl<'a> Exports<'a> {
                 "signature": hex(&c.signature),
             })),
             "signing_key": self.store.public_key_hex(),
+            "signing_key_id": self.store.signing_key_id(),
             "keys": "conversation_key and account_key: hex of the first 128 bits of HMAC-SHA-256 under this store's export secret; no account or conversation id is written",
             "data_format": prepared.format.as_str(),
             "conversations": {
@@ -279,7 +282,7 @@ impl<'a> Exports<'a> {
     }
 
     fn secret(&self) -> Result<[u8; 32], ExportError> {
-        Ok(load_or_create_secret(&self.data.join(SECRET_FILE), "export secret")?.0)
+        Ok(*self.store.export_key())
     }
 
     /// A finished export's manifest; `Incomplete` for one that started and never finished.

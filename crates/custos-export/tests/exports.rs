@@ -691,7 +691,12 @@ fn revocations_name_each_row_no_longer_eligible_with_its_reason() {
     // After a sweep purges them, and after five years without activity, the reasons hold.
     fixture
         .store
-        .sweep(plus_ms(later, 40 * DAY), 100, &mut |_, _| {})
+        .sweep(
+            &custos_store::SweepRun::new("test"),
+            plus_ms(later, 40 * DAY),
+            100,
+            &mut |_, _| {},
+        )
         .unwrap();
     let years_on = ts("2031-06-01T00:00:00Z");
     let revocations = exports.revocations(id, years_on).unwrap();

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use custos_core::{
-    AccountId, Channel, Command, ConversationId, Gate, Refusal, SweepReport, Timestamp,
+    AccountId, Channel, Command, ConversationId, Gate, GateDecision, Refusal, SweepReport,
+    Timestamp,
 };
 use custos_store::{AccountView, EntryKind, Written};
 
 use crate::access::{Caller, Role};
 use crate::gate_index::Lookup;
-use crate::jobs::SweepRecord;
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -136,22 +136,36 @@ pub async fn erase_account_as(
 
 /// Gate(a, now) from memory, or the problem of an unknown or erased account.
 fn remembered_gate(state: &AppState, id: &AccountId) -> Result<Option<Gate>, Problem> {
-    match state.gates.gate(state.store.policy(), id, state.now()) {
+    let key = state.store.account_key(id);
+    match state.gates.gate(state.store.policy(), key, state.now()) {
         Lookup::Live(gate) => Ok(Some(gate)),
         Lookup::Erased => Err(Refusal::AccountErased(id.clone()).into()),
         Lookup::Unknown => Ok(None),
     }
 }
 
-/// Gate(a, now) from memory, or the problem of an unknown or erased account. An id the index
-/// does not hold is looked up once in the store: an account erased before this server started
-/// is stored only under its pseudonym, and is remembered as erased once found.
+/// Gate(a, now) from memory, or the problem of an unknown or erased account.
+///
+/// Memory may answer `allow` and `not_applicable` at once. Before it answers `prompt` or
+/// `block`, the index catches up with the store's change feed, so that a choice or a move to a
+/// business plan committed through any server is never answered with a prompt (while the store
+/// can't be read, memory answers). An id the index does not hold (an account made through
+/// another server a moment ago) is looked up once in the store.
 pub async fn gate_from_memory(state: &Arc<AppState>, id: &AccountId) -> Result<Gate, Problem> {
-    if let Some(gate) = remembered_gate(state, id)? {
-        return Ok(gate);
+    match remembered_gate(state, id)? {
+        Some(gate) if !asks_or_stops(gate) => return Ok(gate),
+        Some(_) => {
+            state.catch_up().await;
+        }
+        None => state.look_up_gate(id).await?,
     }
-    state.look_up_gate(id).await?;
     remembered_gate(state, id)?.ok_or_else(|| Refusal::UnknownAccount(id.clone()).into())
+}
+
+/// Whether the gate asks the user (`prompt`) or stops them (`block`): the answers a choice
+/// committed elsewhere would change.
+fn asks_or_stops(gate: Gate) -> bool {
+    matches!(gate.decision, GateDecision::Prompt | GateDecision::Block)
 }
 
 /// Refuses an unknown or erased account.
@@ -161,40 +175,33 @@ pub async fn known_live(state: &Arc<AppState>, id: &AccountId) -> Result<(), Pro
 
 /// Runs a sweep at `at` on a thread of its own at a lower CPU priority (nice 10): a sweep is
 /// background work, and on a small machine it must not take the cores the gate answers on.
-/// Each sweep is remembered for the dashboard, with `by` (`scheduled`, or who asked).
+/// `by` is `scheduled`, or who asked; the store records the sweep for every instance's
+/// dashboard, and answers `sweep-running` (409) while another instance's sweep holds the lease.
 pub async fn sweep_now(
     state: &AppState,
     at: Timestamp,
     by: String,
 ) -> Result<SweepReport, Problem> {
-    let started = std::time::Instant::now();
     let store = Arc::clone(&state.store);
+    let run = custos_store::SweepRun::new(by);
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("custos-sweep".into())
         .spawn(move || {
             lower_this_threads_priority();
-            let _ = done.send(store.sweep(at, custos_store::SWEEP_BATCH, &mut |_, _| {}));
+            let swept = store.sweep(&run, at, custos_store::SWEEP_BATCH, &mut |_, _| {});
+            let _ = done.send((run, swept));
         })
         .map_err(|_| Problem::internal())?;
-    let report = result
-        .await
-        .map_err(|_| Problem::internal())?
-        .map_err(Problem::from)?;
+    let (run, swept) = result.await.map_err(|_| Problem::internal())?;
+    let report = swept.map_err(Problem::from)?;
     tracing::info!(
         %at,
-        by = %by,
+        by = %run.by,
         purged = report.purged_total(),
         held_back = report.held_back,
         "sweep"
     );
-    state.sweeps.record(SweepRecord {
-        at,
-        by,
-        purged: report.purged_total(),
-        held_back: report.held_back,
-        took: started.elapsed(),
-    });
     Ok(report)
 }
 
@@ -220,9 +227,16 @@ pub async fn sweep_periodically(state: Arc<AppState>, interval: std::time::Durat
     loop {
         ticks.tick().await;
         let at = state.now();
-        if let Err(problem) = sweep_now(&state, at, "scheduled".into()).await {
-            let cause = problem.cause.as_deref().unwrap_or(&problem.detail);
-            tracing::error!(%at, cause, "scheduled sweep failed");
+        match sweep_now(&state, at, "scheduled".into()).await {
+            Ok(_) => {}
+            // Another instance sweeps this turn: one sweep at a time is the point.
+            Err(problem) if problem.kind == "sweep-running" => {
+                tracing::info!(%at, detail = %problem.detail, "scheduled sweep skipped");
+            }
+            Err(problem) => {
+                let cause = problem.cause.as_deref().unwrap_or(&problem.detail);
+                tracing::error!(%at, cause, "scheduled sweep failed");
+            }
         }
     }
 }

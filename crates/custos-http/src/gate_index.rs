@@ -1,20 +1,23 @@
 //! The gate's in-memory index (invariant 6 of docs/POLICY.md: no request waits on disk to learn a choice).
 //!
 //! It keeps, per account, only the two facts Gate needs and whether the account was erased, and
-//! answers through the core's rule table. It is built from the store at start and updated only
-//! after a write commits. Each entry keeps the ledger length its facts are as of: two writes of
-//! one account may reach the index in either order, and only the newer one's facts are kept.
+//! answers through the core's rule table. It is built from the store at start and then follows
+//! the store's change feed (`feed`), besides the writes this server makes. Each entry keeps
+//! the ledger length its facts are as of: the same change may arrive from a write and from the
+//! feed, in either order, and only the newest facts are kept.
 //!
-//! Compact by design (goal: at most 64 resident bytes per account): every id lives in one byte
-//! arena; an entry is 12 bytes (arena offset, ledger length, id length, packed state); an
-//! open-addressing table of `u32` entry numbers, at most 70% full, finds them. No per-account
-//! allocation.
+//! Accounts are named by their [`AccountKey`] (16 bytes of the keyed pseudonym), not by id:
+//! an erasure read from the feed, whose row then holds only the pseudonym, finds the entry of
+//! the id it erased, and the index holds no account id.
+//!
+//! Compact by design (goal: at most 64 resident bytes per account): an entry is 24 bytes (key,
+//! ledger length, packed state); an open-addressing table of `u32` entry numbers, at most 70%
+//! full, finds them. No per-account allocation.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::RwLock;
 
-use custos_core::{AccountId, Gate, Policy, Preference, Timestamp};
-use custos_store::GateState;
+use custos_core::{Gate, Policy, Preference, Timestamp};
+use custos_store::{AccountKey, GateState};
 
 /// What the index knows of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +29,9 @@ pub enum Lookup {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    offset: u32,
+    key: [u8; 16],
     /// The ledger length the state is as of (saturated at `u32::MAX`).
     version: u32,
-    length: u8,
     state: u8,
 }
 
@@ -62,48 +64,29 @@ fn unpack(bits: u8) -> GateState {
 
 #[derive(Debug, Default)]
 struct Table {
-    ids: Vec<u8>,
     entries: Vec<Entry>,
     /// Entry numbers by hash; `EMPTY` where free. Its length is a power of two.
     slots: Vec<u32>,
 }
 
-/// A fixed, seedless hasher: the table holds only our own account ids.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHash;
-
-impl BuildHasher for IdHash {
-    type Hasher = std::hash::DefaultHasher;
-    fn build_hasher(&self) -> Self::Hasher {
-        std::hash::DefaultHasher::new()
-    }
-}
-
-fn hash(id: &[u8]) -> usize {
-    let mut hasher = IdHash.build_hasher();
-    hasher.write(id);
-    // Truncation is fine: only the low bits pick a slot.
-    hasher.finish() as usize
+/// A key is already a keyed hash: its first bytes pick the slot.
+fn hash(key: &[u8; 16]) -> usize {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(key.get(..8).unwrap_or(&[0; 8]));
+    // Truncation on a 32-bit target is fine: only the low bits pick a slot.
+    u64::from_le_bytes(low) as usize
 }
 
 impl Table {
-    fn id_of(&self, entry: Entry) -> &[u8] {
-        let start = entry.offset as usize;
-        self.ids
-            .get(start..start + usize::from(entry.length))
-            .unwrap_or_default()
-    }
-
-    /// The slot holding `id`, or the free slot where it would go.
-    fn find(&self, id: &[u8]) -> Option<(usize, Option<usize>)> {
+    /// The slot holding `key`, or the free slot where it would go.
+    fn find(&self, key: &[u8; 16]) -> Option<(usize, Option<usize>)> {
         let mask = self.slots.len().checked_sub(1)?;
-        let mut slot = hash(id) & mask;
+        let mut slot = hash(key) & mask;
         loop {
             match *self.slots.get(slot)? {
                 EMPTY => return Some((slot, None)),
                 number => {
-                    let entry = *self.entries.get(number as usize)?;
-                    if self.id_of(entry) == id {
+                    if self.entries.get(number as usize)?.key == *key {
                         return Some((slot, Some(number as usize)));
                     }
                 }
@@ -112,8 +95,8 @@ impl Table {
         }
     }
 
-    fn get(&self, id: &[u8]) -> Option<GateState> {
-        let (_, number) = self.find(id)?;
+    fn get(&self, key: &[u8; 16]) -> Option<GateState> {
+        let (_, number) = self.find(key)?;
         self.entries.get(number?).map(|e| unpack(e.state))
     }
 
@@ -126,12 +109,7 @@ impl Table {
         self.slots = vec![EMPTY; capacity];
         let mask = capacity - 1;
         for (number, entry) in self.entries.iter().enumerate() {
-            let start = entry.offset as usize;
-            let id = self
-                .ids
-                .get(start..start + usize::from(entry.length))
-                .unwrap_or_default();
-            let mut slot = hash(id) & mask;
+            let mut slot = hash(&entry.key) & mask;
             while self.slots.get(slot).is_some_and(|s| *s != EMPTY) {
                 slot = (slot + 1) & mask;
             }
@@ -141,18 +119,12 @@ impl Table {
         }
     }
 
-    /// Adds an entry for an id known to be new, without a slot: for the load at start, which
+    /// Adds an entry for a key known to be new, without a slot: for the load at start, which
     /// reads each account once and then builds the slots in one pass ([`Table::index`]).
-    fn push_new(&mut self, id: &[u8], state: GateState, version: u64) {
-        let (Ok(offset), Ok(length)) = (u32::try_from(self.ids.len()), u8::try_from(id.len()))
-        else {
-            return;
-        };
-        self.ids.extend_from_slice(id);
+    fn push_new(&mut self, key: AccountKey, state: GateState, version: u64) {
         self.entries.push(Entry {
-            offset,
+            key: key.0,
             version: version_of(version),
-            length,
             state: pack(state),
         });
     }
@@ -167,13 +139,13 @@ impl Table {
 
     /// Records `state` as of ledger length `version`, unless the entry already holds a newer
     /// one.
-    fn set(&mut self, id: &[u8], state: GateState, version: u64) {
+    fn set(&mut self, key: AccountKey, state: GateState, version: u64) {
         // Keep the table at most 70% full.
         if (self.entries.len() + 1) * 10 > self.slots.len() * 7 {
             self.grow();
         }
         let version = version_of(version);
-        match self.find(id) {
+        match self.find(&key.0) {
             Some((_, Some(number))) => {
                 if let Some(entry) = self.entries.get_mut(number)
                     && version >= entry.version
@@ -183,18 +155,12 @@ impl Table {
                 }
             }
             Some((slot, None)) => {
-                let (Ok(offset), Ok(length), Ok(number)) = (
-                    u32::try_from(self.ids.len()),
-                    u8::try_from(id.len()),
-                    u32::try_from(self.entries.len()),
-                ) else {
+                let Ok(number) = u32::try_from(self.entries.len()) else {
                     return;
                 };
-                self.ids.extend_from_slice(id);
                 self.entries.push(Entry {
-                    offset,
+                    key: key.0,
                     version,
-                    length,
                     state: pack(state),
                 });
                 if let Some(free) = self.slots.get_mut(slot) {
@@ -212,20 +178,23 @@ pub struct GateIndex {
 }
 
 impl GateIndex {
-    /// Builds the index by streaming every account's gate state from the store.
-    pub fn load(store: &custos_store::Store) -> Result<GateIndex, custos_store::StoreError> {
+    /// Builds the index by streaming every account's gate state from one snapshot of the
+    /// store; answers it with the feed position to follow the store from.
+    pub fn load(
+        store: &custos_store::Store,
+    ) -> Result<(GateIndex, custos_store::FeedPosition), custos_store::StoreError> {
         let mut table = Table::default();
-        // Account ids are unique in the store, so each row is appended without a lookup and
-        // the hash slots are built once at the end, at their final size.
-        store.for_each_gate_state(&mut |id, state, version| {
-            table.push_new(id.as_bytes(), state, version);
+        // Accounts are unique in the store, so each row is appended without a lookup and the
+        // hash slots are built once at the end, at their final size.
+        let position = store.for_each_gate_state(&mut |key, state, version| {
+            table.push_new(key, state, version);
         })?;
-        table.ids.shrink_to_fit();
         table.entries.shrink_to_fit();
         table.index();
-        Ok(GateIndex {
+        let index = GateIndex {
             table: RwLock::new(table),
-        })
+        };
+        Ok((index, position))
     }
 
     pub fn len(&self) -> usize {
@@ -237,11 +206,11 @@ impl GateIndex {
     }
 
     /// Gate(a, t) from memory, through the core's rule table.
-    pub fn gate(&self, policy: &Policy, account: &AccountId, at: Timestamp) -> Lookup {
+    pub fn gate(&self, policy: &Policy, account: AccountKey, at: Timestamp) -> Lookup {
         let Ok(table) = self.table.read() else {
             return Lookup::Unknown;
         };
-        match table.get(account.as_str().as_bytes()) {
+        match table.get(&account.0) {
             None => Lookup::Unknown,
             Some(state) if state.erased => Lookup::Erased,
             Some(state) => Lookup::Live(custos_core::gate::decide(
@@ -255,9 +224,18 @@ impl GateIndex {
 
     /// Records an account's state as of ledger length `version`, after a committed write; an
     /// older state than the one held is let go.
-    pub fn update(&self, account: &AccountId, state: GateState, version: u64) {
+    pub fn update(&self, account: AccountKey, state: GateState, version: u64) {
         if let Ok(mut table) = self.table.write() {
-            table.set(account.as_str().as_bytes(), state, version);
+            table.set(account, state, version);
+        }
+    }
+
+    /// Records many states under one lock (a batch read from the feed).
+    pub fn update_all(&self, changes: &[(AccountKey, GateState, u64)]) {
+        if let Ok(mut table) = self.table.write() {
+            for (account, state, version) in changes {
+                table.set(*account, *state, *version);
+            }
         }
     }
 }
@@ -282,8 +260,26 @@ mod tests {
         }
     }
 
+    fn key(name: &str) -> AccountKey {
+        let hmac = custos_store::ledger::Hmac::new(&[7; 32]);
+        AccountKey::of_stored(&hmac, name)
+    }
+
     #[test]
-    fn the_table_finds_every_id_it_was_given_and_no_other_across_growth() {
+    fn an_erased_accounts_stored_pseudonym_has_the_key_of_its_id() {
+        let secret = [7; 32];
+        let erased = custos_store::ledger::pseudonym(&secret, "alice");
+        assert_eq!(key(&erased), key("alice"));
+        assert_ne!(key("alice"), key("bob"));
+        assert_ne!(
+            key("erased:not-hex"),
+            key("alice"),
+            "a live id that only looks erased is keyed by its HMAC"
+        );
+    }
+
+    #[test]
+    fn the_table_finds_every_key_it_was_given_and_no_other_across_growth() {
         let mut table = Table::default();
         let state = |i: usize| GateState {
             consumer_plan: i % 2 == 0,
@@ -291,35 +287,32 @@ mod tests {
             erased: i % 7 == 0,
         };
         for i in 0..50_000 {
-            table.set(format!("account-{i}").as_bytes(), state(i), 1);
+            table.set(key(&format!("account-{i}")), state(i), 1);
         }
         for i in (0..50_000).step_by(3) {
-            table.set(format!("account-{i}").as_bytes(), state(i + 1), 2);
+            table.set(key(&format!("account-{i}")), state(i + 1), 2);
         }
         for i in 0..50_000 {
             let expected = if i % 3 == 0 { state(i + 1) } else { state(i) };
             assert_eq!(
-                table.get(format!("account-{i}").as_bytes()),
+                table.get(&key(&format!("account-{i}")).0),
                 Some(expected),
                 "account-{i}"
             );
         }
-        assert_eq!(table.get(b"account-50000"), None);
+        assert_eq!(table.get(&key("account-50000").0), None);
         let mut loaded = Table::default();
         for i in 0..50_000 {
-            loaded.push_new(format!("account-{i}").as_bytes(), state(i), 1);
+            loaded.push_new(key(&format!("account-{i}")), state(i), 1);
         }
         loaded.index();
         for i in (0..50_000).step_by(7) {
-            assert_eq!(
-                loaded.get(format!("account-{i}").as_bytes()),
-                Some(state(i))
-            );
+            assert_eq!(loaded.get(&key(&format!("account-{i}")).0), Some(state(i)));
         }
-        assert_eq!(loaded.get(b"account-50000"), None);
-        loaded.set(b"account-50000", state(1), 1);
-        assert_eq!(loaded.get(b"account-50000"), Some(state(1)));
-        assert_eq!(table.get(b""), None);
+        assert_eq!(loaded.get(&key("account-50000").0), None);
+        loaded.set(key("account-50000"), state(1), 1);
+        assert_eq!(loaded.get(&key("account-50000").0), Some(state(1)));
+        assert_eq!(table.get(&key("").0), None);
         assert_eq!(table.entries.len(), 50_000);
     }
 
@@ -343,17 +336,17 @@ mod tests {
                 erased: false,
             },
         );
-        table.set(b"a", undecided, 1);
-        table.set(b"a", business, 3);
-        table.set(b"a", allowed, 2);
-        assert_eq!(table.get(b"a"), Some(business));
-        table.set(b"a", allowed, 3);
+        table.set(key("a"), undecided, 1);
+        table.set(key("a"), business, 3);
+        table.set(key("a"), allowed, 2);
+        assert_eq!(table.get(&key("a").0), Some(business));
+        table.set(key("a"), allowed, 3);
         assert_eq!(
-            table.get(b"a"),
+            table.get(&key("a").0),
             Some(allowed),
             "the same version may restate"
         );
-        table.set(b"a", undecided, 4);
-        assert_eq!(table.get(b"a"), Some(undecided));
+        table.set(key("a"), undecided, 4);
+        assert_eq!(table.get(&key("a").0), Some(undecided));
     }
 }

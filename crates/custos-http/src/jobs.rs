@@ -1,13 +1,12 @@
 //! Work that outlives the request that started it, as the service remembers it: training
-//! exports running on threads of their own, and the sweeps this server ran.
+//! exports running on threads of their own (sweeps are recorded in the store, for every
+//! instance).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use custos_core::Timestamp;
 use custos_export::Progress;
 
 /// Where exports go: the data folder (records and the key secret) and the configured output
@@ -78,43 +77,5 @@ impl Running {
         for thread in threads {
             let _ = thread.join();
         }
-    }
-}
-
-/// One sweep this server ran, for the dashboard's list.
-#[derive(Debug, Clone)]
-pub struct SweepRecord {
-    pub at: Timestamp,
-    /// `scheduled`, or the actor who asked for it.
-    pub by: String,
-    pub purged: usize,
-    pub held_back: usize,
-    pub took: Duration,
-}
-
-/// The sweeps this server ran, newest first.
-#[derive(Debug, Default)]
-pub struct SweepLog {
-    sweeps: Mutex<VecDeque<SweepRecord>>,
-}
-
-/// How many sweeps of this server are remembered.
-const SWEEPS_KEPT: usize = 20;
-
-impl SweepLog {
-    pub fn record(&self, sweep: SweepRecord) {
-        if let Ok(mut sweeps) = self.sweeps.lock() {
-            if sweeps.len() == SWEEPS_KEPT {
-                sweeps.pop_back();
-            }
-            sweeps.push_front(sweep);
-        }
-    }
-
-    pub fn recent(&self) -> Vec<SweepRecord> {
-        self.sweeps
-            .lock()
-            .map(|sweeps| sweeps.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }

@@ -15,6 +15,7 @@ mod api;
 pub mod charts;
 mod clock;
 mod extract;
+mod feed;
 mod figures;
 mod gate_index;
 mod jobs;
@@ -49,9 +50,13 @@ pub async fn serve(
     sweep_every: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
     pages::refresh_dashboard_in_background(&state);
+    let follower = tokio::spawn(
+        Arc::clone(&state.feed).follow(Arc::clone(&state.store), Arc::clone(&state.gates)),
+    );
     let sweeper = sweep_every
         .map(|interval| tokio::spawn(actions::sweep_periodically(Arc::clone(&state), interval)));
     let served = server::serve(listener, router(Arc::clone(&state)), shutdown).await;
+    follower.abort();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }

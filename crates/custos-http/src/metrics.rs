@@ -9,6 +9,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::feed::FeedFigures;
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -87,7 +89,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, gate_index_accounts: usize) -> String {
+    pub fn render(&self, gate_index_accounts: usize, feed: FeedFigures) -> String {
         let Ok(c) = self.counters.lock() else {
             return String::new();
         };
@@ -187,6 +189,31 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE custos_gate_index_accounts gauge");
         let _ = writeln!(out, "custos_gate_index_accounts {gate_index_accounts}");
+        let figures = [
+            (
+                "custos_gate_feed_lag_seconds",
+                "gauge",
+                "How far the gate index may be behind the store: time since its last successful read of the change feed began.",
+                feed.lag.as_secs_f64(),
+            ),
+            (
+                "custos_gate_feed_polls_total",
+                "counter",
+                "Reads of the store's change feed.",
+                feed.polls as f64,
+            ),
+            (
+                "custos_gate_feed_failures_total",
+                "counter",
+                "Reads of the change feed that failed (the store could not be read).",
+                feed.failures as f64,
+            ),
+        ];
+        for (name, kind, help, value) in figures {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }

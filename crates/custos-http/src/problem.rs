@@ -22,6 +22,8 @@ pub struct Problem {
     pub detail: String,
     /// What went wrong inside, for the log only; never sent.
     pub cause: Option<String>,
+    /// Seconds after which the same request may succeed (sent as `Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 /// The cause of an internal failure, carried in an answer's extensions to the log.
@@ -44,6 +46,15 @@ impl Problem {
             kind,
             detail: detail.into(),
             cause: None,
+            retry_after: None,
+        }
+    }
+
+    /// A 503 that says when to try again: nothing of the request was recorded.
+    pub fn unavailable(kind: &'static str, detail: impl Into<String>, retry_after: u32) -> Problem {
+        Problem {
+            retry_after: Some(retry_after),
+            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail)
         }
     }
 
@@ -131,11 +142,22 @@ impl From<StoreError> for Problem {
     fn from(error: StoreError) -> Problem {
         match error {
             StoreError::Refused(refusal) => refusal.into(),
-            StoreError::Conflict(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many concurrent writes; try again",
+            StoreError::Conflict(_) => {
+                Problem::unavailable("busy", "too many concurrent writes; try again", 1)
+            }
+            StoreError::SweepRunning { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "sweep-running",
+                format!("{error}; one sweep runs at a time, across every instance"),
             ),
+            StoreError::Unavailable(cause) => Problem {
+                cause: Some(format!("storage: {cause}")),
+                ..Problem::unavailable(
+                    "store-unavailable",
+                    "the database can't be reached just now; nothing of this request was recorded. Try again",
+                    2,
+                )
+            },
             other => Problem::internal_because(format!("storage: {other}")),
         }
     }
@@ -179,6 +201,11 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(Cause(cause));
         }

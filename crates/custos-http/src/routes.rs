@@ -170,6 +170,16 @@ fn operation_routes(service: &Service<'_>) -> Vec<RouteSpec> {
         .returns(schemas::health()),
         RouteSpec::new(
             "GET",
+            "/readyz",
+            "readyz",
+            "Readiness: fails while the gate index is behind the store by more than --max-gate-lag",
+            "anyone",
+            get(operations::readyz),
+        )
+        .returns(schemas::readiness())
+        .refuses(&[503]),
+        RouteSpec::new(
+            "GET",
             "/metrics",
             "metrics",
             "Prometheus metrics",
@@ -342,9 +352,10 @@ fn retention_routes() -> Vec<RouteSpec> {
         .refuses(&[404]),
         RouteSpec::new(
             "POST", "/v1/retention/sweeps", "runSweep",
-            "Run a retention sweep now and report what it purged", "admin", post(retention::run_sweep),
+            "Run a retention sweep now and report what it purged (409 while another instance's sweep runs)", "admin", post(retention::run_sweep),
         )
-        .returns(schemas::sweep()),
+        .returns(schemas::sweep())
+        .refuses(&[409]),
         RouteSpec::new(
             "POST", "/v1/legal-holds", "placeHold",
             "Place a legal hold on an account or a conversation (R13)", "admin", post(retention::place_hold),

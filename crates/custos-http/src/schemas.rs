@@ -35,6 +35,10 @@ pub fn health() -> Value {
     object(json!({"status": {"const": "ok"}}))
 }
 
+pub fn readiness() -> Value {
+    object(json!({"status": {"const": "ready"}, "gate_lag_ms": {"type": "integer", "minimum": 0}}))
+}
+
 pub fn gate() -> Value {
     object(json!({
         "decision": {"enum": ["allow", "prompt", "block"]},
@@ -96,7 +100,7 @@ pub fn receipt() -> Value {
     "description": "An ISO/IEC TS 27560 / Kantara v1.1 consent receipt and its Ed25519 signature over the receipt's canonical JSON",
     "properties": {
         "receipt": {"type": "object", "required": ["version", "schema", "piiPrincipalId", "services", "evidence"]},
-        "signature": object(json!({"alg": {"const": "Ed25519"}, "publicKey": {"type": "string"}, "value": {"type": "string"}})),
+        "signature": object(json!({"alg": {"const": "Ed25519"}, "keyId": {"type": "string"}, "publicKey": {"type": "string"}, "value": {"type": "string"}})),
     }})
 }
 
@@ -204,6 +208,7 @@ fn export_manifest() -> Value {
         "policy": object(json!({"id": {"type": "string"}, "sha256": {"type": "string"}})),
         "ledger_checkpoint": {"type": ["object", "null"]},
         "signing_key": {"type": "string"},
+        "signing_key_id": {"type": "string"},
         "keys": {"type": "string"},
         "data_format": {"enum": ["parquet", "jsonl"]},
         "conversations": object(json!({"total": count, "included": count, "excluded": counts})),

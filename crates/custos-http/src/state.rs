@@ -10,16 +10,24 @@ use custos_store::{Store, StoreError, Written};
 
 use crate::access::{Caller, Role, TokenCache};
 use crate::clock::Clock;
+use crate::feed::GateFeed;
 use crate::figures::DashboardCache;
 use crate::gate_index::GateIndex;
-use crate::jobs::{ExportPlace, Running, SweepLog};
+use crate::jobs::{ExportPlace, Running};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
+
+/// `/readyz` fails when the gate index is further behind the store than this, by default.
+pub const DEFAULT_MAX_GATE_LAG: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<Store>,
-    pub gates: GateIndex,
+    pub gates: Arc<GateIndex>,
+    /// How the index follows what other servers (and this one) commit.
+    pub feed: Arc<GateFeed>,
+    /// How far behind the store the gate index may be before `/readyz` fails.
+    pub max_gate_lag: std::time::Duration,
     pub clock: Clock,
     pub metrics: Metrics,
     pub tokens: TokenCache,
@@ -27,29 +35,29 @@ pub struct AppState {
     pub exports: ExportPlace,
     /// Exports this process started that have not finished well.
     pub running: Running,
-    /// This server's recent sweeps.
-    pub sweeps: SweepLog,
     /// The operator dashboard's figures.
     pub dashboard: DashboardCache,
 }
 
 impl AppState {
-    /// Builds the gate index from the store, so that the gate never waits on disk.
+    /// Builds the gate index from the store, so that the gate never waits on disk, and the
+    /// feed it follows the store by from then on.
     pub fn open(
         store: Arc<Store>,
         clock: Clock,
         exports: ExportPlace,
     ) -> Result<AppState, StoreError> {
-        let gates = GateIndex::load(&store)?;
+        let (gates, position) = GateIndex::load(&store)?;
         Ok(AppState {
             store,
-            gates,
+            gates: Arc::new(gates),
+            feed: Arc::new(GateFeed::new(position)),
+            max_gate_lag: DEFAULT_MAX_GATE_LAG,
             clock,
             metrics: Metrics::default(),
             tokens: TokenCache::default(),
             exports,
             running: Running::default(),
-            sweeps: SweepLog::default(),
             dashboard: DashboardCache::default(),
         })
     }
@@ -116,8 +124,17 @@ impl AppState {
     /// Brings the gate index up to what a committed write says of its account.
     pub fn remember(&self, written: &Written) {
         if let Some((account, state, version)) = &written.gate {
-            self.gates.update(account, *state, *version);
+            self.gates
+                .update(self.store.account_key(account), *state, *version);
         }
+    }
+
+    /// Waits until the gate index holds every change committed before this call, by any
+    /// server; false if the store could not be read in time (the index then answers as it is).
+    pub async fn catch_up(&self) -> bool {
+        self.feed
+            .catch_up(&self.store, &self.gates, crate::feed::CONFIRM_WITHIN)
+            .await
     }
 
     /// Reads an account's gate facts from the store into the index (for an id the index does
@@ -125,7 +142,8 @@ impl AppState {
     pub async fn look_up_gate(&self, account: &AccountId) -> Result<(), Problem> {
         let id = account.clone();
         if let Some((state, version)) = self.blocking(move |store| store.gate_state(&id)).await? {
-            self.gates.update(account, state, version);
+            self.gates
+                .update(self.store.account_key(account), state, version);
         }
         Ok(())
     }

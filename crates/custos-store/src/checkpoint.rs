@@ -50,6 +50,7 @@ pub fn checkpoint(
     if changed.is_empty() {
         return Ok(last);
     }
+    crate::keys::ensure_current(tx, key)?;
     let (id, previous_root, accounts, entries) = match &last {
         Some(last) => (last.id + 1, last.root, last.accounts, last.entries),
         None => (1, GENESIS, 0, 0),
@@ -66,8 +67,8 @@ pub fn checkpoint(
     let (accounts, entries) = (accounts + new_accounts, entries + new_entries);
     let signature = key.sign(&checkpoint_message(id, at, accounts, entries, &root));
     tx.execute(
-        "INSERT INTO checkpoints (id, at, accounts, entries, root, signature) VALUES (?, ?, ?, ?, ?, ?)",
-        &[id.into(), at.unix_millis().into(), accounts.into(), entries.into(), root.as_slice().into(), signature.as_slice().into()],
+        "INSERT INTO checkpoints (id, at, accounts, entries, root, signature, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[id.into(), at.unix_millis().into(), accounts.into(), entries.into(), root.as_slice().into(), signature.as_slice().into(), key.id().into()],
     )?;
     for (account, length, head) in changed {
         tx.execute(
@@ -132,7 +133,7 @@ struct Chains {
 pub fn verify(tx: &mut dyn Tx, key: &LedgerKey) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let found = match verify_chains(tx, key, &mut report)? {
-        Ok(chains) => verify_checkpoints(tx, key, &chains, &mut report)?.err(),
+        Ok(chains) => verify_checkpoints(tx, &chains, &mut report)?.err(),
         Err(found) => Some(found),
     };
     report.problem = found;
@@ -246,17 +247,24 @@ fn verify_chain(
 }
 
 /// Every checkpoint in order: the heads it records are the chains' own, its root chains the one
-/// before with them, its counts add up, and the store's key signed it.
+/// before with them, its counts add up, and the signing key it names (one of the store's, each
+/// handed over by the one before) signed it.
 fn verify_checkpoints(
     tx: &mut dyn Tx,
-    key: &LedgerKey,
     chains: &Chains,
     report: &mut VerifyReport,
 ) -> Result<Result<(), Found>, StoreError> {
     let mut heads: BTreeMap<String, (i64, Vec<u8>)> = BTreeMap::new();
     let mut previous_root = GENESIS;
+    let crate::keys::SigningKeys {
+        first: first_key,
+        chain: signers,
+    } = match crate::keys::signing_keys(tx)? {
+        Ok(keys) => keys,
+        Err(problem) => return Ok(Err(format!("the store's signing keys: {problem}"))),
+    };
     let checkpoints = tx.query(
-        "SELECT id, at, accounts, entries, root, signature FROM checkpoints ORDER BY id",
+        "SELECT id, at, accounts, entries, root, signature, key_id FROM checkpoints ORDER BY id",
         &[],
     )?;
     for (position, row) in checkpoints.iter().enumerate() {
@@ -307,10 +315,17 @@ fn verify_checkpoints(
             )));
         }
         let message = checkpoint_message(id, at, accounts, entries, &root);
-        if !key.verify(&message, &row.bytes(5)?) {
-            return Ok(Err(found(
-                "its signature does not verify with this store's public key",
-            )));
+        // Checkpoints signed before keys had ids were signed by the store's first key.
+        let signer = row.optional_text(6)?.unwrap_or_else(|| first_key.clone());
+        let Some((_, public)) = signers.iter().find(|(id, _)| *id == signer) else {
+            return Ok(Err(found(&format!(
+                "it names signing key {signer}, which is not one of this store's"
+            ))));
+        };
+        if !ledger::verify_signature(&custos_core::policy::hex(public), &message, &row.bytes(5)?) {
+            return Ok(Err(found(&format!(
+                "its signature does not verify with signing key {signer}"
+            ))));
         }
         previous_root = root;
         report.checkpoints += 1;

@@ -32,8 +32,16 @@ pub enum StoreError {
     Stopped,
     #[error("database error: {0}")]
     Database(String),
+    /// The database can't be reached (down, restarting, failing over, or a standby that
+    /// can't write); nothing of the operation was acknowledged, and it may be tried again.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("the write conflicted with concurrent writes {0} times in a row; try again")]
     Conflict(u32),
+    /// Another sweep holds the store's sweep lease: one sweep runs at a time, across every
+    /// instance.
+    #[error("a sweep is already running (by {by}, on {instance}); this one did not start")]
+    SweepRunning { by: String, instance: String },
 }
 
 impl StoreError {

@@ -5,16 +5,10 @@
 //! is a fixed sequence of length-prefixed fields, so that no two entries encode alike. A
 //! checkpoint signs, with the store's Ed25519 key, a root over every account's chain head.
 
-use std::fs;
-use std::io::Write;
-use std::path::Path;
-
 use custos_core::policy::Plan;
 use custos_core::{AccountChange, AccountId, Channel, EventKey, Preference, Timestamp};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
-
-use crate::error::StoreError;
 
 /// What a ledger entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +161,30 @@ pub fn pseudonym(key: &[u8; 32], account: &str) -> String {
         "{PSEUDONYM_PREFIX}{}",
         custos_core::policy::hex(&hmac_sha256(key, &[account.as_bytes()]))
     )
+}
+
+/// How the gate index names an account: the first 16 bytes of its pseudonym's HMAC. A live
+/// account's stored id and an erased account's stored pseudonym give the same key, so that a
+/// change read back from the store finds its entry whether or not the account was erased in
+/// between, and the index holds no account id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountKey(pub [u8; 16]);
+
+impl AccountKey {
+    /// The key of an account as it is stored: its id, or, once erased, its pseudonym.
+    pub fn of_stored(pseudonyms: &Hmac, stored_id: &str) -> AccountKey {
+        let erased = stored_id
+            .strip_prefix(PSEUDONYM_PREFIX)
+            .filter(|hex| hex.len() == 64)
+            .and_then(|hex| hex.get(..32))
+            .and_then(custos_core::policy::from_hex::<16>);
+        AccountKey(erased.unwrap_or_else(|| {
+            let mac = pseudonyms.mac(&[stored_id.as_bytes()]);
+            let mut key = [0u8; 16];
+            key.copy_from_slice(mac.get(..16).unwrap_or(&[0; 16]));
+            key
+        }))
+    }
 }
 
 /// HMAC-SHA-256 (RFC 2104) of the concatenated `parts` under a 32-byte key.
@@ -326,54 +344,33 @@ pub fn checkpoint_message(
     out
 }
 
-/// The store's Ed25519 key pair, made on first start and kept in the data folder.
+/// The store's signing key (Ed25519) with its id, and the pseudonym key (see [`crate::keys`]).
 pub struct LedgerKey {
     signing: SigningKey,
-    /// Derived once from the signing key (see [`LedgerKey::pseudonym_key`]).
+    id: String,
     pseudonym_key: [u8; 32],
 }
 
 impl std::fmt::Debug for LedgerKey {
     /// Never prints the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "LedgerKey(public {})",
-            custos_core::policy::hex(self.public().as_bytes())
-        )
+        write!(f, "LedgerKey({})", self.id)
     }
 }
 
-pub const KEY_FILE: &str = "ledger-signing.key";
-pub const PUBLIC_KEY_FILE: &str = "ledger-signing.pub";
-
 impl LedgerKey {
-    /// Loads the key from `folder`, or makes one there (mode 0600) if there is none yet.
-    pub fn load_or_create(folder: &Path) -> Result<LedgerKey, StoreError> {
-        let path = folder.join(KEY_FILE);
-        let (secret, created) = load_or_create_secret(&path, "Ed25519 key")?;
-        let key = LedgerKey::from_secret(&secret);
-        if created {
-            write_new_file(
-                &folder.join(PUBLIC_KEY_FILE),
-                key.public_hex().as_bytes(),
-                0o644,
-            )?;
+    pub fn new(signing: &[u8; 32], pseudonym_key: [u8; 32]) -> LedgerKey {
+        let signing = SigningKey::from_bytes(signing);
+        LedgerKey {
+            id: signing_key_id(signing.verifying_key().as_bytes()),
+            signing,
+            pseudonym_key,
         }
-        Ok(key)
     }
 
-    /// The key of account pseudonyms is derived from the signing key with its own label, so
-    /// that one secret file serves both and neither use can stand in for the other.
-    fn from_secret(secret: &[u8; 32]) -> LedgerKey {
-        LedgerKey {
-            signing: SigningKey::from_bytes(secret),
-            pseudonym_key: Sha256::new()
-                .chain_update(b"custos.pseudonym-key.v1")
-                .chain_update(secret)
-                .finalize()
-                .into(),
-        }
+    /// The signing key's id, which every signature it makes names.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn pseudonym_key(&self) -> [u8; 32] {
@@ -412,27 +409,14 @@ impl LedgerKey {
     }
 }
 
-/// Writes a file that must not exist yet, and syncs it and its folder, so that a key is never
-/// half-written or silently replaced.
-/// Reads a 32-byte secret from `path`, or makes one there (mode 0600, synced) if there is none
-/// yet; says whether it was made.
-pub fn load_or_create_secret(path: &Path, what: &str) -> Result<([u8; 32], bool), StoreError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                StoreError::Key(format!("{} is not a 32-byte {what}", path.display()))
-            })?;
-            Ok((secret, false))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret)
-                .map_err(|e| StoreError::Key(format!("no randomness for a new {what}: {e}")))?;
-            write_new_file(path, &secret, 0o600)?;
-            Ok((secret, true))
-        }
-        Err(error) => Err(StoreError::io(path, error)),
-    }
+/// The id of the signing key with this public half: what the store records, and what every
+/// signature names. It reveals nothing of the secret.
+pub fn signing_key_id(public: &[u8; 32]) -> String {
+    let digest = Sha256::digest(public);
+    format!(
+        "ed25519:{}",
+        custos_core::policy::hex(digest.get(..8).unwrap_or_default())
+    )
 }
 
 /// Whether `signature` is a valid Ed25519 signature of `message` by the hex public key.
@@ -448,23 +432,4 @@ pub fn verify_signature(public_hex: &str, message: &[u8], signature: &[u8]) -> b
     public
         .verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
         .is_ok()
-}
-
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| StoreError::io(path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| StoreError::io(path, e))?;
-    if let Some(folder) = path.parent() {
-        fs::File::open(folder)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| StoreError::io(folder, e))?;
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ mod checkpoint;
 mod codec;
 mod error;
 mod holds;
+pub mod keys;
 pub mod ledger;
 mod postgres;
 pub mod receipt;
@@ -38,14 +39,15 @@ pub use apply::Written;
 pub use checkpoint::{Checkpoint, VerifyReport};
 pub use error::StoreError;
 pub use holds::HoldRecord;
-pub use ledger::{Entry, EntryKind, LedgerKey};
+pub use keys::{KeySource, Keys, Purpose, RecordedKey};
+pub use ledger::{AccountKey, Entry, EntryKind, LedgerKey};
 pub use reports::{ConsentOverTime, ConsentReport, RetentionReport};
 pub use scan::{Chunk, RawChunk, Scanned};
 pub use schema::SCHEMA_VERSION;
-pub use sweep::{RetentionCheck, SWEEP_BATCH};
+pub use sweep::{RetentionCheck, SWEEP_BATCH, SWEEP_LEASE_MS, SweepRecord, SweepRun};
 pub use tokens::{Principal, token_hash};
 pub use views::{
-    AccountView, ConversationSummary, GateState, IncludedConversation, StoredSnapshot,
+    AccountView, ConversationSummary, FeedPosition, GateState, IncludedConversation, StoredSnapshot,
 };
 
 use crate::postgres::PostgresBackend;
@@ -105,6 +107,7 @@ pub struct Store {
     backend: AnyBackend,
     policy: Policy,
     key: LedgerKey,
+    export_key: [u8; 32],
     histories: Histories,
     /// Ledger appends committed since this process last signed a checkpoint.
     unsigned_appends: std::sync::atomic::AtomicU64,
@@ -133,8 +136,22 @@ macro_rules! with_backend {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `location`, migrating its schema.
+    /// Opens (creating if needed) the store at `location`, migrating its schema, with the keys
+    /// of the data folder's `keys/` (made there on a store's first start).
     pub fn open(location: &Location, policy: Policy) -> Result<Store, StoreError> {
+        let source = KeySource::in_data(location.data());
+        Store::open_with(location, policy, &source, true)
+    }
+
+    /// Opens the store at `location` with the keys `source` gives. A store that has recorded
+    /// its keys refuses any other (and changes nothing); a new store records those given, or,
+    /// with `create` and none given, makes new ones in the source's folder.
+    pub fn open_with(
+        location: &Location,
+        policy: Policy,
+        source: &KeySource,
+        create: bool,
+    ) -> Result<Store, StoreError> {
         let data = location.data();
         std::fs::create_dir_all(data).map_err(|e| StoreError::io(data, e))?;
         let backend = match location {
@@ -143,15 +160,49 @@ impl Store {
             }
             Location::Postgres { url, .. } => AnyBackend::Postgres(PostgresBackend::open(url)?),
         };
-        let key = LedgerKey::load_or_create(data)?;
+        let (keys, made) = match source.find()? {
+            Some(keys) => (keys, false),
+            None if create => (Keys::generate(source.folder.display().to_string())?, true),
+            None => {
+                return Err(StoreError::Key(format!(
+                    "no keys in {} or the environment: give the store's keys with --keys DIR",
+                    source.folder.display()
+                )));
+            }
+        };
         let store = Store {
             backend,
             policy,
-            histories: Histories::new(key.pseudonym_key()),
-            key,
+            histories: Histories::new(*keys.secret(Purpose::Pseudonym)),
+            key: LedgerKey::new(
+                keys.secret(Purpose::Signing),
+                *keys.secret(Purpose::Pseudonym),
+            ),
+            export_key: *keys.secret(Purpose::Export),
             unsigned_appends: std::sync::atomic::AtomicU64::new(0),
         };
-        let found = store.write(&mut |tx| schema::migrate(tx))?;
+        // New keys are written before the store records them, and removed if it refuses them:
+        // a store never records a key that is not on disk.
+        if made {
+            keys.write_to(&source.folder)?;
+        }
+        let now = Timestamp::from_unix_millis(wall_millis()).unwrap_or(Timestamp::MIN);
+        let bound = store.write(&mut |tx| {
+            let found = schema::migrate(tx)?;
+            keys::bind(tx, &keys, now)?;
+            Ok(found)
+        });
+        let found = match bound {
+            Ok(found) => found,
+            Err(error) => {
+                if made {
+                    for purpose in Purpose::ALL {
+                        let _ = std::fs::remove_file(source.folder.join(purpose.file()));
+                    }
+                }
+                return Err(error);
+            }
+        };
         if found == 1 {
             store.write(&mut |tx| upgrade::fill_gate_columns(tx))?;
         }
@@ -159,6 +210,29 @@ impl Store {
             store.write(&mut |tx| upgrade::rechain_by_pseudonym(tx, &store.histories))?;
         }
         Ok(store)
+    }
+
+    /// The keys this store records, oldest first (ids and public halves; never a secret).
+    pub fn recorded_keys(&self) -> Result<Vec<RecordedKey>, StoreError> {
+        self.read(&mut |tx| keys::recorded_keys(tx))
+    }
+
+    /// The id of the signing key this instance signs with.
+    pub fn signing_key_id(&self) -> &str {
+        self.key.id()
+    }
+
+    /// Hands signing over to a new key from `at` on (see `keys::rotate`); this instance must
+    /// then be restarted with it, and others too: a retired key signs nothing more.
+    pub fn rotate_signing_key(&self, next: &[u8; 32], at: Timestamp) -> Result<String, StoreError> {
+        let next = LedgerKey::new(next, self.key.pseudonym_key());
+        self.write(&mut |tx| keys::rotate(tx, &self.key, &next, at))?;
+        Ok(next.id().to_owned())
+    }
+
+    /// The secret that keys exported rows' pseudonyms.
+    pub fn export_key(&self) -> &[u8; 32] {
+        &self.export_key
     }
 
     pub fn policy(&self) -> &Policy {
@@ -250,9 +324,12 @@ impl Store {
         })
     }
 
-    /// Signs `message` with the store's key (Ed25519), e.g. an export's manifest.
-    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        self.key.sign(message)
+    /// Signs `message` with the store's current key (Ed25519), e.g. an export's manifest;
+    /// answers the signature and the id of the key that made it. A key the store has retired
+    /// signs nothing.
+    pub fn sign(&self, message: &[u8]) -> Result<([u8; 64], String), StoreError> {
+        self.read(&mut |tx| keys::ensure_current(tx, &self.key))?;
+        Ok((self.key.sign(message), self.key.id().to_owned()))
     }
 
     /// An account's ledger entries, in chain order.
@@ -460,27 +537,55 @@ impl Store {
     /// transaction, so that writers wait at most one batch and a sweep killed at any moment
     /// leaves every conversation whole (purged or not); the next sweep finishes the job.
     /// `progress` hears after each batch how many conversations were looked at so far.
+    ///
+    /// One sweep runs at a time across every instance of the store: this one takes the store's
+    /// sweep lease first (renewed by each batch, in the batch's transaction, with its progress),
+    /// or answers [`StoreError::SweepRunning`]. The store records it for every dashboard.
     pub fn sweep(
         &self,
+        run: &SweepRun,
         now: Timestamp,
         batch: usize,
         progress: &mut dyn FnMut(u64, &SweepReport),
     ) -> Result<SweepReport, StoreError> {
+        let id = random_id()?;
+        self.write(&mut |tx| sweep::begin_sweep(tx, run, &id, now, wall_millis()))?
+            .map_err(|holder| StoreError::SweepRunning {
+                by: holder.by,
+                instance: holder.instance,
+            })?;
         let mut report = SweepReport::default();
         let mut cursor: Option<sweep::SweepCursor> = None;
         let mut looked_at = 0u64;
         loop {
             let after = cursor.clone();
-            let (part, next, visited) = self.write(&mut |tx| {
-                sweep::sweep_batch(
+            let batch_result = self.write(&mut |tx| {
+                let (part, next, visited) = sweep::sweep_batch(
                     tx,
                     &self.histories,
                     &self.policy,
                     now,
                     after.as_ref(),
                     batch,
-                )
-            })?;
+                )?;
+                let mut so_far = report.clone();
+                so_far.add(&part);
+                sweep::record_progress(tx, &id, &so_far, wall_millis(), next.is_none())?;
+                Ok((part, next, visited))
+            });
+            let (part, next, visited) = match batch_result {
+                Ok(done) => done,
+                Err(error) => {
+                    // Let the next sweep start at once rather than when the lease lapses.
+                    let _ = self.write(&mut |tx| {
+                        tx.execute(
+                            "UPDATE sweeps SET lease_until = ? WHERE id = ?",
+                            &[wall_millis().into(), id.as_str().into()],
+                        )
+                    });
+                    return Err(error);
+                }
+            };
             report.add(&part);
             looked_at += u64::try_from(visited).unwrap_or(u64::MAX);
             progress(looked_at, &report);
@@ -489,6 +594,11 @@ impl Store {
                 None => return Ok(report),
             }
         }
+    }
+
+    /// The newest `limit` sweeps, whichever instance ran them.
+    pub fn recent_sweeps(&self, limit: i64) -> Result<Vec<SweepRecord>, StoreError> {
+        self.read(&mut |tx| sweep::recent_sweeps(tx, limit))
     }
 
     /// How many conversations are due at `now` and not yet purged.
@@ -574,12 +684,31 @@ impl Store {
         self.read(&mut |tx| views::gate_state(tx, &self.histories, &self.policy, account))
     }
 
-    /// Calls `each` with every account's gate inputs, streamed (for the index built at start).
+    /// Calls `each` with every account's gate inputs, streamed (for the index built at start);
+    /// answers where the change feed goes on from (see [`Store::gate_changes`]).
     pub fn for_each_gate_state(
         &self,
-        each: &mut dyn FnMut(&str, GateState, u64),
-    ) -> Result<(), StoreError> {
-        self.read(&mut |tx| views::for_each_gate_state(tx, &self.policy, each))
+        each: &mut dyn FnMut(AccountKey, GateState, u64),
+    ) -> Result<FeedPosition, StoreError> {
+        self.read(&mut |tx| views::gate_states(tx, &self.histories, &self.policy, None, each))
+    }
+
+    /// The change feed: calls `each` with the gate inputs of every account whose gate facts a
+    /// write committed since `since` changed (whichever process wrote them), and answers the
+    /// position to read from next. A change may come twice; none is ever missed.
+    pub fn gate_changes(
+        &self,
+        since: FeedPosition,
+        each: &mut dyn FnMut(AccountKey, GateState, u64),
+    ) -> Result<FeedPosition, StoreError> {
+        self.read(&mut |tx| {
+            views::gate_states(tx, &self.histories, &self.policy, Some(since), each)
+        })
+    }
+
+    /// The gate index's key of an account (see [`AccountKey`]).
+    pub fn account_key(&self, account: &AccountId) -> AccountKey {
+        self.histories.account_key(account.as_str())
     }
 
     pub fn account_view(
@@ -641,6 +770,7 @@ impl Store {
         receipt_id: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let entries = self.ledger(account)?;
+        self.read(&mut |tx| keys::ensure_current(tx, &self.key))?;
         let entry = entries
             .iter()
             .find(|e| custos_core::policy::hex(&e.hash).eq_ignore_ascii_case(receipt_id));
@@ -655,4 +785,20 @@ impl Store {
 pub enum Applied {
     Accepted,
     Duplicate,
+}
+
+/// The wall clock, in Unix milliseconds: leases are about real time, whatever clock the
+/// policy's decisions run on.
+fn wall_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// 16 random hex digits.
+fn random_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Database(format!("no randomness for an id: {e}")))?;
+    Ok(custos_core::policy::hex(&bytes))
 }

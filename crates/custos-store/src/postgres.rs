@@ -34,7 +34,7 @@ impl PostgresBackend {
         })?;
         let pool = r2d2::Pool::builder()
             .max_size(8)
-            .connection_timeout(std::time::Duration::from_secs(5))
+            .connection_timeout(std::time::Duration::from_secs(2))
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
         Ok(PostgresBackend { pool })
@@ -48,7 +48,7 @@ impl PostgresBackend {
         let mut client = self
             .pool
             .get()
-            .map_err(|e| StoreError::Database(format!("no PostgreSQL connection: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))?;
         for _ in 0..ATTEMPTS {
             let builder = if read_only {
                 client
@@ -94,6 +94,13 @@ fn map_error(error: &postgres::Error) -> StoreError {
     if is_retryable(error) {
         return StoreError::Conflict(1);
     }
+    let Some(db) = error.as_db_error() else {
+        // No answer from the server at all: the connection was refused, closed or broken.
+        return StoreError::Unavailable(error.to_string());
+    };
+    if is_unavailable(db.code()) {
+        return StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message()));
+    }
     match error.code() {
         Some(&SqlState::DISK_FULL) => StoreError::DiskFull(error.to_string()),
         Some(&SqlState::DATA_CORRUPTED | &SqlState::INDEX_CORRUPTED) => {
@@ -104,6 +111,20 @@ fn map_error(error: &postgres::Error) -> StoreError {
             |db| format!("{}: {}", db.code().code(), db.message()),
         )),
     }
+}
+
+/// The server's answers that mean "not now, here": connection exceptions (class 08), a server
+/// shutting down or starting, and a standby refusing a write (after a failover, until the
+/// connection moves to the new primary).
+fn is_unavailable(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ]
+        .contains(code)
 }
 
 /// NULL for a parameter of any type.

@@ -68,7 +68,7 @@ pub fn signed(receipt: Value, key: &LedgerKey) -> Value {
     let signature = key.sign(canonical(&receipt).as_bytes());
     json!({
         "receipt": receipt,
-        "signature": {"alg": "Ed25519", "publicKey": key.public_hex(), "value": hex(&signature)},
+        "signature": {"alg": "Ed25519", "keyId": key.id(), "publicKey": key.public_hex(), "value": hex(&signature)},
     })
 }
 
@@ -95,9 +95,17 @@ pub fn verify(document: &Value, trusted_key: Option<&str>) -> Result<String, Str
             "signed by key {key_hex}, not by the trusted key {trusted}"
         ));
     }
-    let key = from_hex::<32>(key_hex)
-        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
-        .ok_or("`signature.publicKey` is not an Ed25519 public key")?;
+    let public = from_hex::<32>(key_hex).ok_or("`signature.publicKey` is not 32 bytes of hex")?;
+    let key = VerifyingKey::from_bytes(&public)
+        .map_err(|_| "`signature.publicKey` is not an Ed25519 public key")?;
+    // The id a receipt names is the hash of its public key: a receipt can't claim another's.
+    if let Some(id) = signature.get("keyId").and_then(Value::as_str)
+        && id != crate::ledger::signing_key_id(&public)
+    {
+        return Err(format!(
+            "`signature.keyId` {id} is not the id of the key that signed"
+        ));
+    }
     let value = signature
         .get("value")
         .and_then(Value::as_str)

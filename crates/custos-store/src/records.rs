@@ -9,7 +9,7 @@ use crate::codec::{
     message_from_row, seq,
 };
 use crate::error::StoreError;
-use crate::ledger::{Entry, Record, pseudonym};
+use crate::ledger::{AccountKey, Entry, Hmac, PSEUDONYM_PREFIX, Record};
 use crate::sql::Tx;
 
 /// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
@@ -23,7 +23,7 @@ use crate::sql::Tx;
 #[derive(Debug)]
 pub struct Histories {
     cache: std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>,
-    pseudonym_key: [u8; 32],
+    pseudonyms: Hmac,
 }
 
 /// More cached histories than this and the cache starts afresh: memory stays bounded.
@@ -33,13 +33,21 @@ impl Histories {
     pub fn new(pseudonym_key: [u8; 32]) -> Histories {
         Histories {
             cache: std::sync::Mutex::default(),
-            pseudonym_key,
+            pseudonyms: Hmac::new(&pseudonym_key),
         }
     }
 
     /// The account's keyed pseudonym (see `ledger::pseudonym`).
     pub fn pseudonym(&self, account: &str) -> String {
-        pseudonym(&self.pseudonym_key, account)
+        format!(
+            "{PSEUDONYM_PREFIX}{}",
+            custos_core::policy::hex(&self.pseudonyms.mac(&[account.as_bytes()]))
+        )
+    }
+
+    /// The gate index's key of an account as stored (see [`AccountKey`]).
+    pub fn account_key(&self, stored_id: &str) -> AccountKey {
+        AccountKey::of_stored(&self.pseudonyms, stored_id)
     }
 
     fn get(&self, id: &AccountId, ledger_len: i64) -> Option<AccountHistory> {

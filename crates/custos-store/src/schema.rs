@@ -5,10 +5,10 @@
 //! account comes from the account row's own counter.
 
 use crate::error::StoreError;
-use crate::sql::{Tx, Value};
+use crate::sql::{Dialect, Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -216,7 +216,96 @@ INSERT INTO feedback_by_key (account_id, conversation_id, seq, at, rating, comme
 DROP TABLE feedback;
 ALTER TABLE feedback_by_key RENAME TO feedback
 ",
+    // The gate's change feed: every account row carries the mark of the last write that moved
+    // its gate facts (see `views::gate_changes`). A trigger sets it (`feed_triggers`), so that
+    // no write path, present or future, can forget to.
+    r"
+ALTER TABLE accounts ADD COLUMN changed INT8 NOT NULL DEFAULT 0;
+CREATE INDEX accounts_by_change ON accounts (changed)
+",
+    // The keys the store is bound to (see `keys`): every instance must be given these, and
+    // each checkpoint names the signing key that signed it (none: the store's first key).
+    r"
+CREATE TABLE store_keys (
+    purpose TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    public_key BYTES,
+    since INT8 NOT NULL,
+    retired_at INT8,
+    previous TEXT,
+    certificate BYTES,
+    PRIMARY KEY (purpose, key_id)
+);
+ALTER TABLE checkpoints ADD COLUMN key_id TEXT
+",
+    // Every sweep, whichever instance ran it, and the one lease that lets one sweep run at a
+    // time across all of them (`sweep::begin_sweep`).
+    r"
+CREATE TABLE sweeps (
+    id TEXT PRIMARY KEY,
+    at INT8 NOT NULL,
+    by_whom TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    started INT8 NOT NULL,
+    finished INT8,
+    lease_until INT8 NOT NULL,
+    purged INT8 NOT NULL,
+    held_back INT8 NOT NULL
+);
+CREATE INDEX sweeps_by_start ON sweeps (started)
+",
 ];
+
+/// The trigger that marks a changed account, installed with migration 7. Whole statements (they
+/// hold `;`), one form per backend:
+/// - SQLite serializes writers, so a counter one above the highest mark commits in mark order;
+/// - PostgreSQL commits in any order, so the mark is the writing transaction's id, and a reader
+///   that keeps the oldest id still running when it last read (its snapshot's `xmin`) misses
+///   nothing: whatever commits later has an id at least that.
+fn feed_triggers(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Sqlite => &[
+            r"CREATE TRIGGER accounts_mark_inserted AFTER INSERT ON accounts
+BEGIN
+    UPDATE accounts SET changed = (SELECT max(changed) FROM accounts) + 1
+        WHERE account_id = NEW.account_id;
+END",
+            r"CREATE TRIGGER accounts_mark_changed
+AFTER UPDATE OF account_id, plan, preference, erased_at, ledger_len ON accounts
+WHEN NEW.account_id IS NOT OLD.account_id OR NEW.plan IS NOT OLD.plan
+    OR NEW.preference IS NOT OLD.preference OR NEW.erased_at IS NOT OLD.erased_at
+    OR NEW.ledger_len IS NOT OLD.ledger_len
+BEGIN
+    UPDATE accounts SET changed = (SELECT max(changed) FROM accounts) + 1
+        WHERE account_id = NEW.account_id;
+END",
+        ],
+        Dialect::Postgres => &[
+            r"CREATE FUNCTION custos_mark_account_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.account_id IS DISTINCT FROM OLD.account_id
+        OR NEW.plan IS DISTINCT FROM OLD.plan OR NEW.preference IS DISTINCT FROM OLD.preference
+        OR NEW.erased_at IS DISTINCT FROM OLD.erased_at
+        OR NEW.ledger_len IS DISTINCT FROM OLD.ledger_len THEN
+        NEW.changed := pg_current_xact_id()::text::bigint;
+    END IF;
+    RETURN NEW;
+END
+$$",
+            r"CREATE TRIGGER accounts_mark_changed BEFORE INSERT OR UPDATE ON accounts
+FOR EACH ROW EXECUTE FUNCTION custos_mark_account_changed()",
+        ],
+    }
+}
+
+/// The query that fixes a feed reader's position in its snapshot: rows marked at or above it
+/// are the ones a later read must look at again (see [`feed_triggers`]).
+pub(crate) fn feed_position_query(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "SELECT coalesce(max(changed), 0) + 1 FROM accounts",
+        Dialect::Postgres => "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    }
+}
 
 /// Brings a database to [`SCHEMA_VERSION`], or refuses one made by a newer custos. Returns the
 /// version it found, so that the store can finish what SQL should not decide (version 2's
@@ -252,6 +341,11 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<i64, StoreError> {
             tx.execute(statement, &[])?;
         }
         let version = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        if version == 7 {
+            for trigger in feed_triggers(tx.dialect()) {
+                tx.execute(trigger, &[])?;
+            }
+        }
         tx.execute(
             "UPDATE custos_schema SET version = ?",
             &[Value::Int(version)],

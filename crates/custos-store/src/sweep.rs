@@ -1,6 +1,8 @@
 //! Retention sweeps over the expiry index, and the check that the index says what the core
 //! says.
 
+use std::path::Path;
+
 use custos_core::{
     Conversation, Policy, SweepAction, SweepReport, Timestamp, expiry, sweep_decision,
 };
@@ -208,4 +210,158 @@ pub fn check_retention(
         }
     }
     Ok(if rows.len() == page { last } else { None })
+}
+
+/// Who runs a sweep: `by` is `scheduled` or the actor who asked; `instance` names the process
+/// (host and process id), so that the dashboard shows whose sweep it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepRun {
+    pub by: String,
+    pub instance: String,
+}
+
+impl SweepRun {
+    pub fn new(by: impl Into<String>) -> SweepRun {
+        SweepRun {
+            by: by.into(),
+            instance: this_instance(),
+        }
+    }
+}
+
+/// Whether `instance` names a process of this host that no longer runs. An instance of
+/// another host is never taken for dead: its lease lapses instead.
+fn died_on_this_host(instance: &str) -> bool {
+    let Some((host, pid)) = instance.rsplit_once(':') else {
+        return false;
+    };
+    let this = this_instance();
+    let this_host = this.rsplit_once(':').map_or("", |(host, _)| host);
+    host == this_host
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// This process: its host's name and its id.
+pub fn this_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// How long a running sweep holds the store's one sweep lease without renewing it; each batch
+/// renews it. A sweep whose instance died lets the lease lapse, and the next sweep, run by any
+/// instance, finishes the job (each batch is whole).
+pub const SWEEP_LEASE_MS: i64 = 15_000;
+
+/// A sweep as the store records it, for every instance's dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepRecord {
+    pub id: String,
+    /// The sweep's present: conversations due by then are purged.
+    pub at: Timestamp,
+    pub by: String,
+    pub instance: String,
+    /// Wall-clock milliseconds when it began, and when it finished (None: running, or stopped
+    /// when its instance died, once its lease has lapsed).
+    pub started: i64,
+    pub finished: Option<i64>,
+    pub lease_until: i64,
+    pub purged: u64,
+    pub held_back: u64,
+}
+
+const SWEEP_COLUMNS: &str =
+    "id, at, by_whom, instance, started, finished, lease_until, purged, held_back";
+
+fn sweep_record(row: &crate::sql::Row) -> Result<SweepRecord, StoreError> {
+    Ok(SweepRecord {
+        id: row.text(0)?,
+        at: crate::codec::time(row.int(1)?)?,
+        by: row.text(2)?,
+        instance: row.text(3)?,
+        started: row.int(4)?,
+        finished: row.optional_int(5)?,
+        lease_until: row.int(6)?,
+        purged: u64::try_from(row.int(7)?).unwrap_or(0),
+        held_back: u64::try_from(row.int(8)?).unwrap_or(0),
+    })
+}
+
+/// Takes the store's sweep lease for a new sweep, or answers the sweep that holds it.
+pub(crate) fn begin_sweep(
+    tx: &mut dyn Tx,
+    run: &SweepRun,
+    id: &str,
+    at: Timestamp,
+    wall: i64,
+) -> Result<Result<(), SweepRecord>, StoreError> {
+    if tx.dialect() == crate::sql::Dialect::Postgres {
+        // Two instances beginning at once must not both see the lease free.
+        tx.execute("LOCK TABLE sweeps IN SHARE ROW EXCLUSIVE MODE", &[])?;
+    }
+    let holder = tx.query_one(
+        &format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps WHERE finished IS NULL AND lease_until > ? \
+             ORDER BY started DESC LIMIT 1"
+        ),
+        &[wall.into()],
+    )?;
+    if let Some(row) = holder {
+        let holder = sweep_record(&row)?;
+        if !died_on_this_host(&holder.instance) {
+            return Ok(Err(holder));
+        }
+        // Its process is gone (killed mid-sweep): its lease holds nothing.
+    }
+    tx.execute(
+        "INSERT INTO sweeps (id, at, by_whom, instance, started, lease_until, purged, held_back) \
+         VALUES (?, ?, ?, ?, ?, ?, 0, 0)",
+        &[
+            id.into(),
+            at.unix_millis().into(),
+            run.by.as_str().into(),
+            run.instance.as_str().into(),
+            wall.into(),
+            (wall + SWEEP_LEASE_MS).into(),
+        ],
+    )?;
+    Ok(Ok(()))
+}
+
+/// Records a batch's progress and renews the lease, in the batch's own transaction; the last
+/// batch also records the end.
+pub(crate) fn record_progress(
+    tx: &mut dyn Tx,
+    id: &str,
+    report: &SweepReport,
+    wall: i64,
+    finished: bool,
+) -> Result<(), StoreError> {
+    let purged = i64::try_from(report.purged_total()).unwrap_or(i64::MAX);
+    let held_back = i64::try_from(report.held_back).unwrap_or(i64::MAX);
+    tx.execute(
+        "UPDATE sweeps SET purged = ?, held_back = ?, lease_until = ?, finished = ? WHERE id = ?",
+        &[
+            purged.into(),
+            held_back.into(),
+            (wall + SWEEP_LEASE_MS).into(),
+            finished.then_some(wall).into(),
+            id.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The newest `limit` sweeps, whoever ran them.
+pub(crate) fn recent_sweeps(tx: &mut dyn Tx, limit: i64) -> Result<Vec<SweepRecord>, StoreError> {
+    tx.query(
+        &format!("SELECT {SWEEP_COLUMNS} FROM sweeps ORDER BY started DESC, id LIMIT ?"),
+        &[limit.into()],
+    )?
+    .iter()
+    .map(sweep_record)
+    .collect()
 }

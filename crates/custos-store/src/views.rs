@@ -14,7 +14,7 @@ use custos_core::{
 use crate::codec::parse_or_corrupt;
 use crate::error::StoreError;
 use crate::holds::holds_on;
-use crate::ledger::{Entry, EntryKind};
+use crate::ledger::{AccountKey, Entry, EntryKind};
 use crate::records::{
     END, Histories, conversations_of, ledger_entries, load_account, load_conversation, next_key,
 };
@@ -149,34 +149,53 @@ pub fn gate_state(
     )
 }
 
-/// Every account's gate state, streamed from one scan of the accounts table, for building the
-/// service's in-memory index at start.
-pub fn for_each_gate_state(
+/// Where a reader of the gate's change feed is: rows marked at or above it may be news to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FeedPosition(pub i64);
+
+/// The gate states of accounts, each with its index key and the ledger length it is as of,
+/// streamed from one snapshot of the accounts table: every account (`since: None`, for the
+/// index built at start), or those marked at or after `since`. Answers the position to read
+/// from next, fixed in the same snapshot, so that a write committing at any moment is read by
+/// this call or the next one; a row may be read twice, which the index's versions make
+/// harmless.
+pub fn gate_states(
     tx: &mut dyn Tx,
+    histories: &Histories,
     policy: &Policy,
-    each: &mut dyn FnMut(&str, GateState, u64),
-) -> Result<(), StoreError> {
-    tx.query_each(
-        "SELECT account_id, plan, preference, erased_at, ledger_len FROM accounts",
-        &[],
-        &mut |row| {
-            let plan = row.optional_str(1)?.unwrap_or_default();
-            let preference = match row.optional_str(2)? {
-                Some(text) => parse_or_corrupt(text, Preference::parse)?,
-                None => Preference::Unset,
-            };
-            let state = GateState {
-                consumer_plan: policy.is_consumer_plan_named(plan),
-                preference,
-                erased: row.optional_int(3)?.is_some(),
-            };
-            let id = row
-                .optional_str(0)?
-                .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
-            each(id, state, u64::try_from(row.int(4)?).unwrap_or(0));
-            Ok(())
-        },
-    )
+    since: Option<FeedPosition>,
+    each: &mut dyn FnMut(AccountKey, GateState, u64),
+) -> Result<FeedPosition, StoreError> {
+    let position = tx
+        .query_one(crate::schema::feed_position_query(tx.dialect()), &[])?
+        .map_or(Ok(0), |row| row.int(0))?;
+    let columns = "SELECT account_id, plan, preference, erased_at, ledger_len FROM accounts";
+    let (sql, params) = match since {
+        None => (columns.to_owned(), vec![]),
+        Some(FeedPosition(from)) => (format!("{columns} WHERE changed >= ?"), vec![from.into()]),
+    };
+    tx.query_each(&sql, &params, &mut |row| {
+        let plan = row.optional_str(1)?.unwrap_or_default();
+        let preference = match row.optional_str(2)? {
+            Some(text) => parse_or_corrupt(text, Preference::parse)?,
+            None => Preference::Unset,
+        };
+        let state = GateState {
+            consumer_plan: policy.is_consumer_plan_named(plan),
+            preference,
+            erased: row.optional_int(3)?.is_some(),
+        };
+        let id = row
+            .optional_str(0)?
+            .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
+        each(
+            histories.account_key(id),
+            state,
+            u64::try_from(row.int(4)?).unwrap_or(0),
+        );
+        Ok(())
+    })?;
+    Ok(FeedPosition(position))
 }
 
 /// An account as its owner and the product see it.

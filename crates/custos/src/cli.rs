@@ -2,14 +2,13 @@
 //! writing to stdout (a closed pipe is not an error).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use custos_core::{Policy, Timestamp};
-use custos_store::{Location, SQLITE_FILE, Store, StoreError};
+use custos_store::{KeySource, Location, Purpose, SQLITE_FILE, Store, StoreError};
 
-/// Where the store is: SQLite in a data folder, or PostgreSQL (the data folder then holds only
-/// the ledger's signing key).
+/// Where the store is: SQLite in a data folder, or PostgreSQL; and where its keys are.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
     /// The data folder.
@@ -18,6 +17,26 @@ pub struct StoreArgs {
     /// A PostgreSQL URL (postgres://… or key=value); SQLite in the data folder when absent.
     #[arg(long, env = "CUSTOS_DATABASE")]
     pub database: Option<String>,
+    /// The folder of the store's keys (signing.key, pseudonym.key, export.key) [default:
+    /// DATA/keys]; `CUSTOS_SIGNING_KEY`, `CUSTOS_PSEUDONYM_KEY` and `CUSTOS_EXPORT_KEY` (hex)
+    /// override its files.
+    #[arg(long, env = "CUSTOS_KEYS")]
+    pub keys: Option<PathBuf>,
+}
+
+/// Where an instance finds the store's keys: the environment's `CUSTOS_*_KEY`, then `keys`
+/// (default `DATA/keys`), then the data folder's own key files (stores made before keys had a
+/// folder).
+pub fn key_source(data: &Path, keys: Option<&Path>) -> KeySource {
+    let mut source = KeySource::in_data(data);
+    if let Some(keys) = keys {
+        source.folder = keys.to_owned();
+    }
+    source.variables = Purpose::ALL
+        .into_iter()
+        .filter_map(|purpose| Some((purpose, std::env::var(purpose.variable()).ok()?)))
+        .collect();
+    source
 }
 
 impl StoreArgs {
@@ -25,28 +44,36 @@ impl StoreArgs {
         Location::new(self.data.clone(), self.database.clone())
     }
 
-    /// Opens the store, creating it if it does not exist yet.
+    pub fn key_source(&self) -> KeySource {
+        key_source(&self.data, self.keys.as_deref())
+    }
+
+    /// Opens the store, creating it (and its keys) if it does not exist yet.
     pub fn open(&self) -> Result<Store, Failure> {
-        Store::open(&self.location(), Policy::bundled()).map_err(store_failure)
+        Store::open_with(
+            &self.location(),
+            Policy::bundled(),
+            &self.key_source(),
+            true,
+        )
+        .map_err(store_failure)
     }
 
     /// Opens a store that must already exist: inspecting a folder never creates one.
     pub fn open_existing(&self) -> Result<Store, Failure> {
-        let key = self.data.join(custos_store::ledger::KEY_FILE);
-        let missing = if self.database.is_none() && !self.data.join(SQLITE_FILE).exists() {
-            Some(self.data.join(SQLITE_FILE))
-        } else if !key.exists() {
-            Some(key)
-        } else {
-            None
-        };
-        if let Some(path) = missing {
+        if self.database.is_none() && !self.data.join(SQLITE_FILE).exists() {
             return Err(Failure::invalid_input(anyhow::anyhow!(
                 "{} does not exist: is `--data` the folder custos wrote to?",
-                path.display()
+                self.data.join(SQLITE_FILE).display()
             )));
         }
-        Store::open(&self.location(), Policy::bundled()).map_err(Failure::operational)
+        Store::open_with(
+            &self.location(),
+            Policy::bundled(),
+            &self.key_source(),
+            false,
+        )
+        .map_err(Failure::operational)
     }
 }
 

@@ -187,18 +187,7 @@ fn revocations(store: &StoreArgs, snapshot: &str, now: Option<String>) -> Result
 fn verify(store: &StoreArgs, folder: &Path, public_key: Option<String>) -> Result<(), Failure> {
     let public_key = match public_key {
         Some(key) => key,
-        None => {
-            let path = store.data.join(custos_store::ledger::PUBLIC_KEY_FILE);
-            std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    Failure::invalid_input(anyhow::anyhow!(
-                        "{}: {e} (pass --public-key)",
-                        path.display()
-                    ))
-                })?
-                .trim()
-                .to_owned()
-        }
+        None => signer_of(&store.open_existing()?, folder)?,
     };
     let verified = custos_export::verify(folder, &public_key)
         .map_err(|e| Failure::operational(anyhow::anyhow!("export verification FAILED: {e}")))?;
@@ -206,6 +195,32 @@ fn verify(store: &StoreArgs, folder: &Path, public_key: Option<String>) -> Resul
         "{}: signature valid, {} file(s) and {} rows match the manifest\n",
         verified.snapshot, verified.files, verified.rows
     ))
+}
+
+/// The public half of the store's signing key that signed the export in `folder`: the one its
+/// signature names, or (an export signed before keys had ids) the store's first.
+fn signer_of(store: &Store, folder: &Path) -> Result<String, Failure> {
+    let path = folder.join(custos_export::SIGNATURE);
+    let named = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|signature| signature.get("key_id")?.as_str().map(str::to_owned));
+    let recorded = store.recorded_keys().map_err(Failure::operational)?;
+    let mut signing = recorded
+        .iter()
+        .filter(|k| k.purpose == custos_store::Purpose::Signing);
+    let key = match &named {
+        Some(id) => signing.find(|k| k.id == *id),
+        None => signing.find(|k| k.previous.is_none()),
+    };
+    key.and_then(|k| k.public)
+        .map(|public| custos_core::policy::hex(&public))
+        .ok_or_else(|| {
+            Failure::operational(anyhow::anyhow!(
+                "export verification FAILED: it names signing key {}, which is not one of this store's (pass --public-key to check it against another)",
+                named.as_deref().unwrap_or("(none)")
+            ))
+        })
 }
 
 /// Runs an export with a progress bar on stderr; returns the manifest. Ctrl-C or SIGTERM stops

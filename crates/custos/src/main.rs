@@ -15,6 +15,7 @@ use custos_scenario::{Scenario, ScenarioError};
 mod cli;
 mod demo;
 mod export;
+mod keys;
 mod ledger;
 mod retention;
 mod serve;
@@ -78,6 +79,9 @@ enum Command {
     /// Manage access tokens.
     #[command(subcommand)]
     Token(serve::TokenCommand),
+    /// Make, show and rotate the store's keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Tools for custos's own tests; not a stable interface.
     #[command(subcommand, hide = true)]
     Internal(write_load::InternalCommand),
@@ -118,6 +122,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Dsr(command) => retention::dsr_command(command),
         Command::Serve(args) => serve::serve(args).map_err(Failure::operational),
         Command::Token(command) => serve::token(command),
+        Command::Keys(command) => keys::command(command),
         Command::Internal(command) => write_load::command(command),
     }
 }

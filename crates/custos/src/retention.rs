@@ -126,7 +126,8 @@ pub fn sweep(store: &Store, now: Timestamp, batch: usize) -> Result<SweepReport,
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let report = store.sweep(now, batch, &mut |looked_at, so_far| {
+    let run = custos_store::SweepRun::new("custos sweep");
+    let report = store.sweep(&run, now, batch, &mut |looked_at, so_far| {
         progress.set_position(looked_at);
         progress.set_message(format!("{} purged", so_far.purged_total()));
     })?;

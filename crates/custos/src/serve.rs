@@ -32,11 +32,16 @@ pub struct ServeArgs {
     /// A PostgreSQL URL; SQLite in the data folder when absent.
     #[arg(long, env = "CUSTOS_DATABASE")]
     database: Option<String>,
+    /// The folder of the store's keys [default: DATA/keys]; every instance of one store must
+    /// be given the same keys (`CUSTOS_SIGNING_KEY`, `CUSTOS_PSEUDONYM_KEY`,
+    /// `CUSTOS_EXPORT_KEY`, in hex, override its files).
+    #[arg(long, env = "CUSTOS_KEYS")]
+    keys: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080]. Loopback unless you say otherwise.
     #[arg(long, env = "CUSTOS_LISTEN")]
     listen: Option<String>,
-    /// A TOML file with any of: data, database, listen, sweep_every, export_root, log_format,
-    /// log_level.
+    /// A TOML file with any of: data, database, keys, listen, sweep_every, export_root,
+    /// max_gate_lag, log_format, log_level.
     #[arg(long, env = "CUSTOS_CONFIG")]
     config: Option<PathBuf>,
     /// `manual` makes the clock settable through `PUT /v1/admin/clock` (tests only).
@@ -56,6 +61,10 @@ pub struct ServeArgs {
     /// folder), and print a token for each role.
     #[arg(long)]
     demo: bool,
+    /// `/readyz` fails while this instance's gate index is further behind the store than
+    /// this, e.g. `500ms` or `5s` [default: 5s].
+    #[arg(long, env = "CUSTOS_MAX_GATE_LAG")]
+    max_gate_lag: Option<String>,
     /// How the log on stderr is written: `human` (one readable line an event) or `json` (one
     /// JSON object a line) [default: human].
     #[arg(long, env = "CUSTOS_LOG_FORMAT", value_enum)]
@@ -119,9 +128,11 @@ enum ClockMode {
 struct ConfigFile {
     data: Option<PathBuf>,
     database: Option<String>,
+    keys: Option<PathBuf>,
     listen: Option<String>,
     sweep_every: Option<String>,
     export_root: Option<PathBuf>,
+    max_gate_lag: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<LogLevel>,
 }
@@ -131,23 +142,26 @@ fn parse_interval(text: &str) -> anyhow::Result<Option<std::time::Duration>> {
     if text == "off" {
         return Ok(None);
     }
-    let unit = text.chars().last().unwrap_or(' ');
-    let seconds = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => anyhow::bail!("sweep interval `{text}`: write it like 30m, 1h or 1d, or `off`"),
-    };
-    let count: u64 = text
-        .trim_end_matches(unit)
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            anyhow::anyhow!("sweep interval `{text}`: write it like 30m, 1h or 1d, or `off`")
-        })?;
-    Ok(Some(std::time::Duration::from_secs(count * seconds)))
+    parse_span(text, "sweep interval", "30m, 1h or 1d, or `off`").map(Some)
+}
+
+/// A span of time written with its unit: `250ms`, `30s`, `15m`, `1h`, `1d`; more than zero.
+fn parse_span(text: &str, what: &str, like: &str) -> anyhow::Result<std::time::Duration> {
+    let wrong = || anyhow::anyhow!("{what} `{text}`: write it like {like}");
+    let (count, millis) = [
+        ("ms", 1),
+        ("s", 1000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ]
+    .iter()
+    .find_map(|(unit, millis)| text.strip_suffix(unit).map(|count| (count, *millis)))
+    .ok_or_else(wrong)?;
+    let count: u64 = count.parse().ok().filter(|n| *n > 0).ok_or_else(wrong)?;
+    Ok(std::time::Duration::from_millis(
+        count.saturating_mul(millis),
+    ))
 }
 
 fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -189,6 +203,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .as_deref()
             .unwrap_or("1h"),
     )?;
+    let max_gate_lag = args
+        .max_gate_lag
+        .or(file.max_gate_lag)
+        .map(|text| parse_span(&text, "--max-gate-lag", "500ms or 5s"))
+        .transpose()?;
     let clock = match (args.clock, args.now) {
         (ClockMode::System, None) => Clock::System,
         (ClockMode::System, Some(_)) => anyhow::bail!("--now needs --clock manual"),
@@ -206,7 +225,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data.display()
         );
     }
-    let store = Store::open(&Location::new(data.clone(), database), Policy::bundled())?;
+    let keys = crate::cli::key_source(&data, args.keys.or(file.keys).as_deref());
+    let store = Store::open_with(
+        &Location::new(data.clone(), database),
+        Policy::bundled(),
+        &keys,
+        true,
+    )?;
     let demo = args.demo;
     if demo {
         fill_demo(&store, &data, clock.now())?;
@@ -215,7 +240,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data: data.clone(),
         root: args.export_root.clone().or(file.export_root),
     };
-    let state = Arc::new(AppState::open(Arc::new(store), clock, exports)?);
+    let mut state = AppState::open(Arc::new(store), clock, exports)?;
+    if let Some(limit) = max_gate_lag {
+        state.max_gate_lag = limit;
+    }
+    let state = Arc::new(state);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // The store is dropped only after the runtime, outside it: closing a PostgreSQL connection
     // blocks, which panics on a runtime thread.
@@ -355,6 +384,6 @@ fn create_token(args: TokenArgs) -> anyhow::Result<String> {
         .ttl
         .map(|ttl| Duration::parse(&ttl).map(|d| now.saturating_add(d)))
         .transpose()?;
-    let store = Store::open(&args.store.location(), Policy::bundled())?;
+    let store = args.store.open().map_err(|f| f.error)?;
     Ok(store.create_token(role.as_str(), account.as_ref(), now, expires)?)
 }

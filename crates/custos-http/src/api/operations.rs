@@ -1,4 +1,4 @@
-//! For operators and their tools: liveness, metrics and the test clock.
+//! For operators and their tools: liveness, readiness, metrics and the test clock.
 
 use std::sync::Arc;
 
@@ -22,8 +22,31 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Readiness, apart from liveness: an instance whose gate index has fallen behind the store by
+/// more than the configured limit (its database is unreachable, or it can't keep up) is taken
+/// out of the load balancer's rotation until it catches up.
+pub async fn readyz(State(state): Shared) -> Result<Json<Value>, Problem> {
+    let lag = state.feed.figures().lag;
+    if lag > state.max_gate_lag {
+        return Err(Problem::unavailable(
+            "not-ready",
+            format!(
+                "the gate index is {} ms behind the store, more than the {} ms allowed",
+                lag.as_millis(),
+                state.max_gate_lag.as_millis()
+            ),
+            1,
+        ));
+    }
+    Ok(Json(
+        json!({"status": "ready", "gate_lag_ms": u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)}),
+    ))
+}
+
 pub async fn metrics(State(state): Shared) -> Response {
-    let text = state.metrics.render(state.gates.len());
+    let text = state
+        .metrics
+        .render(state.gates.len(), state.feed.figures());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -29,8 +29,8 @@ use super::session::{Session, signed_in};
 use crate::access::Role;
 use crate::charts::{Series, stacked_bars, thousands};
 use crate::figures::{Figures, Verification};
-use crate::jobs::SweepRecord;
 use crate::state::AppState;
+use custos_store::SweepRecord;
 
 /// Figures younger than this are shown as they are; older ones are shown while new ones are
 /// computed.
@@ -209,7 +209,7 @@ pub async fn dashboard(
         return Ok(response);
     };
     let verification = state.dashboard.verification();
-    let sweeps = state.sweeps.recent();
+    let sweeps = state.blocking(|store| store.recent_sweeps(20)).await?;
     let exports = state.on_exports(|exports| exports.finished()).await?;
     let holds = if session.caller.role == Role::Admin {
         Some(state.blocking(|store| store.holds()).await?)
@@ -424,20 +424,32 @@ fn retention_section(state: &AppState, retention: &RetentionReport) -> Markup {
     }
 }
 
+/// A sweep's state: done, running (its lease is held), or stopped (its instance died or it
+/// failed; the next sweep finishes its job).
+fn sweep_state(sweep: &SweepRecord) -> &'static str {
+    match sweep.finished {
+        Some(_) => "done",
+        None if sweep.lease_until > crate::clock::system_now().unix_millis() => "running",
+        None => "stopped",
+    }
+}
+
 fn sweeps_section(sweeps: &[SweepRecord], retention: &RetentionReport) -> Markup {
     let purged_by_day: Vec<_> = retention.purged_by_day.iter().rev().take(14).collect();
     html! {
         section aria-labelledby="sweeps" {
             h2 #sweeps { "Sweeps" }
             @if sweeps.is_empty() {
-                p { "This server has not run a sweep since it started." }
+                p { "No sweep has run yet." }
             } @else {
+                p.explain { "Every sweep of this store, whichever instance ran it; one runs at a time." }
                 div.table-wrap { table #sweep-list {
-                    thead { tr { th scope="col" { "At" } th scope="col" { "By" } th.num scope="col" { "Purged" } th.num scope="col" { "Held back" } th.num scope="col" { "Took" } } }
+                    thead { tr { th scope="col" { "At" } th scope="col" { "By" } th scope="col" { "Instance" } th scope="col" { "State" } th.num scope="col" { "Purged" } th.num scope="col" { "Held back" } th.num scope="col" { "Took" } } }
                     tbody { @for sweep in sweeps { tr {
-                        td { (date_time(sweep.at)) } td { (sweep.by) }
-                        td.num { (thousands(sweep.purged as u64)) } td.num { (thousands(sweep.held_back as u64)) }
-                        td.num { (format!("{:.2} s", sweep.took.as_secs_f64())) }
+                        td { (date_time(sweep.at)) } td { (sweep.by) } td { (sweep.instance) }
+                        td { (sweep_state(sweep)) }
+                        td.num { (thousands(sweep.purged)) } td.num { (thousands(sweep.held_back)) }
+                        td.num { @if let Some(finished) = sweep.finished { (format!("{:.2} s", (finished - sweep.started) as f64 / 1000.0)) } }
                     } } }
                 } }
             }

@@ -52,6 +52,8 @@ pub const CHECKS: &[(&str, Check)] = checks![
     bulk_loaded_accounts_answer_like_the_reference_model,
     late_activity_is_exported_in_key_order_with_its_own_texts,
     every_concurrent_writer_is_answered_with_its_own_write,
+    the_change_feed_misses_no_committed_change,
+    one_sweep_runs_at_a_time_and_every_one_is_recorded,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -82,7 +84,14 @@ fn replay_against_the_model(open: Factory<'_>, sweep_batches: Option<usize>) {
             let got = match (sweep_batches, &command) {
                 (Some(largest), Command::Sweep) => {
                     let batch = 1 + usize::try_from(case).unwrap() % largest;
-                    store.sweep(now, batch, &mut |_, _| {}).map(Some)
+                    store
+                        .sweep(
+                            &custos_store::SweepRun::new("conformance"),
+                            now,
+                            batch,
+                            &mut |_, _| {},
+                        )
+                        .map(Some)
                 }
                 _ => store
                     .apply(now, &command, "conformance")
@@ -858,4 +867,177 @@ pub fn every_concurrent_writer_is_answered_with_its_own_write(open: Factory<'_>)
         "every entry answered to exactly one writer"
     );
     assert_eq!(store.verify_ledger().unwrap().problem, None);
+}
+
+/// Gate states read from the feed, the newest by ledger length kept (as the service's index).
+type Followed = std::collections::HashMap<custos_store::AccountKey, (custos_store::GateState, u64)>;
+
+fn follow(
+    followed: &mut Followed,
+    key: custos_store::AccountKey,
+    state: custos_store::GateState,
+    version: u64,
+) {
+    let entry = followed.entry(key).or_insert((state, version));
+    if version >= entry.1 {
+        *entry = (state, version);
+    }
+}
+
+/// Many writers commit creations, choices, plan changes and erasures at once (commits finish in
+/// any order), while a reader follows the change feed; what the reader ends with equals a
+/// full read of the store, account by account.
+pub fn the_change_feed_misses_no_committed_change(open: Factory<'_>) {
+    let store = open();
+    let start = ts("2025-10-01T00:00:00Z");
+    let mut followed = Followed::new();
+    let mut position = store
+        .for_each_gate_state(&mut |key, state, version| follow(&mut followed, key, state, version))
+        .unwrap();
+    const WRITERS: usize = 6;
+    const ACCOUNTS: usize = 12;
+    const EACH: usize = 40;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let (store, done) = (&store, &done);
+            scope.spawn(move || {
+                let mut seed = 0x9e37_79b9_u64.wrapping_mul(writer as u64 + 1);
+                for i in 0..EACH {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let id = account(&format!("acct-{}", (seed >> 33) as usize % ACCOUNTS));
+                    let command = match (seed >> 20) % 16 {
+                        0..=3 => Command::CreateAccount {
+                            account: id,
+                            plan: if i % 2 == 0 { "free" } else { "api" }.into(),
+                            choice: None,
+                        },
+                        4..=8 => Command::Choose {
+                            account: id,
+                            allowed: seed % 2 == 0,
+                            channel: Channel::Settings,
+                        },
+                        9..=14 => Command::ChangePlan {
+                            account: id,
+                            plan: if seed % 2 == 0 { "free" } else { "api" }.into(),
+                        },
+                        _ => Command::EraseAccount { account: id },
+                    };
+                    // Refusals (an account not made yet, or already erased) are part of the mix.
+                    match store.apply(start, &command, "service") {
+                        Ok(_) | Err(StoreError::Refused(_)) => {}
+                        Err(other) => panic!("writer {writer}: {other}"),
+                    }
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        while done.load(std::sync::atomic::Ordering::SeqCst) < WRITERS {
+            position = store
+                .gate_changes(position, &mut |key, state, version| {
+                    follow(&mut followed, key, state, version);
+                })
+                .unwrap();
+        }
+    });
+    store
+        .gate_changes(position, &mut |key, state, version| {
+            follow(&mut followed, key, state, version)
+        })
+        .unwrap();
+    let mut stored = Followed::new();
+    store
+        .for_each_gate_state(&mut |key, state, version| follow(&mut stored, key, state, version))
+        .unwrap();
+    assert!(!stored.is_empty());
+    assert_eq!(
+        followed, stored,
+        "the feed's reader ended where the store is"
+    );
+    for n in 0..ACCOUNTS {
+        let id = account(&format!("acct-{n}"));
+        if let Some(facts) = stored.get(&store.account_key(&id)) {
+            let (state, version) = store.gate_state(&id).unwrap().unwrap();
+            assert_eq!(
+                *facts,
+                (state, version),
+                "{id}: the scan and the account's own history"
+            );
+        }
+    }
+}
+
+/// Sweeps started at once (as by several instances' schedules): they never overlap in time,
+/// each one that did not start was told another runs, together they purge each due
+/// conversation once, and the store records every sweep that ran, finished.
+pub fn one_sweep_runs_at_a_time_and_every_one_is_recorded(open: Factory<'_>) {
+    let store = open();
+    let t0 = ts("2025-10-01T00:00:00Z");
+    store
+        .apply(
+            t0,
+            &Command::CreateAccount {
+                account: account("s"),
+                plan: "free".into(),
+                choice: Some((false, Channel::Signup)),
+            },
+            "service",
+        )
+        .unwrap();
+    const DUE: usize = 60;
+    for n in 0..DUE {
+        let command = Command::Message {
+            account: account("s"),
+            conversation: ConversationId::parse(&format!("s-{n}")).unwrap(),
+            surface: Surface::Chat,
+            role: Role::User,
+            text: "hello".into(),
+            incognito: false,
+        };
+        store.apply(t0, &command, "service").unwrap();
+    }
+    let later = ts("2025-12-01T00:00:00Z");
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for n in 0..4 {
+            let (store, outcomes) = (&store, &outcomes);
+            scope.spawn(move || {
+                let run = custos_store::SweepRun::new(format!("sweeper {n}"));
+                // One conversation a batch: a sweep lasts long enough for the others to meet it.
+                let outcome = store.sweep(&run, later, 1, &mut |_, _| {});
+                outcomes.lock().unwrap().push(outcome);
+            });
+        }
+    });
+    let mut purged = 0;
+    let mut ran = 0;
+    for outcome in outcomes.into_inner().unwrap() {
+        match outcome {
+            Ok(report) => {
+                ran += 1;
+                purged += report.purged_total();
+            }
+            Err(StoreError::SweepRunning { .. }) => {}
+            Err(other) => panic!("a sweep failed: {other}"),
+        }
+    }
+    assert!(ran >= 1);
+    assert_eq!(purged, DUE, "each due conversation purged once");
+    let mut recorded = store.recent_sweeps(100).unwrap();
+    assert_eq!(recorded.len(), ran, "{recorded:?}");
+    recorded.sort_by_key(|s| s.started);
+    for sweep in &recorded {
+        assert!(sweep.finished.is_some(), "{sweep:?}");
+    }
+    for pair in recorded.windows(2) {
+        assert!(
+            pair[0].finished.unwrap() <= pair[1].started,
+            "two sweeps overlapped: {pair:?}"
+        );
+    }
+    assert_eq!(
+        recorded.iter().map(|s| s.purged).sum::<u64>(),
+        DUE as u64,
+        "the records say what the sweeps did"
+    );
 }

@@ -93,6 +93,7 @@ fn slugs_in_code() -> BTreeSet<String> {
     let patterns = [
         regex::Regex::new(r#"StatusCode::[A-Z_]+,\s*"([a-z][a-z-]*)""#).unwrap(),
         regex::Regex::new(r#"not_found\(\s*"([a-z][a-z-]*)""#).unwrap(),
+        regex::Regex::new(r#"unavailable\(\s*"([a-z][a-z-]*)""#).unwrap(),
     ];
     let arms = regex::Regex::new(r#"=> "([a-z][a-z-]*)""#).unwrap();
     let mut slugs = BTreeSet::new();

@@ -305,18 +305,31 @@ impl Browser {
     pub fn downloaded(&self, prefix: &str) -> (String, Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let files: Vec<PathBuf> = std::fs::read_dir(self.downloads.path())
+            let named: Vec<PathBuf> = std::fs::read_dir(self.downloads.path())
                 .unwrap()
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| {
                     p.file_name()
                         .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-                        && !p
-                            .extension()
-                            .is_some_and(|e| e == "crdownload" || e == "tmp")
                 })
                 .collect();
+            let partial = |p: &PathBuf| {
+                p.extension()
+                    .is_some_and(|e| e == "crdownload" || e == "tmp")
+            };
+            // Chromium makes an empty file of the final name when a download starts, and
+            // fills it from its `.crdownload` at the end: a download is whole once no partial
+            // file is left beside it.
+            let files: Vec<&PathBuf> = if named.iter().any(partial) {
+                Vec::new()
+            } else {
+                // (Every download of these tests has content: an empty one is not done yet.)
+                named
+                    .iter()
+                    .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                    .collect()
+            };
             if let Some(file) = files.first() {
                 let name = file.file_name().unwrap().to_string_lossy().into_owned();
                 return (name, std::fs::read(file).unwrap());

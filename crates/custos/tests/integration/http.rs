@@ -29,16 +29,21 @@ impl Drop for Server {
 /// runs on a fresh PostgreSQL database of its own instead of SQLite; CI runs them both ways.
 const POSTGRES_URL: &str = "CUSTOS_TEST_HTTP_DATABASE_URL";
 
-/// A PostgreSQL database made for one server and dropped with it.
-struct FreshDatabase {
+/// A PostgreSQL database made for one server (or one fleet of them) and dropped with it.
+pub struct FreshDatabase {
     base: String,
     name: String,
 }
 
 impl FreshDatabase {
     fn create() -> Option<FreshDatabase> {
+        Some(FreshDatabase::on(&std::env::var(POSTGRES_URL).ok()?))
+    }
+
+    /// A new database on the server `base` (libpq key=value form) names.
+    pub fn on(base: &str) -> FreshDatabase {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let base = std::env::var(POSTGRES_URL).ok()?;
+        let base = base.to_owned();
         let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("custos_http_{}_{number}", std::process::id());
         let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap_or_else(|e| {
@@ -47,10 +52,10 @@ impl FreshDatabase {
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        Some(FreshDatabase { base, name })
+        FreshDatabase { base, name }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("{} dbname={}", self.base, self.name)
     }
 }
@@ -246,7 +251,7 @@ impl Server {
 }
 
 /// Starts `custos serve` on a manual clock and returns it with the address it serves.
-fn spawn_serve(
+pub fn spawn_serve(
     data: &std::path::Path,
     database_args: &[String],
     now: &str,
@@ -650,6 +655,19 @@ fn every_route_checks_its_role() {
         (
             "GET /healthz",
             Box::new(|| ("/healthz".into(), None)),
+            &[
+                "none",
+                "service",
+                "user",
+                "other-user",
+                "trainer",
+                "auditor",
+                "admin",
+            ],
+        ),
+        (
+            "GET /readyz",
+            Box::new(|| ("/readyz".into(), None)),
             &[
                 "none",
                 "service",
@@ -1127,7 +1145,13 @@ fn each_of_many_concurrent_choices_is_answered_with_its_own_receipt() {
                     .collect();
             calls.into_iter().map(|call| call.join().unwrap()).collect()
         });
-    let public_key = std::fs::read_to_string(server.data().join("ledger-signing.pub")).unwrap();
+    let public_key = crate::support::stdout(
+        &custos()
+            .args(["ledger", "public-key"])
+            .args(server.store_args())
+            .output()
+            .unwrap(),
+    );
     let mut receipts = std::collections::BTreeSet::new();
     for (allowed, reply) in &answers {
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -1925,8 +1949,8 @@ fn reports_count_classes_purges_holds_preferences_and_undecided_accounts() {
 /// every file matches it.
 fn assert_export_verifies(server: &Server, folder: &std::path::Path) {
     let verify = custos()
-        .args(["export", "verify", "--data"])
-        .arg(server.data())
+        .args(["export", "verify"])
+        .args(server.store_args())
         .arg(folder)
         .output()
         .unwrap();

@@ -20,6 +20,7 @@ mod invalid_steps;
 mod logs;
 mod pages;
 mod policy_check;
+mod replicas;
 mod retention;
 mod scenarios;
 mod storage;

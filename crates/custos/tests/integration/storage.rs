@@ -167,12 +167,22 @@ fn sample_store() -> (tempfile::TempDir, PathBuf) {
 
 fn copy_of(data: &Path, into: &Path) -> PathBuf {
     let copy = into.join(format!("copy-{}", rand_suffix()));
-    std::fs::create_dir_all(&copy).unwrap();
-    for entry in std::fs::read_dir(data).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_folder(data, &copy);
     copy
+}
+
+/// Copies a folder and everything in it (the data folder holds its keys in `keys/`).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_folder(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
 }
 
 fn rand_suffix() -> u128 {
@@ -317,13 +327,24 @@ fn a_changed_checkpoint_or_a_foreign_key_is_detected() {
         stderr(&output)
     );
 
-    // Another store's key cannot vouch for this store's ledger: the pseudonyms its hashes name
-    // accounts by are keyed, so the first entry already fails, before any signature.
+    // Another store's keys cannot vouch for this store's ledger: the store records the ids of
+    // its own keys and refuses any other before reading a thing.
     let other = copy_of(&data, folder.path());
     let (_other_folder, foreign) = sample_store();
-    for file in ["ledger-signing.key", "ledger-signing.pub"] {
-        std::fs::copy(foreign.join(file), other.join(file)).unwrap();
-    }
+    std::fs::remove_dir_all(other.join("keys")).unwrap();
+    copy_folder(&foreign.join("keys"), &other.join("keys"));
+    let output = verify(&other);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("this store expects signing key"),
+        "{}",
+        stderr(&output)
+    );
+    // Nor can the same keys with the store's record of them rewritten: the pseudonyms its
+    // hashes name accounts by are keyed, so the first entry already fails.
+    let db = rusqlite::Connection::open(other.join("custos.sqlite3")).unwrap();
+    db.execute("DELETE FROM store_keys", []).unwrap();
+    drop(db);
     let output = verify(&other);
     assert_eq!(output.status.code(), Some(1));
     assert!(

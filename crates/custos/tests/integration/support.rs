@@ -82,8 +82,20 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> HttpReply {
+    try_http(address, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} at {address}: {e}"))
+}
+
+/// [`http`], answering a failed connection (a server that was killed) as an error.
+pub fn try_http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpReply> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut stream = std::net::TcpStream::connect(address)?;
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -100,8 +112,8 @@ pub fn http(
         request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
     // Read the head, then as many bytes as Content-Length says (some servers, ChromeDriver
     // among them, keep the connection open after the answer), or else to the end.
     let mut raw = Vec::new();
@@ -110,7 +122,7 @@ pub fn http(
         if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
-        let read = stream.read(&mut buffer).unwrap();
+        let read = stream.read(&mut buffer)?;
         if read == 0 {
             break raw.len();
         }
@@ -125,7 +137,7 @@ pub fn http(
     match length {
         Some(length) => {
             while raw.len() < head_end + length {
-                let read = stream.read(&mut buffer).unwrap();
+                let read = stream.read(&mut buffer)?;
                 if read == 0 {
                     break;
                 }
@@ -133,7 +145,7 @@ pub fn http(
             }
         }
         None => {
-            stream.read_to_end(&mut raw).unwrap();
+            stream.read_to_end(&mut raw)?;
         }
     }
     let payload = String::from_utf8_lossy(raw.get(head_end..).unwrap_or_default()).into_owned();
@@ -143,11 +155,11 @@ pub fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    HttpReply {
+    Ok(HttpReply {
         status,
         head,
         body: payload,
-    }
+    })
 }
 
 /// No file under `root`, at any depth, is a `.partial` one: an export interrupted or stopped

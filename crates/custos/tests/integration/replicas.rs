@@ -1,0 +1,860 @@
+//! Several `custos serve` processes over one PostgreSQL database, as an operator runs them: each
+//! with its own data folder and the same keys. Writes go to random instances; after every write
+//! each instance's gate is asked directly.
+//!
+//! These tests need PostgreSQL. `CUSTOS_TEST_DATABASE_URL` (libpq key=value form) names it, and
+//! CI sets it, so that they fail if it can't be reached; without it they try the local default
+//! and, if nothing answers, say on stderr that they did not run.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::http::{FreshDatabase, NOTICE, spawn_serve};
+use crate::support::{custos, stderr, try_http};
+
+const DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
+
+/// How long any instance may take to see a change another committed, in these tests (the
+/// promised bound is much tighter; `bench/replicas.sh` measures it).
+const SEEN_WITHIN: Duration = Duration::from_secs(3);
+
+/// The PostgreSQL server to make the fleet's database on, or None (said loudly) if there is none
+/// and none was required.
+fn postgres() -> Option<String> {
+    let required = std::env::var("CUSTOS_TEST_DATABASE_URL").ok();
+    let base = required.clone().unwrap_or_else(|| DEFAULT.to_owned());
+    match (postgres::Client::connect(&base, postgres::NoTls), required) {
+        (Ok(_), _) => Some(base),
+        (Err(error), Some(_)) => {
+            panic!("CUSTOS_TEST_DATABASE_URL is set but PostgreSQL can't be reached: {error}")
+        }
+        (Err(error), None) => {
+            // Straight to the file descriptor: the test runner captures `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "replicas: these tests did NOT run: no PostgreSQL at `{DEFAULT}` ({error}); \
+                 set CUSTOS_TEST_DATABASE_URL to require them"
+            );
+            None
+        }
+    }
+}
+
+/// One `custos serve` of the fleet.
+struct Replica {
+    child: Child,
+    address: String,
+    data: PathBuf,
+}
+
+/// Three (or more) instances on one database, with tokens that every one of them accepts.
+struct Fleet {
+    database: FreshDatabase,
+    folder: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    service: String,
+    admin: String,
+    now: &'static str,
+    started: usize,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            let _ = replica.child.kill();
+            let _ = replica.child.wait();
+        }
+    }
+}
+
+impl Fleet {
+    fn start(base: &str, instances: usize, now: &'static str) -> Fleet {
+        let database = FreshDatabase::on(base);
+        let folder = tempfile::tempdir().unwrap();
+        // The keys every instance is given, as a secret store would mount them.
+        let output = custos()
+            .args(["keys", "create", "--out"])
+            .arg(folder.path().join("keys"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        let mut fleet = Fleet {
+            database,
+            folder,
+            replicas: Vec::new(),
+            service: String::new(),
+            admin: String::new(),
+            now,
+            started: 0,
+        };
+        for _ in 0..instances {
+            let replica = fleet.spawn();
+            fleet.replicas.push(replica);
+        }
+        fleet.service = fleet.token("service");
+        fleet.admin = fleet.token("admin");
+        fleet
+    }
+
+    /// A token of `role`, made once in the shared store: every instance accepts it.
+    fn token(&self, role: &str) -> String {
+        let output = custos()
+            .args(["token", "create", "--role", role])
+            .args(self.store_args(0))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A new instance on a data folder of its own, with the fleet's keys.
+    fn spawn(&mut self) -> Replica {
+        let data = self.folder.path().join(format!("data-{}", self.started));
+        self.started += 1;
+        let args = [
+            "--database".to_owned(),
+            self.database.url(),
+            "--keys".to_owned(),
+            self.keys().display().to_string(),
+        ];
+        let (child, address) = spawn_serve(&data, &args, self.now, None);
+        Replica {
+            child,
+            address,
+            data,
+        }
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.folder.path().join("keys")
+    }
+
+    fn store_args(&self, replica: usize) -> Vec<std::ffi::OsString> {
+        vec![
+            "--data".into(),
+            self.replicas[replica].data.clone().into(),
+            "--database".into(),
+            self.database.url().into(),
+            "--keys".into(),
+            self.keys().into(),
+        ]
+    }
+
+    /// Kills instance `replica` with SIGKILL and starts a new one in its place, on a fresh data
+    /// folder with the same keys.
+    fn replace(&mut self, replica: usize) {
+        let _ = self.replicas[replica].child.kill();
+        let _ = self.replicas[replica].child.wait();
+        let fresh = self.spawn();
+        self.replicas[replica] = fresh;
+    }
+
+    /// A request with the service's token; an erasure, which the service may not ask for, with
+    /// the admin's.
+    fn call(&self, replica: usize, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let token = if method == "DELETE" {
+            &self.admin
+        } else {
+            &self.service
+        };
+        call(&self.replicas[replica].address, token, method, path, body)
+            .unwrap_or_else(|e| panic!("instance {replica}: {method} {path}: {e}"))
+    }
+}
+
+fn call(
+    address: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> std::io::Result<(u16, Value)> {
+    let authorization = format!("Bearer {token}");
+    let body = body.map(|b| b.to_string());
+    let reply = try_http(
+        address,
+        method,
+        path,
+        &[("Authorization", &authorization)],
+        body.as_deref(),
+    )?;
+    Ok((
+        reply.status,
+        serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+    ))
+}
+
+/// What an instance's gate says of an account: (decision, reason), or the problem's type.
+fn gate_of(fleet: &Fleet, replica: usize, account: &str) -> (String, String) {
+    let (status, body) = fleet.call(
+        replica,
+        "GET",
+        &format!("/v1/accounts/{account}/gate"),
+        None,
+    );
+    match status {
+        200 => (
+            body["decision"].as_str().unwrap_or_default().to_owned(),
+            body["reason"].as_str().unwrap_or_default().to_owned(),
+        ),
+        _ => (
+            format!("{status}"),
+            body["type"].as_str().unwrap_or_default().to_owned(),
+        ),
+    }
+}
+
+/// A decided consumer user or a business plan: the answers no instance may turn into a prompt
+/// or a block.
+fn settled(answer: &(String, String)) -> bool {
+    matches!(answer.0.as_str(), "allow" | "not_applicable")
+}
+
+fn asks_or_stops(answer: &(String, String)) -> bool {
+    matches!(answer.0.as_str(), "prompt" | "block")
+}
+
+/// A small deterministic generator: the same seed makes the same run.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % n
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Signups, choices, plan changes and erasures sent to random instances; after each one, every
+/// instance's gate. None answers `prompt` or `block` for a user whose choice (or business plan)
+/// has committed, and each sees every other change within the bound; the lags are reported.
+/// Midway, one instance is killed with SIGKILL while a writer is using it, and replaced by a
+/// new one on a fresh data folder: every write it acknowledged is in the store, the new
+/// instance's gate agrees with the others, and the ledger verifies from every instance.
+#[test]
+fn every_instance_agrees_on_every_committed_change_and_a_killed_one_loses_nothing() {
+    let Some(base) = postgres() else { return };
+    let mut fleet = Fleet::start(&base, 3, "2025-09-10T00:00:00Z");
+    let instances = fleet.replicas.len();
+    let mut random = Random(14);
+    let mut live: Vec<String> = Vec::new();
+    let mut erased: Vec<String> = Vec::new();
+    let (mut stale, mut lags) = (Vec::new(), Vec::new());
+    let consumer = ["free", "pro", "max"];
+    let business = ["api", "team", "enterprise"];
+    for step in 0..240usize {
+        let writer = random.below(instances);
+        let pick = random.below(100);
+        let (account, method, path, body) = if live.is_empty() || pick < 25 {
+            let id = format!("r{step}");
+            let body = if random.below(2) == 0 {
+                let plan = consumer[random.below(3)];
+                json!({"id": id, "plan": plan, "choice": {"allowed": random.below(2) == 0, "channel": "signup", "notice": NOTICE}})
+            } else {
+                json!({"id": id, "plan": business[random.below(3)]})
+            };
+            (id, "POST", "/v1/accounts".to_owned(), Some(body))
+        } else {
+            let account = live[random.below(live.len())].clone();
+            match pick {
+                25..=59 => (
+                    account.clone(),
+                    "PUT",
+                    format!("/v1/accounts/{account}/training-preference"),
+                    Some(
+                        json!({"allowed": random.below(2) == 0, "channel": "settings", "notice": NOTICE}),
+                    ),
+                ),
+                60..=91 => {
+                    let plans = if random.below(2) == 0 {
+                        consumer
+                    } else {
+                        business
+                    };
+                    (
+                        account.clone(),
+                        "PATCH",
+                        format!("/v1/accounts/{account}"),
+                        Some(json!({"plan": plans[random.below(3)]})),
+                    )
+                }
+                _ => (
+                    account.clone(),
+                    "DELETE",
+                    format!("/v1/accounts/{account}"),
+                    None,
+                ),
+            }
+        };
+        let (status, answer) = fleet.call(writer, method, &path, body);
+        let acknowledged = Instant::now();
+        match (method, status) {
+            ("POST", 201) => live.push(account.clone()),
+            ("DELETE", 204) => {
+                live.retain(|a| *a != account);
+                erased.push(account.clone());
+            }
+            (_, 200) => {}
+            // A choice on a business plan is refused, and changes nothing.
+            ("PUT", 422) if answer["type"] == "no-choice-on-business-plan" => continue,
+            _ => panic!("step {step}: {method} {path} on instance {writer}: {status} {answer}"),
+        }
+        let expected = gate_of(&fleet, writer, &account);
+        for replica in (0..instances).filter(|r| *r != writer) {
+            let first = gate_of(&fleet, replica, &account);
+            if settled(&expected) && asks_or_stops(&first) {
+                stale.push(format!(
+                    "step {step}: {account} is {expected:?} (written through {writer}), instance {replica} answered {first:?}"
+                ));
+            }
+            let mut seen = first;
+            while seen != expected {
+                assert!(
+                    acknowledged.elapsed() < SEEN_WITHIN,
+                    "step {step}: instance {replica} still answers {seen:?} for {account}, {expected:?} through {writer}"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+                seen = gate_of(&fleet, replica, &account);
+            }
+            lags.push(acknowledged.elapsed());
+        }
+        if step == 120 {
+            kill_one_mid_load(&mut fleet, &live);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale prompts or blocks:\n{}",
+        stale.join("\n")
+    );
+    lags.sort();
+    // Straight to the file descriptor, so that the figures show in the test's output.
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "replicas: {} cross-instance reads after a write: lag p50 {:?}, p99 {:?}, max {:?} (each includes an HTTP round trip)",
+            lags.len(),
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.99),
+            lags.last().copied().unwrap_or_default()
+        );
+    }
+    for replica in 0..instances {
+        for account in live.iter().chain(&erased) {
+            assert_eq!(
+                gate_of(&fleet, replica, account),
+                gate_of(&fleet, 0, account),
+                "instance {replica}, {account}"
+            );
+        }
+        let output = custos()
+            .args(["ledger", "verify"])
+            .args(fleet.store_args(replica))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "verify through instance {replica}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+/// Kills instance 1 with SIGKILL while a writer sends it choices, and puts a new one on a fresh
+/// data folder in its place: every choice it acknowledged is in the store, and the new instance
+/// answers as the others do.
+fn kill_one_mid_load(fleet: &mut Fleet, live: &[String]) {
+    let consumers: Vec<String> = live
+        .iter()
+        .filter(|a| gate_of(fleet, 0, a).1 != "not_applicable")
+        .cloned()
+        .collect();
+    assert!(!consumers.is_empty());
+    let address = fleet.replicas[1].address.clone();
+    let token = fleet.service.clone();
+    let writer = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        for i in 0.. {
+            let account = &consumers[i % consumers.len()];
+            let body = json!({"allowed": i % 2 == 0, "channel": "settings", "notice": NOTICE});
+            let path = format!("/v1/accounts/{account}/training-preference");
+            match call(&address, &token, "PUT", &path, Some(body)) {
+                Ok((200, answer)) => acknowledged.push((
+                    account.clone(),
+                    answer["receipt"].as_str().unwrap().to_owned(),
+                )),
+                // No answer at all: the instance was killed with the request in flight.
+                Ok((0, _)) | Err(_) => return acknowledged,
+                Ok((status, answer)) => panic!("{path}: {status} {answer}"),
+            }
+        }
+        acknowledged
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    fleet.replace(1);
+    let acknowledged = writer.join().unwrap();
+    assert!(
+        !acknowledged.is_empty(),
+        "the writer was killed before any write"
+    );
+    // A receipt's id is the hash of its choice's ledger entry.
+    for (account, receipt) in &acknowledged {
+        let path = format!("/v1/accounts/{account}/training-preference/history");
+        let (status, history) = fleet.call(1, "GET", &path, None);
+        assert_eq!(status, 200, "{history}");
+        assert!(
+            history["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["hash"] == receipt.as_str()),
+            "acknowledged choice {receipt} of {account} is lost"
+        );
+    }
+    for account in live {
+        assert_eq!(
+            gate_of(fleet, 1, account),
+            gate_of(fleet, 0, account),
+            "{account} on the new instance"
+        );
+    }
+}
+
+/// Many concurrent plan changes and choices on the same accounts, through every instance at
+/// once; then every instance's gate equals the core's answer over the stored history (the
+/// account view, read from the store), every time.
+#[test]
+fn concurrent_writes_through_three_instances_leave_every_gate_equal_to_the_stored_history() {
+    let Some(base) = postgres() else { return };
+    let fleet = Fleet::start(&base, 3, "2025-09-10T00:00:00Z");
+    let accounts = ["g0", "g1", "g2"];
+    for account in accounts {
+        let body = json!({"id": account, "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+        assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
+    }
+    let plans = ["free", "api", "team", "max", "pro", "enterprise"];
+    let mut differences = Vec::new();
+    for trial in 0..12 {
+        std::thread::scope(|scope| {
+            for writer in 0..36usize {
+                let fleet = &fleet;
+                scope.spawn(move || {
+                    let account = accounts[writer % accounts.len()];
+                    let (method, path, body) = if writer % 3 == 0 {
+                        let choice = json!({"allowed": (writer + trial) % 2 == 0, "channel": "settings", "notice": NOTICE});
+                        ("PUT", format!("/v1/accounts/{account}/training-preference"), choice)
+                    } else {
+                        let plan = plans[(writer * 7 + trial) % plans.len()];
+                        ("PATCH", format!("/v1/accounts/{account}"), json!({"plan": plan}))
+                    };
+                    let (status, reply) = fleet.call(writer % 3, method, &path, Some(body));
+                    assert!(
+                        status == 200 || reply["type"] == "no-choice-on-business-plan",
+                        "{method} {path}: {status} {reply}"
+                    );
+                });
+            }
+        });
+        for account in accounts {
+            let (_, stored) = fleet.call(0, "GET", &format!("/v1/accounts/{account}"), None);
+            let from_store = (
+                stored["gate"]["decision"].as_str().unwrap().to_owned(),
+                stored["gate"]["reason"].as_str().unwrap().to_owned(),
+            );
+            for replica in 0..3 {
+                let since = Instant::now();
+                let mut from_memory = gate_of(&fleet, replica, account);
+                while from_memory != from_store && since.elapsed() < SEEN_WITHIN {
+                    std::thread::sleep(Duration::from_millis(5));
+                    from_memory = gate_of(&fleet, replica, account);
+                }
+                if from_memory != from_store {
+                    differences.push(format!(
+                        "trial {trial}, {account}, instance {replica}: memory {from_memory:?}, stored {from_store:?} (plan {})",
+                        stored["plan"]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Every row of every table of the fleet's database, as text: what "nothing changed" compares.
+fn dump(fleet: &Fleet) -> Vec<String> {
+    let mut client = postgres::Client::connect(&fleet.database.url(), postgres::NoTls).unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(tables.contains(&"store_keys".to_owned()), "{tables:?}");
+    let mut rows = Vec::new();
+    for table in tables {
+        for row in client
+            .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+            .unwrap()
+        {
+            rows.push(format!("{table}: {}", row.get::<_, String>(0)));
+        }
+    }
+    rows
+}
+
+/// An instance started with keys other than the store's refuses to start, says which key the
+/// store expects, and changes nothing in the store; so does one given no keys at all.
+#[test]
+fn an_instance_given_other_keys_refuses_to_start_and_changes_nothing() {
+    let Some(base) = postgres() else { return };
+    let fleet = Fleet::start(&base, 1, "2025-09-10T00:00:00Z");
+    let body = json!({"id": "k1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
+    let expected = String::from_utf8(
+        custos()
+            .args(["keys", "show"])
+            .args(fleet.store_args(0))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let signing_id = expected
+        .lines()
+        .find_map(|line| line.strip_prefix("this instance signs with "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let before = dump(&fleet);
+    let other_keys = fleet.folder.path().join("other-keys");
+    let made = custos()
+        .args(["keys", "create", "--out"])
+        .arg(&other_keys)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    for keys in [Some(other_keys.as_path()), None] {
+        let fresh = tempfile::tempdir().unwrap();
+        let mut command = custos();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(fresh.path())
+            .args(["--database", &fleet.database.url()]);
+        if let Some(keys) = keys {
+            command.arg("--keys").arg(keys);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            !output.status.success(),
+            "an instance with {keys:?} started"
+        );
+        let said = stderr(&output);
+        assert!(
+            said.contains(&format!("expects signing key {signing_id}")),
+            "{said}"
+        );
+        assert_eq!(
+            dump(&fleet),
+            before,
+            "the refused instance changed the store"
+        );
+    }
+}
+
+/// `custos keys rotate` while two instances run: the store signs with the new key from then
+/// on; an instance still holding the old one refuses to sign until restarted with the new one;
+/// after restarts, writes and a checkpoint, every checkpoint and receipt verifies from every
+/// instance, each naming its key.
+#[test]
+fn a_rotation_hands_signing_over_and_everything_still_verifies_from_every_instance() {
+    let Some(base) = postgres() else { return };
+    let mut fleet = Fleet::start(&base, 2, "2025-09-10T00:00:00Z");
+    let body = json!({"id": "k1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
+    let choose = |fleet: &Fleet, replica: usize, allowed: bool| {
+        let body = json!({"allowed": allowed, "channel": "settings", "notice": NOTICE});
+        let (status, answer) = fleet.call(
+            replica,
+            "PUT",
+            "/v1/accounts/k1/training-preference",
+            Some(body),
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer["receipt"].as_str().unwrap().to_owned()
+    };
+    let first = choose(&fleet, 0, false);
+    let checkpoint = |fleet: &Fleet, replica: usize| {
+        custos()
+            .args(["ledger", "checkpoint"])
+            .args(fleet.store_args(replica))
+            .output()
+            .unwrap()
+    };
+    assert!(checkpoint(&fleet, 0).status.success());
+    let rotated = custos()
+        .args(["keys", "rotate"])
+        .args(fleet.store_args(0))
+        .output()
+        .unwrap();
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let said = String::from_utf8(rotated.stdout).unwrap();
+    let (old_id, new_id) = said
+        .strip_prefix("rotated: ")
+        .and_then(|rest| rest.split_once(" → "))
+        .map(|(old, rest)| {
+            (
+                old.to_owned(),
+                rest.split_whitespace().next().unwrap().to_owned(),
+            )
+        })
+        .unwrap_or_else(|| panic!("{said}"));
+    // Instance 1 still runs with the old key: it records choices, and signs nothing.
+    let second = choose(&fleet, 1, true);
+    let (status, refused) = fleet.call(
+        1,
+        "GET",
+        &format!("/v1/accounts/k1/receipts/{second}"),
+        None,
+    );
+    assert!(status >= 400, "a retired key signed a receipt: {refused}");
+    fleet.replace(0);
+    fleet.replace(1);
+    let third = choose(&fleet, 1, false);
+    assert!(checkpoint(&fleet, 1).status.success());
+    for replica in 0..2 {
+        let output = custos()
+            .args(["ledger", "verify"])
+            .args(fleet.store_args(replica))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "verify through instance {replica}: {}",
+            stderr(&output)
+        );
+    }
+    let mut client = postgres::Client::connect(&fleet.database.url(), postgres::NoTls).unwrap();
+    let named: Vec<String> = client
+        .query("SELECT key_id FROM checkpoints ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(named, [old_id.clone(), new_id.clone()]);
+    // Receipts are made on demand, by the current key; each verifies offline.
+    let admin = fleet.token("auditor");
+    for receipt in [first, second, third] {
+        let (status, document) = call(
+            &fleet.replicas[0].address,
+            &admin,
+            "GET",
+            &format!("/v1/accounts/k1/receipts/{receipt}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{document}");
+        assert_eq!(document["signature"]["keyId"], new_id.as_str());
+        let file = fleet.folder.path().join(format!("{receipt}.json"));
+        std::fs::write(&file, document.to_string()).unwrap();
+        let verified = custos()
+            .args(["receipt", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(verified.status.success(), "{}", stderr(&verified));
+    }
+}
+
+/// A TCP relay between custos and PostgreSQL that the test can cut (every connection dropped,
+/// new ones refused) and mend: the network failing under a running instance.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(upstream: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accepting, kept, upstream) = (open.clone(), connections.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut list = kept.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay {
+            port,
+            open,
+            connections,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.connections.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// With its database out of reach, an instance keeps answering the gate from memory, answers
+/// writes with 503 `store-unavailable` and `Retry-After` (promptly: no 500, no hang), fails
+/// readiness but not liveness; when the database is back it reconnects by itself, and nothing
+/// it acknowledged is lost.
+#[test]
+fn with_the_database_out_of_reach_the_gate_answers_writes_say_retry_and_all_recovers() {
+    let Some(base) = postgres() else { return };
+    let fleet = Fleet::start(&base, 1, "2025-09-10T00:00:00Z");
+    let config: postgres::Config = fleet.database.url().parse().unwrap();
+    let upstream = match (config.get_hosts().first(), config.get_ports().first()) {
+        (Some(postgres::config::Host::Tcp(host)), Some(port)) => format!("{host}:{port}"),
+        _ => "127.0.0.1:5432".to_owned(),
+    };
+    let relay = Relay::to(&upstream);
+    // libpq form adds a host for each `host=`: the relayed URL is written whole.
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={} connect_timeout=2",
+        relay.port,
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap()
+    );
+    let data = fleet.folder.path().join("relayed");
+    let args = [
+        "--database".to_owned(),
+        url,
+        "--keys".to_owned(),
+        fleet.keys().display().to_string(),
+        "--max-gate-lag".to_owned(),
+        "500ms".to_owned(),
+    ];
+    let (mut child, address) = spawn_serve(&data, &args, fleet.now, None);
+    let ask = |method: &str, path: &str, body: Option<Value>| {
+        let started = Instant::now();
+        let (status, answer) = call(&address, &fleet.service, method, path, body).unwrap();
+        (status, answer, started.elapsed())
+    };
+    let signup = |id: &str| {
+        let body = json!({"id": id, "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+        ask("POST", "/v1/accounts", Some(body))
+    };
+    assert_eq!(signup("before").0, 201);
+    relay.cut();
+    let (status, answer, took) = signup("during");
+    assert_eq!(
+        (status, answer["type"].as_str()),
+        (503, Some("store-unavailable")),
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a write waited {took:?} for a database out of reach"
+    );
+    let head = try_http(
+        &address,
+        "POST",
+        "/v1/accounts",
+        &[("Authorization", &format!("Bearer {}", fleet.service))],
+        Some(&json!({"id": "during", "plan": "api"}).to_string()),
+    )
+    .unwrap();
+    assert_eq!(head.status, 503);
+    assert!(
+        head.header("retry-after").parse::<u32>().is_ok(),
+        "{}",
+        head.head
+    );
+    let (status, gate, _) = ask("GET", "/v1/accounts/before/gate", None);
+    assert_eq!(
+        (status, gate["decision"].as_str()),
+        (200, Some("allow")),
+        "{gate}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        try_http(&address, "GET", "/readyz", &[], None)
+            .unwrap()
+            .status,
+        503
+    );
+    assert_eq!(
+        try_http(&address, "GET", "/healthz", &[], None)
+            .unwrap()
+            .status,
+        200
+    );
+    relay.mend();
+    let since = Instant::now();
+    let mut status = 0;
+    while since.elapsed() < Duration::from_secs(10) {
+        status = signup("after").0;
+        if status == 201 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status, 201, "the instance did not reconnect by itself");
+    let since = Instant::now();
+    while try_http(&address, "GET", "/readyz", &[], None)
+        .unwrap()
+        .status
+        != 200
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still not ready after the database came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (id, expected) in [("before", 200), ("during", 404), ("after", 200)] {
+        assert_eq!(
+            fleet.call(0, "GET", &format!("/v1/accounts/{id}"), None).0,
+            expected,
+            "{id}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
