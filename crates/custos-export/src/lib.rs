@@ -26,7 +26,7 @@ use std::sync::{Mutex, mpsc};
 
 use custos_core::{EligibilityReason, Purpose, RevocationReason, Timestamp, revocation};
 use custos_store::ledger::Hmac;
-use custos_store::{Checkpoint, RawChunk, Store, StoreError};
+use custos_store::{Checkpoint, ExportRecord, ExportState, RawChunk, Store, StoreError};
 use serde_json::{Value, json};
 
 pub use destination::confine;
@@ -105,8 +105,6 @@ impl<'a> Exports<'a> {
             out,
             max_file_bytes: request.max_file_bytes,
         };
-        let folder = self.record_folder(&prepared.id)?;
-        std::fs::create_dir_all(&folder).map_err(|e| ExportError::io(&folder, e))?;
         let body = json!({
             "snapshot_id": prepared.id,
             "cutoff": prepared.cutoff.to_string(),
@@ -114,7 +112,10 @@ impl<'a> Exports<'a> {
             "data_format": prepared.format.as_str(),
             "out": prepared.out.display().to_string(),
         });
-        write_file(&folder.join(REQUEST), body.to_string().as_bytes())?;
+        // The record is the store's, so that every instance sees it; the data folder holds
+        // only the row keys of a running export, until it is recorded.
+        self.store
+            .record_export_started(&prepared.id, prepared.now, &body.to_string())?;
         Ok(prepared)
     }
 
@@ -142,6 +143,10 @@ impl<'a> Exports<'a> {
             // The folder was made new and empty for this export: what a failed run left in it
             // is partial, so it goes. The record stays, without a manifest: `Incomplete`.
             let _ = std::fs::remove_dir_all(&prepared.out);
+            let _ = self.store.record_export_failed(&prepared.id);
+        }
+        if let Ok(scratch) = self.record_folder(&prepared.id) {
+            let _ = std::fs::remove_dir_all(scratch);
         }
         result
     }
@@ -153,7 +158,10 @@ impl<'a> Exports<'a> {
         stop: &AtomicBool,
     ) -> Result<Value, ExportError> {
         let secret = self.secret()?;
+        // Scratch space for the row keys, until the store records them with the manifest.
         let record = self.record_folder(&prepared.id)?;
+        std::fs::create_dir_all(&record).map_err(|e| ExportError::io(&record, e))?;
+        let mut renewed = std::time::Instant::now();
         let policy = self.store.policy();
         let (to_decider, chunks) = mpsc::sync_channel::<RawChunk>(CHUNKS_IN_FLIGHT);
         // Parsed chunks go back to the reader, which fills their buffers again.
@@ -186,6 +194,11 @@ impl<'a> Exports<'a> {
                 },
                 // A failed send means the decider stopped; its error says why.
                 &mut |chunk| {
+                    // The record's lease says this instance is still writing it.
+                    if renewed.elapsed() >= EXPORT_RENEW_EVERY {
+                        renewed = std::time::Instant::now();
+                        self.store.renew_export(&prepared.id)?;
+                    }
                     to_decider.send(chunk).map_err(|_| StoreError::Stopped)?;
                     Ok(spent.try_recv().ok())
                 },
@@ -219,10 +232,12 @@ impl<'a> Exports<'a> {
             "signature": custos_core::policy::hex(&signed),
         })
         .to_string();
-        for folder in [&prepared.out, &record] {
-            write_file(&folder.join(MANIFEST), &bytes)?;
-            write_file(&folder.join(SIGNATURE), signature.as_bytes())?;
-        }
+        write_file(&prepared.out.join(MANIFEST), &bytes)?;
+        write_file(&prepared.out.join(SIGNATURE), signature.as_bytes())?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| ExportError::Internal("a manifest that is not UTF-8"))?;
+        self.store
+            .record_export_done(&prepared.id, &text, &signature, &record.join(KEYS))?;
         Ok(manifest)
     }
 
@@ -285,37 +300,52 @@ impl<'a> Exports<'a> {
         Ok(*self.store.export_key())
     }
 
-    /// A finished export's manifest; `Incomplete` for one that started and never finished.
+    /// A finished export's manifest; `Incomplete` for one that started and never finished
+    /// (or is still running).
     pub fn manifest_of(&self, id: &str) -> Result<Value, ExportError> {
         let folder = self.record_folder(id)?;
-        let path = folder.join(MANIFEST);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| ExportError::invalid(&path, e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if folder.join(REQUEST).exists() {
-                    Err(ExportError::Incomplete(id.to_owned()))
-                } else {
-                    Err(ExportError::UnknownSnapshot(id.to_owned()))
-                }
-            }
-            Err(e) => Err(ExportError::io(&path, e)),
+        match self.store.export_record(id)? {
+            Some(ExportRecord {
+                state: ExportState::Done { manifest, .. },
+                ..
+            }) => serde_json::from_str(&manifest)
+                .map_err(|e| ExportError::invalid(Path::new(id), e.to_string())),
+            Some(_) => Err(ExportError::Incomplete(id.to_owned())),
+            None => legacy_manifest(&folder, id),
         }
     }
 
-    /// The manifests of every finished export, newest snapshot first.
+    /// The manifests of every finished export, newest snapshot first: the store's, and those
+    /// recorded in the data folder before records moved into the store.
     pub fn finished(&self) -> Result<Vec<Value>, ExportError> {
+        let mut manifests: Vec<Value> = Vec::new();
+        for record in self.store.finished_exports()? {
+            if let ExportState::Done { manifest, .. } = record.state {
+                manifests.push(
+                    serde_json::from_str(&manifest)
+                        .map_err(|e| ExportError::invalid(Path::new(&record.id), e.to_string()))?,
+                );
+            }
+        }
         let folder = self.data.join(RECORDS);
         let entries = match std::fs::read_dir(&folder) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Ok(entries) => entries.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(ExportError::io(&folder, e)),
         };
-        let mut manifests = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| ExportError::io(&folder, e))?;
             let id = entry.file_name().to_string_lossy().into_owned();
-            match self.manifest_of(&id) {
+            if manifests
+                .iter()
+                .any(|m| m.get("snapshot_id").and_then(Value::as_str) == Some(id.as_str()))
+            {
+                continue;
+            }
+            match self
+                .record_folder(&id)
+                .and_then(|f| legacy_manifest(&f, &id))
+            {
                 Ok(manifest) => manifests.push(manifest),
                 Err(ExportError::Incomplete(_) | ExportError::UnknownSnapshot(_)) => {}
                 Err(e) => return Err(e),
@@ -335,7 +365,10 @@ impl<'a> Exports<'a> {
     pub fn revocations(&self, id: &str, now: Timestamp) -> Result<Revocations, ExportError> {
         self.manifest_of(id)?;
         let path = self.record_folder(id)?.join(KEYS);
-        let bytes = std::fs::read(&path).map_err(|e| ExportError::io(&path, e))?;
+        let bytes = match self.store.export_record(id)? {
+            Some(_) => self.store.export_row_keys(id)?,
+            None => std::fs::read(&path).map_err(|e| ExportError::io(&path, e))?,
+        };
         if bytes.len() % KEY_BYTES != 0 {
             return Err(ExportError::invalid(
                 &path,
@@ -405,5 +438,26 @@ impl Revocations {
                 "reason": reason.as_str(),
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// How often a running export renews its record's lease.
+const EXPORT_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The manifest of an export recorded in the data folder (before records moved into the store).
+fn legacy_manifest(folder: &Path, id: &str) -> Result<Value, ExportError> {
+    let path = folder.join(MANIFEST);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| ExportError::invalid(&path, e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if folder.join(REQUEST).exists() {
+                Err(ExportError::Incomplete(id.to_owned()))
+            } else {
+                Err(ExportError::UnknownSnapshot(id.to_owned()))
+            }
+        }
+        Err(e) => Err(ExportError::io(&path, e)),
     }
 }

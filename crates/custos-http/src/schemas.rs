@@ -240,6 +240,7 @@ pub fn export_status() -> Value {
             "progress": object(json!({"total": {"type": "integer"}, "scanned": {"type": "integer"}, "included": {"type": "integer"}})),
             "manifest": export_manifest(),
             "error": {"type": "string"},
+            "instance": {"type": "string", "description": "The instance writing it, when another one is"},
         },
         "additionalProperties": false,
     })

@@ -11,6 +11,7 @@ mod bulk;
 mod checkpoint;
 mod codec;
 mod error;
+pub mod export_records;
 mod holds;
 pub mod keys;
 pub mod ledger;
@@ -38,6 +39,7 @@ pub use access::AccessDocument;
 pub use apply::Written;
 pub use checkpoint::{Checkpoint, VerifyReport};
 pub use error::StoreError;
+pub use export_records::{ExportRecord, ExportState};
 pub use holds::HoldRecord;
 pub use keys::{KeySource, Keys, Purpose, RecordedKey};
 pub use ledger::{AccountKey, Entry, EntryKind, LedgerKey};
@@ -594,6 +596,71 @@ impl Store {
                 None => return Ok(report),
             }
         }
+    }
+
+    /// Records that export `id` (a snapshot as of `snapshot_at`) started on this instance.
+    pub fn record_export_started(
+        &self,
+        id: &str,
+        snapshot_at: Timestamp,
+        request: &str,
+    ) -> Result<(), StoreError> {
+        let instance = sweep::this_instance();
+        self.write(&mut |tx| {
+            export_records::started(
+                tx,
+                id,
+                snapshot_at.unix_millis(),
+                request,
+                &instance,
+                wall_millis(),
+            )
+        })
+    }
+
+    /// Renews a running export's lease (its instance is alive).
+    pub fn renew_export(&self, id: &str) -> Result<(), StoreError> {
+        self.write(&mut |tx| export_records::renew(tx, id, wall_millis()))
+    }
+
+    /// Records that an export ended without a manifest.
+    pub fn record_export_failed(&self, id: &str) -> Result<(), StoreError> {
+        self.write(&mut |tx| export_records::failed(tx, id))
+    }
+
+    /// Records a finished export: its manifest, its signature and its rows' keys, at once.
+    pub fn record_export_done(
+        &self,
+        id: &str,
+        manifest: &str,
+        signature: &str,
+        keys: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        self.write(&mut |tx| {
+            let file = std::fs::File::open(keys).map_err(|e| StoreError::io(keys, e))?;
+            export_records::done(
+                tx,
+                id,
+                manifest,
+                signature,
+                &mut std::io::BufReader::new(file),
+            )
+        })
+    }
+
+    /// An export's record, if the store has one.
+    pub fn export_record(&self, id: &str) -> Result<Option<ExportRecord>, StoreError> {
+        self.read(&mut |tx| export_records::find(tx, id, wall_millis()))
+    }
+
+    /// Every finished export, newest snapshot first.
+    pub fn finished_exports(&self) -> Result<Vec<ExportRecord>, StoreError> {
+        self.read(&mut |tx| export_records::finished(tx, wall_millis()))
+    }
+
+    /// The keys of a finished export's rows, as written.
+    pub fn export_row_keys(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        self.read(&mut |tx| export_records::row_keys(tx, id))
     }
 
     /// The newest `limit` sweeps, whichever instance ran them.

@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::sql::{Dialect, Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -253,6 +253,25 @@ CREATE TABLE sweeps (
     held_back INT8 NOT NULL
 );
 CREATE INDEX sweeps_by_start ON sweeps (started)
+",
+    // Every training export's record, for every instance (`export_records`).
+    r"
+CREATE TABLE exports (
+    snapshot_id TEXT PRIMARY KEY,
+    snapshot_at INT8 NOT NULL,
+    request TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    status TEXT NOT NULL,
+    lease_until INT8 NOT NULL,
+    manifest TEXT,
+    signature TEXT
+);
+CREATE TABLE export_row_keys (
+    snapshot_id TEXT NOT NULL,
+    chunk INT8 NOT NULL,
+    row_keys BYTES NOT NULL,
+    PRIMARY KEY (snapshot_id, chunk)
+)
 ",
 ];
 

@@ -226,7 +226,7 @@ fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained
     db.execute_batch("DELETE FROM checkpoint_heads; DELETE FROM checkpoints; UPDATE accounts SET checkpointed_len = 0;")
         .unwrap();
     db.execute_batch(
-        "DROP TABLE sweeps; DROP TABLE store_keys; ALTER TABLE checkpoints DROP COLUMN key_id;
+        "DROP TABLE exports; DROP TABLE export_row_keys; DROP TABLE sweeps; DROP TABLE store_keys; ALTER TABLE checkpoints DROP COLUMN key_id;
          DROP TRIGGER accounts_mark_inserted; DROP TRIGGER accounts_mark_changed;
          DROP INDEX accounts_by_change; ALTER TABLE accounts DROP COLUMN changed;
          DROP INDEX accounts_unsealed; ALTER TABLE accounts DROP COLUMN plan; ALTER TABLE accounts DROP COLUMN preference;

@@ -203,6 +203,19 @@ pub async fn read(
         }
         None => {}
     }
+    // Another instance's export: the store's record says whether it is still being written.
+    let asked = id.clone();
+    if let Some(custos_store::ExportRecord {
+        state: custos_store::ExportState::Running { instance },
+        ..
+    }) = state
+        .blocking(move |store| store.export_record(&asked))
+        .await?
+    {
+        return Ok(Json(
+            json!({"snapshot_id": id, "status": "running", "instance": instance}),
+        ));
+    }
     let wanted = id.clone();
     let manifest = state
         .on_exports(move |exports| match exports.manifest_of(&wanted) {

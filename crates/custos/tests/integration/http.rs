@@ -990,18 +990,26 @@ fn sigterm_during_an_export_leaves_no_partial_files() {
     let root = server.data().join("exports");
     assert_no_partial_files(&root);
     let folder = root.join("at-shutdown");
-    let record = server.data().join("export-records").join(&id);
+    let recorded = |condition: &str| {
+        server.count(&format!(
+            "SELECT count(*) FROM exports WHERE snapshot_id = '{id}' AND {condition}"
+        ))
+    };
     if folder.exists() {
         // It finished before the signal reached it: whole, signed, and listed.
         assert_export_verifies(&server, &folder);
-        assert!(record.join("manifest.json").exists());
+        assert_eq!(recorded("status = 'done' AND manifest IS NOT NULL"), 1);
     } else {
-        assert!(record.is_dir(), "the export stays recorded");
-        assert!(
-            !record.join("manifest.json").exists(),
-            "a stopped export has no manifest"
+        assert_eq!(
+            recorded("status = 'failed' AND manifest IS NULL"),
+            1,
+            "the export stays recorded, stopped, without a manifest"
         );
     }
+    assert!(
+        !server.data().join("export-records").join(&id).exists(),
+        "no scratch file is left"
+    );
 }
 
 /// The receipt id of u1's first choice, read from its history.

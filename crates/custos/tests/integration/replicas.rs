@@ -858,3 +858,94 @@ fn with_the_database_out_of_reach_the_gate_answers_writes_say_retry_and_all_reco
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An export taken through one instance is the store's: another instance follows it to its
+/// end, lists it, verifies its files, and lists its revocations after a withdrawal it records.
+#[test]
+fn an_export_taken_through_one_instance_is_read_verified_and_revoked_through_another() {
+    let Some(base) = postgres() else { return };
+    let fleet = Fleet::start(&base, 2, "2025-09-10T00:00:00Z");
+    let trainer = fleet.token("trainer");
+    let body = json!({"id": "x1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
+    let events = json!({"events": [{"id": "m1", "type": "message", "at": "2025-09-10T00:00:00Z",
+        "account": "x1", "conversation": "c-x1", "surface": "chat", "role": "user", "text": "hello"}]});
+    let (status, answer) = fleet.call(0, "POST", "/v1/events", Some(events));
+    assert_eq!(
+        (status, &answer["results"][0]["status"]),
+        (200, &json!("accepted")),
+        "{answer}"
+    );
+    for replica in 0..2 {
+        let clock = json!({"now": "2025-09-11T00:00:00Z"});
+        let (status, answer) = call(
+            &fleet.replicas[replica].address,
+            &fleet.admin,
+            "PUT",
+            "/v1/admin/clock",
+            Some(clock),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    let as_trainer = |replica: usize, method: &str, path: &str, body: Option<Value>| {
+        call(
+            &fleet.replicas[replica].address,
+            &trainer,
+            method,
+            path,
+            body,
+        )
+        .unwrap()
+    };
+    let request = json!({"purpose": "model_training", "format": "jsonl", "destination": "shared"});
+    let (status, started) = as_trainer(0, "POST", "/v1/exports", Some(request));
+    assert_eq!(status, 202, "{started}");
+    let id = started["snapshot_id"].as_str().unwrap().to_owned();
+    let since = Instant::now();
+    let manifest = loop {
+        let (status, read) = as_trainer(1, "GET", &format!("/v1/exports/{id}"), None);
+        assert_eq!(status, 200, "{read}");
+        match read["status"].as_str() {
+            Some("done") => break read["manifest"].clone(),
+            Some("running") | Some("incomplete") if since.elapsed() < SEEN_WITHIN * 4 => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => panic!("export {id} through the other instance: {read}"),
+        }
+    };
+    assert_eq!(manifest["conversations"]["included"], 1, "{manifest}");
+    let (_, listed) = as_trainer(1, "GET", "/v1/exports", None);
+    assert!(
+        listed["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["snapshot_id"] == id.as_str()),
+        "{listed}"
+    );
+    let out = fleet.replicas[0].data.join("exports").join("shared");
+    let verified = custos()
+        .args(["export", "verify"])
+        .args(fleet.store_args(1))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    let withdraw = json!({"allowed": false, "channel": "settings", "notice": NOTICE});
+    assert_eq!(
+        fleet
+            .call(
+                1,
+                "PUT",
+                "/v1/accounts/x1/training-preference",
+                Some(withdraw)
+            )
+            .0,
+        200
+    );
+    let (status, revoked) = as_trainer(1, "GET", &format!("/v1/exports/{id}/revocations"), None);
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["rows"], 1, "{revoked}");
+    assert_eq!(revoked["revoked"][0]["reason"], "withdrawn", "{revoked}");
+}
