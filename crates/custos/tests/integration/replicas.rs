@@ -208,6 +208,28 @@ fn gate_of(fleet: &Fleet, replica: usize, account: &str) -> (String, String) {
     }
 }
 
+/// The gate the core answers over an account's stored history (its view, read from the
+/// store), in the form of [`gate_of`].
+fn stored_gate(fleet: &Fleet, account: &str) -> (String, String) {
+    let (status, body) = fleet.call(0, "GET", &format!("/v1/accounts/{account}"), None);
+    match status {
+        200 => (
+            body["gate"]["decision"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            body["gate"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        _ => (
+            format!("{status}"),
+            body["type"].as_str().unwrap_or_default().to_owned(),
+        ),
+    }
+}
+
 /// A decided consumer user or a business plan: the answers no instance may turn into a prompt
 /// or a block.
 fn settled(answer: &(String, String)) -> bool {
@@ -216,6 +238,89 @@ fn settled(answer: &(String, String)) -> bool {
 
 fn asks_or_stops(answer: &(String, String)) -> bool {
     matches!(answer.0.as_str(), "prompt" | "block")
+}
+
+/// nginx in front of the fleet, running the repository's own `deploy/nginx.conf` with its
+/// instance and listen lines pointed at the fleet's ports.
+struct Nginx {
+    child: Child,
+    address: String,
+    _prefix: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, which its master passes on to its workers (SIGKILL would leave them behind).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    fn before(fleet: &Fleet) -> Nginx {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap_or_else(|| {
+                panic!("these tests need nginx (scripts/test.sh installs Debian's nginx-light)")
+            });
+        let template =
+            std::fs::read_to_string(crate::support::repo_root().join("deploy/nginx.conf")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let mut config = String::new();
+        let mut instances = fleet.replicas.iter();
+        for line in template.lines() {
+            if line.trim_end().ends_with("# instance") {
+                // The template's instance lines, one per instance of the fleet.
+                if let Some(replica) = instances.next() {
+                    config.push_str(&format!(
+                        "        server {} max_fails=1 fail_timeout=10s;\n",
+                        replica.address
+                    ));
+                }
+            } else if line.trim_end().ends_with("# listen") {
+                config.push_str(&format!("        listen {address};\n"));
+            } else {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        assert!(
+            instances.next().is_none(),
+            "deploy/nginx.conf names fewer instances than the fleet has"
+        );
+        let prefix = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(prefix.path().join("logs")).unwrap();
+        std::fs::write(prefix.path().join("nginx.conf"), config).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(prefix.path())
+            .args(["-e", "stderr", "-c"])
+            .arg(prefix.path().join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let since = Instant::now();
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            child,
+            address,
+            _prefix: prefix,
+        }
+    }
 }
 
 /// A small deterministic generator: the same seed makes the same run.
@@ -239,7 +344,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Signups, choices, plan changes and erasures sent to random instances; after each one, every
+/// Signups, choices, plan changes and erasures sent to random instances, half of them through
+/// nginx (the repository's `deploy/nginx.conf`); after each one, every
 /// instance's gate. None answers `prompt` or `block` for a user whose choice (or business plan)
 /// has committed, and each sees every other change within the bound; the lags are reported.
 /// Midway, one instance is killed with SIGKILL while a writer is using it, and replaced by a
@@ -249,6 +355,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn every_instance_agrees_on_every_committed_change_and_a_killed_one_loses_nothing() {
     let Some(base) = postgres() else { return };
     let mut fleet = Fleet::start(&base, 3, "2025-09-10T00:00:00Z");
+    let nginx = Nginx::before(&fleet);
     let instances = fleet.replicas.len();
     let mut random = Random(14);
     let mut live: Vec<String> = Vec::new();
@@ -300,7 +407,19 @@ fn every_instance_agrees_on_every_committed_change_and_a_killed_one_loses_nothin
                 ),
             }
         };
-        let (status, answer) = fleet.call(writer, method, &path, body);
+        // Half the writes go through nginx, to whichever instance it picks; the others to a
+        // random instance directly.
+        let through_nginx = step % 2 == 0;
+        let (status, answer) = if through_nginx {
+            let token = if method == "DELETE" {
+                &fleet.admin
+            } else {
+                &fleet.service
+            };
+            call(&nginx.address, token, method, &path, body).unwrap()
+        } else {
+            fleet.call(writer, method, &path, body)
+        };
         let acknowledged = Instant::now();
         match (method, status) {
             ("POST", 201) => live.push(account.clone()),
@@ -313,8 +432,14 @@ fn every_instance_agrees_on_every_committed_change_and_a_killed_one_loses_nothin
             ("PUT", 422) if answer["type"] == "no-choice-on-business-plan" => continue,
             _ => panic!("step {step}: {method} {path} on instance {writer}: {status} {answer}"),
         }
-        let expected = gate_of(&fleet, writer, &account);
-        for replica in (0..instances).filter(|r| *r != writer) {
+        // The truth as of the write: the writer's own gate, or, through nginx, the core's
+        // answer over the stored history (the account view, read from the store).
+        let expected = if through_nginx {
+            stored_gate(&fleet, &account)
+        } else {
+            gate_of(&fleet, writer, &account)
+        };
+        for replica in (0..instances).filter(|r| through_nginx || *r != writer) {
             let first = gate_of(&fleet, replica, &account);
             if settled(&expected) && asks_or_stops(&first) {
                 stale.push(format!(
@@ -948,4 +1073,185 @@ fn an_export_taken_through_one_instance_is_read_verified_and_revoked_through_ano
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["rows"], 1, "{revoked}");
     assert_eq!(revoked["revoked"][0]["reason"], "withdrawn", "{revoked}");
+}
+
+/// A promoted standby takes over: with the primary stopped at once under a writer, custos
+/// answers 503 with `Retry-After` (never another 5xx), reconnects by itself to the standby once
+/// it is promoted (a multi-host connection string with `target_session_attrs=read-write`), and
+/// every write it acknowledged is there, because the standby is synchronous.
+///
+/// It needs the primary and standby of `scripts/postgres-replicas.sh`, which it makes itself
+/// when `CUSTOS_TEST_REPLICATION=1` (CI sets it); otherwise it says on stderr that it did not run.
+#[test]
+fn a_promoted_standby_takes_over_and_no_acknowledged_write_is_lost() {
+    use std::io::Write;
+    if std::env::var("CUSTOS_TEST_REPLICATION").as_deref() != Ok("1") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "replicas: the failover test did NOT run: set CUSTOS_TEST_REPLICATION=1 to let it make \
+             a primary and standby with scripts/postgres-replicas.sh (ports 5433 and 5434)"
+        );
+        return;
+    }
+    let script = crate::support::repo_root().join("scripts/postgres-replicas.sh");
+    let pair = |what: &str| {
+        let output = std::process::Command::new(&script)
+            .arg(what)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "postgres-replicas.sh {what}: {}",
+            stderr(&output)
+        );
+    };
+    pair("up");
+    let url = "host=127.0.0.1,127.0.0.1 port=5433,5434 user=postgres dbname=postgres \
+               target_session_attrs=read-write connect_timeout=2";
+    let folder = tempfile::tempdir().unwrap();
+    let keys = folder.path().join("keys");
+    let made = custos()
+        .args(["keys", "create", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let data = folder.path().join("data");
+    let store_args = |data: &std::path::Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "--data".into(),
+            data.into(),
+            "--database".into(),
+            url.into(),
+            "--keys".into(),
+            keys.clone().into(),
+        ]
+    };
+    let token = custos()
+        .args(["token", "create", "--role", "service"])
+        .args(store_args(&data))
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{}", stderr(&token));
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let args = [
+        "--database".to_owned(),
+        url.to_owned(),
+        "--keys".to_owned(),
+        keys.display().to_string(),
+    ];
+    let (mut child, address) = spawn_serve(&data, &args, "2025-09-10T00:00:00Z", None);
+    let signup = json!({"id": "f1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    assert_eq!(
+        call(&address, &token, "POST", "/v1/accounts", Some(signup))
+            .unwrap()
+            .0,
+        201
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (address, token, stop) = (address.clone(), token.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut acknowledged, mut unavailable, mut after_outage) = (Vec::new(), 0, 0);
+            let mut slowest = Duration::ZERO;
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let body = json!({"allowed": i % 2 == 0, "channel": "settings", "notice": NOTICE})
+                    .to_string();
+                let authorization = format!("Bearer {token}");
+                let started = Instant::now();
+                let reply = try_http(
+                    &address,
+                    "PUT",
+                    "/v1/accounts/f1/training-preference",
+                    &[("Authorization", &authorization)],
+                    Some(&body),
+                )
+                .unwrap();
+                slowest = slowest.max(started.elapsed());
+                match reply.status {
+                    200 => {
+                        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+                        acknowledged.push(answer["receipt"].as_str().unwrap().to_owned());
+                        if unavailable > 0 {
+                            after_outage += 1;
+                        }
+                    }
+                    503 => {
+                        assert!(
+                            reply.header("retry-after").parse::<u32>().is_ok(),
+                            "{}",
+                            reply.head
+                        );
+                        unavailable += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => panic!(
+                        "a write during failover was answered {other}: {}",
+                        reply.body
+                    ),
+                }
+            }
+            (acknowledged, unavailable, after_outage, slowest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // An outage: no primary for a few seconds, then the standby is promoted.
+    pair("stop-primary");
+    std::thread::sleep(Duration::from_secs(3));
+    pair("promote");
+    // Writes go on on the promoted standby, without restarting custos.
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acknowledged, unavailable, after_outage, slowest) = writer.join().unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "replicas: failover: {} writes acknowledged, {unavailable} answered 503, {after_outage} acknowledged after the outage; slowest answer {slowest:?}",
+        acknowledged.len()
+    );
+    assert!(
+        unavailable > 0,
+        "no write met the outage: the test proved nothing"
+    );
+    assert!(
+        after_outage > 0,
+        "custos did not reconnect to the promoted standby"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an answer took {slowest:?}: a write must not hang"
+    );
+    let (status, history) = call(
+        &address,
+        &token,
+        "GET",
+        "/v1/accounts/f1/training-preference/history",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{history}");
+    let hashes: std::collections::BTreeSet<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["hash"].as_str())
+        .collect();
+    for receipt in &acknowledged {
+        assert!(
+            hashes.contains(receipt.as_str()),
+            "acknowledged choice {receipt} was lost in the failover"
+        );
+    }
+    let verified = custos()
+        .args(["ledger", "verify"])
+        .args(store_args(&data))
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    let _ = child.kill();
+    let _ = child.wait();
+    pair("down");
 }
