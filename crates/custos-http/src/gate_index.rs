@@ -175,26 +175,46 @@ impl Table {
 #[derive(Debug, Default)]
 pub struct GateIndex {
     table: RwLock<Table>,
+    /// Whether every account of the store has been read in (see [`GateIndex::load`]). Until
+    /// then, an account the index does not hold is looked up in the store.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl GateIndex {
-    /// Builds the index by streaming every account's gate state from one snapshot of the
-    /// store; answers it with the feed position to follow the store from.
-    pub fn load(
-        store: &custos_store::Store,
-    ) -> Result<(GateIndex, custos_store::FeedPosition), custos_store::StoreError> {
-        let mut table = Table::default();
+    /// An index that holds nothing yet: a server answers from it at once, and it fills while
+    /// it answers ([`GateIndex::load`]).
+    pub fn empty() -> GateIndex {
+        GateIndex::default()
+    }
+
+    /// Reads every account's gate state from one snapshot of the store into the index. What
+    /// the index learned meanwhile (writes, the feed, look-ups) is kept where it is newer: each
+    /// state carries its version.
+    pub fn load(&self, store: &custos_store::Store) -> Result<(), custos_store::StoreError> {
+        let mut loaded = Table::default();
         // Accounts are unique in the store, so each row is appended without a lookup and the
         // hash slots are built once at the end, at their final size.
-        let position = store.for_each_gate_state(&mut |key, state, version| {
-            table.push_new(key, state, version);
+        store.for_each_gate_state(&mut |key, state, version| {
+            loaded.push_new(key, state, version);
         })?;
-        table.entries.shrink_to_fit();
-        table.index();
-        let index = GateIndex {
-            table: RwLock::new(table),
-        };
-        Ok((index, position))
+        loaded.entries.shrink_to_fit();
+        loaded.index();
+        if let Ok(mut table) = self.table.write() {
+            for entry in &table.entries {
+                loaded.set(
+                    AccountKey(entry.key),
+                    unpack(entry.state),
+                    u64::from(entry.version),
+                );
+            }
+            *table = loaded;
+        }
+        self.loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn len(&self) -> usize {
@@ -263,6 +283,54 @@ mod tests {
     fn key(name: &str) -> AccountKey {
         let hmac = custos_store::ledger::Hmac::new(&[7; 32]);
         AccountKey::of_stored(&hmac, name)
+    }
+
+    /// What the index learned while it loaded (a write, the feed) is kept where it is newer
+    /// than the load's snapshot, and let go where it is older.
+    #[test]
+    fn a_load_keeps_what_the_index_learned_meanwhile_where_it_is_newer() {
+        use custos_core::{AccountId, Channel, Command};
+        let folder = tempfile::tempdir().unwrap();
+        let location = custos_store::Location::Sqlite {
+            data: folder.path().to_owned(),
+        };
+        let store = custos_store::Store::open(&location, Policy::bundled()).unwrap();
+        let at = Timestamp::parse("2025-10-01T00:00:00Z").unwrap();
+        for id in ["a", "b"] {
+            let command = Command::CreateAccount {
+                account: AccountId::parse(id).unwrap(),
+                plan: "pro".into(),
+                choice: Some((true, Channel::Signup)),
+            };
+            store.apply(at, &command, "test").unwrap();
+        }
+        let index = GateIndex::empty();
+        assert!(!index.is_loaded());
+        let key = |id: &str| store.account_key(&AccountId::parse(id).unwrap());
+        let declined = GateState {
+            consumer_plan: true,
+            preference: Preference::Declined,
+            erased: false,
+        };
+        // Newer than the store (ledger length 3 against 2): kept. Older (1): let go.
+        index.update(key("a"), declined, 3);
+        index.update(key("b"), declined, 1);
+        index.load(&store).unwrap();
+        assert!(index.is_loaded());
+        assert_eq!(index.len(), 2);
+        let policy = Policy::bundled();
+        let decision = |id: &str| match index.gate(&policy, key(id), at) {
+            Lookup::Live(gate) => gate.reason,
+            other => panic!("{id}: {other:?}"),
+        };
+        let table = index.table.read().unwrap();
+        assert_eq!(table.get(&key("a").0), Some(declined));
+        assert_eq!(
+            table.get(&key("b").0).map(|s| s.preference),
+            Some(Preference::Allowed)
+        );
+        drop(table);
+        assert_eq!(decision("a"), decision("b"), "both are decided");
     }
 
     #[test]

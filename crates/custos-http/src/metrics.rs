@@ -89,7 +89,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, gate_index_accounts: usize, feed: FeedFigures) -> String {
+    pub fn render(&self, gate_index_accounts: usize, loaded: bool, feed: FeedFigures) -> String {
         let Ok(c) = self.counters.lock() else {
             return String::new();
         };
@@ -190,6 +190,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE custos_gate_index_accounts gauge");
         let _ = writeln!(out, "custos_gate_index_accounts {gate_index_accounts}");
         let figures = [
+            (
+                "custos_gate_index_loaded",
+                "gauge",
+                "1 once every account of the store is in the gate index (until then, one it lacks is looked up in the store).",
+                f64::from(u8::from(loaded)),
+            ),
             (
                 "custos_gate_feed_lag_seconds",
                 "gauge",

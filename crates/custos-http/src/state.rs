@@ -40,17 +40,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the gate index from the store, so that the gate never waits on disk, and the
-    /// feed it follows the store by from then on.
+    /// Starts the gate index and the feed it follows the store by. The index loads on a thread
+    /// of its own while the server already answers: an account not read in yet is looked up in
+    /// the store, so a new instance is ready at once, whatever the store's size.
     pub fn open(
         store: Arc<Store>,
         clock: Clock,
         exports: ExportPlace,
     ) -> Result<AppState, StoreError> {
-        let (gates, position) = GateIndex::load(&store)?;
+        // The feed goes on from before the load's snapshot: what commits while the index
+        // loads is read by the feed too, and the newer state of each account is kept.
+        let position = store.feed_position()?;
+        let gates = Arc::new(GateIndex::empty());
+        load_in_background(Arc::clone(&store), Arc::clone(&gates));
         Ok(AppState {
             store,
-            gates: Arc::new(gates),
+            gates,
             feed: Arc::new(GateFeed::new(position)),
             max_gate_lag: DEFAULT_MAX_GATE_LAG,
             clock,
@@ -146,5 +151,34 @@ impl AppState {
                 .update(self.store.account_key(account), state, version);
         }
         Ok(())
+    }
+}
+
+/// Loads the gate index on a thread of its own, trying again every second if the store can't
+/// be read (until then, every account is looked up in the store).
+fn load_in_background(store: Arc<Store>, gates: Arc<GateIndex>) {
+    let spawned = std::thread::Builder::new()
+        .name("custos-gate-load".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            loop {
+                match gates.load(&store) {
+                    Ok(()) => {
+                        tracing::info!(
+                            accounts = gates.len(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "gate index loaded"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(cause = %error, "loading the gate index failed; trying again");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(cause = %error, "no thread to load the gate index");
     }
 }

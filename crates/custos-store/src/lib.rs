@@ -757,7 +757,9 @@ impl Store {
         &self,
         each: &mut dyn FnMut(AccountKey, GateState, u64),
     ) -> Result<FeedPosition, StoreError> {
-        self.read(&mut |tx| views::gate_states(tx, &self.histories, &self.policy, None, each))
+        with_backend!(self, read_once, &mut |tx| {
+            views::gate_states(tx, &self.histories, &self.policy, None, each)
+        })
     }
 
     /// The change feed: calls `each` with the gate inputs of every account whose gate facts a
@@ -771,6 +773,12 @@ impl Store {
         self.read(&mut |tx| {
             views::gate_states(tx, &self.histories, &self.policy, Some(since), each)
         })
+    }
+
+    /// Where the change feed stands now: reading from here misses nothing committed after
+    /// this call (for a gate index that starts following before its load has finished).
+    pub fn feed_position(&self) -> Result<FeedPosition, StoreError> {
+        self.read(&mut |tx| views::feed_position(tx))
     }
 
     /// The gate index's key of an account (see [`AccountKey`]).

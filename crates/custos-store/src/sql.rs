@@ -459,6 +459,14 @@ pub trait Backend: Send + Sync {
         &self,
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError>;
+    /// Like [`Backend::read`], for one pass over a whole table that nothing reads again soon
+    /// (the gate index's load): what it reads must not stay in this process's memory.
+    fn read_once<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.read(work)
+    }
 }
 
 #[cfg(test)]

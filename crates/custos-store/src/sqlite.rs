@@ -398,4 +398,18 @@ impl Backend for SqliteBackend {
     ) -> Result<R, StoreError> {
         self.read_on_pool(work)
     }
+
+    /// On a connection of its own that does not map the file: pages read once go through the
+    /// OS page cache and a small page cache of this connection, closed at the end, instead of
+    /// staying mapped (and counted resident) in the pooled readers.
+    fn read_once<R>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut connection = Connection::open(&self.path)
+            .and_then(|c| configure(&c, 2_048).map(|_| c))
+            .and_then(|c| c.pragma_update(None, "mmap_size", 0i64).map(|()| c))
+            .map_err(|e| map_error(&self.path, &e))?;
+        self.read_on(&mut connection, work)
+    }
 }

@@ -153,6 +153,14 @@ pub fn gate_state(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FeedPosition(pub i64);
 
+/// The change feed's position in this transaction's snapshot (see `schema::feed_triggers`).
+pub fn feed_position(tx: &mut dyn Tx) -> Result<FeedPosition, StoreError> {
+    Ok(FeedPosition(
+        tx.query_one(crate::schema::feed_position_query(tx.dialect()), &[])?
+            .map_or(Ok(0), |row| row.int(0))?,
+    ))
+}
+
 /// The gate states of accounts, each with its index key and the ledger length it is as of,
 /// streamed from one snapshot of the accounts table: every account (`since: None`, for the
 /// index built at start), or those marked at or after `since`. Answers the position to read
@@ -166,9 +174,7 @@ pub fn gate_states(
     since: Option<FeedPosition>,
     each: &mut dyn FnMut(AccountKey, GateState, u64),
 ) -> Result<FeedPosition, StoreError> {
-    let position = tx
-        .query_one(crate::schema::feed_position_query(tx.dialect()), &[])?
-        .map_or(Ok(0), |row| row.int(0))?;
+    let position = feed_position(tx)?;
     let columns = "SELECT account_id, plan, preference, erased_at, ledger_len FROM accounts";
     let (sql, params) = match since {
         None => (columns.to_owned(), vec![]),
@@ -195,7 +201,7 @@ pub fn gate_states(
         );
         Ok(())
     })?;
-    Ok(FeedPosition(position))
+    Ok(position)
 }
 
 /// An account as its owner and the product see it.

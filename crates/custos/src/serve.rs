@@ -256,14 +256,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         // The first line on stdout is the address: scripts and tests read it.
         say!(
-            "custos: serving http://{bound} ({} accounts in the gate index, data in {})",
-            state.gates.len(),
+            "custos: serving http://{bound} (data in {}; the gate index loads in the background)",
             data.display()
         );
         if demo {
             print_pages(bound);
         }
-        tracing::info!(address = %bound, accounts = state.gates.len(), "serving");
+        tracing::info!(address = %bound, "serving");
         custos_http::serve(state, listener, custos_http::shutdown_signal(), sweep_every).await?;
         Ok::<(), anyhow::Error>(())
     });

@@ -44,9 +44,11 @@ pub async fn readyz(State(state): Shared) -> Result<Json<Value>, Problem> {
 }
 
 pub async fn metrics(State(state): Shared) -> Response {
-    let text = state
-        .metrics
-        .render(state.gates.len(), state.feed.figures());
+    let text = state.metrics.render(
+        state.gates.len(),
+        state.gates.is_loaded(),
+        state.feed.figures(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
