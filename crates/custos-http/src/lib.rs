@@ -49,7 +49,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     sweep_every: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
-    pages::refresh_dashboard_in_background(&state);
+    // The dashboard's figures are counted when an operator first opens it, not at start: a
+    // replica that never serves the dashboard never reads the whole store for it.
     let follower = tokio::spawn(
         Arc::clone(&state.feed).follow(Arc::clone(&state.store), Arc::clone(&state.gates)),
     );

@@ -373,7 +373,8 @@ impl Store {
 
     /// Recomputes every ledger chain and checkpoint.
     pub fn verify_ledger(&self) -> Result<VerifyReport, StoreError> {
-        self.read(&mut |tx| checkpoint::verify(tx, &self.key))
+        // One pass over the whole ledger: not kept mapped (see `read_once`).
+        with_backend!(self, read_once, &mut |tx| checkpoint::verify(tx, &self.key))
     }
 
     /// Applies many events in one transaction (one commit, one fsync), each inside its own
@@ -713,14 +714,21 @@ impl Store {
         }
     }
 
+    // The reports read whole tables once (the dashboard's figures, now and then): through
+    // `read_once`, so that what they touch does not stay mapped in this process.
+
     /// Retention figures for auditors (counts only).
     pub fn retention_report(&self, now: Timestamp) -> Result<RetentionReport, StoreError> {
-        self.read(&mut |tx| reports::retention(tx, now))
+        with_backend!(self, read_once, &mut |tx| reports::retention(tx, now))
     }
 
     /// Consent figures for auditors (counts only).
     pub fn consent_report(&self, now: Timestamp) -> Result<ConsentReport, StoreError> {
-        self.read(&mut |tx| reports::consent(tx, &self.policy, now))
+        with_backend!(self, read_once, &mut |tx| reports::consent(
+            tx,
+            &self.policy,
+            now
+        ))
     }
 
     /// Consumer accounts' choices at the end of each of the last `weeks` weeks, by plan, and
@@ -730,7 +738,9 @@ impl Store {
         now: Timestamp,
         weeks: usize,
     ) -> Result<reports::ConsentOverTime, StoreError> {
-        self.read(&mut |tx| reports::consent_over_time(tx, &self.policy, now, weeks))
+        with_backend!(self, read_once, &mut |tx| {
+            reports::consent_over_time(tx, &self.policy, now, weeks)
+        })
     }
 
     /// Every legal hold, active or released, with its audit trail.

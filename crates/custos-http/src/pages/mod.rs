@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use dashboard::refresh_in_background as refresh_dashboard_in_background;
 use error::PageError;
 use layout::see_other;
 use session::session;
