@@ -323,6 +323,16 @@ impl Nginx {
     }
 }
 
+/// A server a test started by itself, killed when the test ends, whether it passes or fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A small deterministic generator: the same seed makes the same run.
 struct Random(u64);
 
@@ -895,7 +905,8 @@ fn with_the_database_out_of_reach_the_gate_answers_writes_say_retry_and_all_reco
         "--max-gate-lag".to_owned(),
         "500ms".to_owned(),
     ];
-    let (mut child, address) = spawn_serve(&data, &args, fleet.now, None);
+    let (child, address) = spawn_serve(&data, &args, fleet.now, None);
+    let _server = Killed(child);
     let ask = |method: &str, path: &str, body: Option<Value>| {
         let started = Instant::now();
         let (status, answer) = call(&address, &fleet.service, method, path, body).unwrap();
@@ -980,8 +991,6 @@ fn with_the_database_out_of_reach_the_gate_answers_writes_say_retry_and_all_reco
             "{id}"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// An export taken through one instance is the store's: another instance follows it to its
@@ -1140,7 +1149,8 @@ fn a_promoted_standby_takes_over_and_no_acknowledged_write_is_lost() {
         "--keys".to_owned(),
         keys.display().to_string(),
     ];
-    let (mut child, address) = spawn_serve(&data, &args, "2025-09-10T00:00:00Z", None);
+    let (child, address) = spawn_serve(&data, &args, "2025-09-10T00:00:00Z", None);
+    let _server = Killed(child);
     let signup = json!({"id": "f1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
     assert_eq!(
         call(&address, &token, "POST", "/v1/accounts", Some(signup))
@@ -1251,7 +1261,5 @@ fn a_promoted_standby_takes_over_and_no_acknowledged_write_is_lost() {
         .output()
         .unwrap();
     assert!(verified.status.success(), "{}", stderr(&verified));
-    let _ = child.kill();
-    let _ = child.wait();
     pair("down");
 }
