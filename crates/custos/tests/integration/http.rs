@@ -292,6 +292,33 @@ pub fn spawn_serve(
 
 pub const NOTICE: &str = "consumer-terms-2025";
 
+/// Writer `writer`'s write of round `trial` in the concurrency tests: a choice for every third
+/// writer, else a move to a plan (consumer and business plans in turn), on one of `accounts`.
+pub fn mixed_write(
+    accounts: &[&str],
+    writer: usize,
+    trial: usize,
+) -> (&'static str, String, Value) {
+    const PLANS: [&str; 6] = ["free", "api", "team", "max", "pro", "enterprise"];
+    let account = accounts[writer % accounts.len()];
+    if writer % 3 == 0 {
+        let choice =
+            json!({"allowed": (writer + trial) % 2 == 0, "channel": "settings", "notice": NOTICE});
+        (
+            "PUT",
+            format!("/v1/accounts/{account}/training-preference"),
+            choice,
+        )
+    } else {
+        let plan = PLANS[(writer * 7 + trial) % PLANS.len()];
+        (
+            "PATCH",
+            format!("/v1/accounts/{account}"),
+            json!({"plan": plan}),
+        )
+    }
+}
+
 /// The account's ledger holds `entries` entries (nothing refused was recorded).
 pub fn assert_ledger_length(server: &Server, account: &str, entries: usize) {
     let path = format!("/v1/accounts/{account}/training-preference/history");
@@ -1220,22 +1247,15 @@ fn the_gate_from_memory_equals_the_stored_histories_after_concurrent_writes() {
     for account in accounts {
         assert_eq!(signup(&server, account, "pro", Some(true)).status, 201);
     }
-    let plans = ["free", "api", "team", "max", "pro", "enterprise"];
     let mut differences = Vec::new();
     for trial in 0..24 {
         std::thread::scope(|scope| {
             for writer in 0..36usize {
                 let server = &server;
                 scope.spawn(move || {
-                    let account = accounts[writer % accounts.len()];
-                    let (method, path, body) = if writer % 3 == 0 {
-                        let choice = json!({"allowed": (writer + trial) % 2 == 0, "channel": "settings", "notice": NOTICE});
-                        ("PUT", format!("/v1/accounts/{account}/training-preference"), choice)
-                    } else {
-                        let plan = plans[(writer * 7 + trial) % plans.len()];
-                        ("PATCH", format!("/v1/accounts/{account}"), json!({"plan": plan}))
-                    };
-                    let reply = server.call(method, &path, Some("service"), Some(&body.to_string()));
+                    let (method, path, body) = mixed_write(&accounts, writer, trial);
+                    let reply =
+                        server.call(method, &path, Some("service"), Some(&body.to_string()));
                     // A choice on a business plan is refused; every other write is answered.
                     assert!(
                         reply.status == 200 || reply.body["type"] == "no-choice-on-business-plan",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::http::{FreshDatabase, NOTICE, spawn_serve};
+use crate::http::{FreshDatabase, NOTICE, mixed_write, spawn_serve};
 use crate::support::{custos, stderr, try_http};
 
 const DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
@@ -228,6 +228,25 @@ fn stored_gate(fleet: &Fleet, account: &str) -> (String, String) {
             body["type"].as_str().unwrap_or_default().to_owned(),
         ),
     }
+}
+
+/// A new account on a consumer plan whose user allowed training at signup.
+fn allowing_signup(id: &str) -> Value {
+    json!({"id": id, "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}})
+}
+
+/// `custos ledger verify` passes through instance `replica`'s data folder.
+fn assert_ledger_verifies(fleet: &Fleet, replica: usize) {
+    let output = custos()
+        .args(["ledger", "verify"])
+        .args(fleet.store_args(replica))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "verify through instance {replica}: {}",
+        stderr(&output)
+    );
 }
 
 /// A decided consumer user or a business plan: the answers no instance may turn into a prompt
@@ -497,16 +516,7 @@ fn every_instance_agrees_on_every_committed_change_and_a_killed_one_loses_nothin
                 "instance {replica}, {account}"
             );
         }
-        let output = custos()
-            .args(["ledger", "verify"])
-            .args(fleet.store_args(replica))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "verify through instance {replica}: {}",
-            stderr(&output)
-        );
+        assert_ledger_verifies(&fleet, replica);
     }
 }
 
@@ -579,24 +589,16 @@ fn concurrent_writes_through_three_instances_leave_every_gate_equal_to_the_store
     let fleet = Fleet::start(&base, 3, "2025-09-10T00:00:00Z");
     let accounts = ["g0", "g1", "g2"];
     for account in accounts {
-        let body = json!({"id": account, "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+        let body = allowing_signup(account);
         assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
     }
-    let plans = ["free", "api", "team", "max", "pro", "enterprise"];
     let mut differences = Vec::new();
     for trial in 0..12 {
         std::thread::scope(|scope| {
             for writer in 0..36usize {
                 let fleet = &fleet;
                 scope.spawn(move || {
-                    let account = accounts[writer % accounts.len()];
-                    let (method, path, body) = if writer % 3 == 0 {
-                        let choice = json!({"allowed": (writer + trial) % 2 == 0, "channel": "settings", "notice": NOTICE});
-                        ("PUT", format!("/v1/accounts/{account}/training-preference"), choice)
-                    } else {
-                        let plan = plans[(writer * 7 + trial) % plans.len()];
-                        ("PATCH", format!("/v1/accounts/{account}"), json!({"plan": plan}))
-                    };
+                    let (method, path, body) = mixed_write(&accounts, writer, trial);
                     let (status, reply) = fleet.call(writer % 3, method, &path, Some(body));
                     assert!(
                         status == 200 || reply["type"] == "no-choice-on-business-plan",
@@ -661,7 +663,7 @@ fn dump(fleet: &Fleet) -> Vec<String> {
 fn an_instance_given_other_keys_refuses_to_start_and_changes_nothing() {
     let Some(base) = postgres() else { return };
     let fleet = Fleet::start(&base, 1, "2025-09-10T00:00:00Z");
-    let body = json!({"id": "k1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    let body = allowing_signup("k1");
     assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
     let expected = String::from_utf8(
         custos()
@@ -722,7 +724,7 @@ fn an_instance_given_other_keys_refuses_to_start_and_changes_nothing() {
 fn a_rotation_hands_signing_over_and_everything_still_verifies_from_every_instance() {
     let Some(base) = postgres() else { return };
     let mut fleet = Fleet::start(&base, 2, "2025-09-10T00:00:00Z");
-    let body = json!({"id": "k1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    let body = allowing_signup("k1");
     assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
     let choose = |fleet: &Fleet, replica: usize, allowed: bool| {
         let body = json!({"allowed": allowed, "channel": "settings", "notice": NOTICE});
@@ -775,16 +777,7 @@ fn a_rotation_hands_signing_over_and_everything_still_verifies_from_every_instan
     let third = choose(&fleet, 1, false);
     assert!(checkpoint(&fleet, 1).status.success());
     for replica in 0..2 {
-        let output = custos()
-            .args(["ledger", "verify"])
-            .args(fleet.store_args(replica))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "verify through instance {replica}: {}",
-            stderr(&output)
-        );
+        assert_ledger_verifies(&fleet, replica);
     }
     let mut client = postgres::Client::connect(&fleet.database.url(), postgres::NoTls).unwrap();
     let named: Vec<String> = client
@@ -913,7 +906,7 @@ fn with_the_database_out_of_reach_the_gate_answers_writes_say_retry_and_all_reco
         (status, answer, started.elapsed())
     };
     let signup = |id: &str| {
-        let body = json!({"id": id, "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+        let body = allowing_signup(id);
         ask("POST", "/v1/accounts", Some(body))
     };
     assert_eq!(signup("before").0, 201);
@@ -1000,7 +993,7 @@ fn an_export_taken_through_one_instance_is_read_verified_and_revoked_through_ano
     let Some(base) = postgres() else { return };
     let fleet = Fleet::start(&base, 2, "2025-09-10T00:00:00Z");
     let trainer = fleet.token("trainer");
-    let body = json!({"id": "x1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    let body = allowing_signup("x1");
     assert_eq!(fleet.call(0, "POST", "/v1/accounts", Some(body)).0, 201);
     let events = json!({"events": [{"id": "m1", "type": "message", "at": "2025-09-10T00:00:00Z",
         "account": "x1", "conversation": "c-x1", "surface": "chat", "role": "user", "text": "hello"}]});
@@ -1151,7 +1144,7 @@ fn a_promoted_standby_takes_over_and_no_acknowledged_write_is_lost() {
     ];
     let (child, address) = spawn_serve(&data, &args, "2025-09-10T00:00:00Z", None);
     let _server = Killed(child);
-    let signup = json!({"id": "f1", "plan": "pro", "choice": {"allowed": true, "channel": "signup", "notice": NOTICE}});
+    let signup = allowing_signup("f1");
     assert_eq!(
         call(&address, &token, "POST", "/v1/accounts", Some(signup))
             .unwrap()
