@@ -10,7 +10,7 @@ use custos_core::{
 
 use crate::error::StoreError;
 use crate::ledger::{Entry, EntryKind};
-use crate::sql::{Columns, Row, Tx};
+use crate::sql::{Columns, Row, Tx, Value, insert_row};
 use custos_core::{Channel, Preference};
 
 pub(crate) fn seq(value: i64) -> Result<u64, StoreError> {
@@ -181,29 +181,64 @@ pub(crate) fn hold_from_row(row: &Row) -> Result<Hold, StoreError> {
     })
 }
 
+/// The ledger's columns, in the order of [`entry_values`].
+pub(crate) const LEDGER_ROW: &[&str] = &[
+    "account_id",
+    "idx",
+    "at",
+    "seq",
+    "kind",
+    "plan",
+    "preference",
+    "channel",
+    "notice_id",
+    "policy_id",
+    "actor",
+    "prev_hash",
+    "hash",
+];
+
+pub(crate) fn entry_values(entry: &Entry) -> Vec<Value> {
+    vec![
+        entry.account.as_str().into(),
+        entry.idx.into(),
+        entry.key.at.unix_millis().into(),
+        as_i64(entry.key.seq).into(),
+        entry.kind.as_str().into(),
+        entry.plan.clone().into(),
+        entry.preference.map(Preference::as_str).into(),
+        entry.channel.map(Channel::as_str).into(),
+        entry.notice_id.clone().into(),
+        entry.policy_id.clone().into(),
+        entry.actor.clone().into(),
+        entry.prev_hash.as_slice().into(),
+        entry.hash.as_slice().into(),
+    ]
+}
+
 pub(crate) fn insert_entry(tx: &mut dyn Tx, entry: &Entry) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO ledger ({LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    );
-    tx.execute(
-        &sql,
-        &[
-            entry.account.as_str().into(),
-            entry.idx.into(),
-            entry.key.at.unix_millis().into(),
-            as_i64(entry.key.seq).into(),
-            entry.kind.as_str().into(),
-            entry.plan.clone().into(),
-            entry.preference.map(Preference::as_str).into(),
-            entry.channel.map(Channel::as_str).into(),
-            entry.notice_id.clone().into(),
-            entry.policy_id.clone().into(),
-            entry.actor.clone().into(),
-            entry.prev_hash.as_slice().into(),
-            entry.hash.as_slice().into(),
-        ],
-    )?;
-    Ok(())
+    insert_row(tx, "ledger", LEDGER_ROW, &entry_values(entry))
+}
+
+/// The messages' columns, in the order of [`message_values`].
+pub(crate) const MESSAGE_ROW: &[&str] =
+    &["account_id", "conversation_id", "seq", "at", "role", "text"];
+
+pub(crate) fn message_values(
+    account: &AccountId,
+    conversation: &ConversationId,
+    key: EventKey,
+    role: Role,
+    text: &str,
+) -> Vec<Value> {
+    vec![
+        account.as_str().into(),
+        conversation.as_str().into(),
+        as_i64(key.seq).into(),
+        key.at.unix_millis().into(),
+        role.as_str().into(),
+        text.into(),
+    ]
 }
 
 pub(crate) fn insert_message(
@@ -214,18 +249,35 @@ pub(crate) fn insert_message(
     role: Role,
     text: &str,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO messages (account_id, conversation_id, seq, at, role, text) VALUES (?, ?, ?, ?, ?, ?)",
-        &[
-            account.as_str().into(),
-            conversation.as_str().into(),
-            as_i64(key.seq).into(),
-            key.at.unix_millis().into(),
-            role.as_str().into(),
-            text.into(),
-        ],
-    )?;
-    Ok(())
+    let values = message_values(account, conversation, key, role, text);
+    insert_row(tx, "messages", MESSAGE_ROW, &values)
+}
+
+/// The feedback's columns, in the order of [`feedback_values`].
+pub(crate) const FEEDBACK_ROW: &[&str] = &[
+    "account_id",
+    "conversation_id",
+    "seq",
+    "at",
+    "rating",
+    "comment",
+];
+
+pub(crate) fn feedback_values(
+    account: &AccountId,
+    conversation: &ConversationId,
+    key: EventKey,
+    rating: Rating,
+    comment: Option<&str>,
+) -> Vec<Value> {
+    vec![
+        account.as_str().into(),
+        conversation.as_str().into(),
+        as_i64(key.seq).into(),
+        key.at.unix_millis().into(),
+        rating.as_str().into(),
+        comment.into(),
+    ]
 }
 
 pub(crate) fn insert_feedback(
@@ -236,16 +288,6 @@ pub(crate) fn insert_feedback(
     rating: Rating,
     comment: Option<&str>,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO feedback (account_id, conversation_id, seq, at, rating, comment) VALUES (?, ?, ?, ?, ?, ?)",
-        &[
-            account.as_str().into(),
-            conversation.as_str().into(),
-            as_i64(key.seq).into(),
-            key.at.unix_millis().into(),
-            rating.as_str().into(),
-            comment.into(),
-        ],
-    )?;
-    Ok(())
+    let values = feedback_values(account, conversation, key, rating, comment);
+    insert_row(tx, "feedback", FEEDBACK_ROW, &values)
 }

@@ -8,23 +8,66 @@
 //! This uses the blocking `postgres` client, which drives `tokio-postgres` underneath, so that
 //! one set of transaction scripts serves both backends; an async caller runs the store on a
 //! blocking thread (see ARCHITECTURE.md).
+//!
+//! Each pooled connection keeps the statements it has prepared: a statement then costs one
+//! round trip (bind and execute) instead of two (parse and describe first). Rows written in
+//! bulk go through binary `COPY`.
 
+use std::collections::HashMap;
 use std::error::Error;
 
 use bytes::BytesMut;
+use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{IsolationLevel, NoTls};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::{IsolationLevel, NoTls, Statement};
 
 use crate::error::StoreError;
 use crate::sql::{Backend, Dialect, Row, Tx, Value};
 
 const ATTEMPTS: u32 = 8;
 
+/// How many prepared statements a connection keeps. The store's statements are a fixed set of
+/// a few dozen; the bound only keeps a caller that formats many distinct ones from growing it.
+const PREPARED_PER_CONNECTION: usize = 512;
+
 pub struct PostgresBackend {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<Connections>,
+}
+
+/// A client with the statements prepared on it, keyed by their portable text.
+struct Connection {
+    client: postgres::Client,
+    prepared: HashMap<String, Statement>,
+}
+
+/// Opens the pool's connections and checks them before they are lent.
+#[derive(Debug)]
+struct Connections {
+    config: postgres::Config,
+}
+
+impl r2d2::ManageConnection for Connections {
+    type Connection = Connection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Connection, postgres::Error> {
+        Ok(Connection {
+            client: self.config.connect(NoTls)?,
+            prepared: HashMap::new(),
+        })
+    }
+
+    /// A connection to a server that has since stopped, or to a primary since demoted, is
+    /// found out here and replaced, before a transaction fails on it.
+    fn is_valid(&self, connection: &mut Connection) -> Result<(), postgres::Error> {
+        connection.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, connection: &mut Connection) -> bool {
+        connection.client.is_closed()
+    }
 }
 
 impl PostgresBackend {
@@ -35,7 +78,7 @@ impl PostgresBackend {
         let pool = r2d2::Pool::builder()
             .max_size(8)
             .connection_timeout(std::time::Duration::from_secs(2))
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(Connections { config })
             .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
         Ok(PostgresBackend { pool })
     }
@@ -45,10 +88,11 @@ impl PostgresBackend {
         read_only: bool,
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut client = self
+        let mut connection = self
             .pool
             .get()
             .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))?;
+        let Connection { client, prepared } = &mut *connection;
         for _ in 0..ATTEMPTS {
             let builder = if read_only {
                 client
@@ -64,6 +108,7 @@ impl PostgresBackend {
             let outcome = work(&mut PostgresTx {
                 read_only,
                 transaction: &mut transaction,
+                prepared,
             });
             match outcome {
                 Ok(result) => match transaction.commit() {
@@ -188,6 +233,25 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError>
 struct PostgresTx<'a, 'b> {
     read_only: bool,
     transaction: &'a mut postgres::Transaction<'b>,
+    prepared: &'a mut HashMap<String, Statement>,
+}
+
+impl PostgresTx<'_, '_> {
+    /// The statement for portable `sql`, prepared on this connection once.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .transaction
+            .prepare(&Dialect::Postgres.rewrite(sql))
+            .map_err(|e| map_error(&e))?;
+        if self.prepared.len() >= PREPARED_PER_CONNECTION {
+            self.prepared.clear();
+        }
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
 }
 
 impl Tx for PostgresTx<'_, '_> {
@@ -200,11 +264,43 @@ impl Tx for PostgresTx<'_, '_> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
         let boxed: Vec<_> = params.iter().map(to_postgres).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
         self.transaction
-            .execute(&Dialect::Postgres.rewrite(sql), &refs)
+            .execute(&statement, &refs)
             .map_err(|e| map_error(&e))
+    }
+
+    /// Binary `COPY … FROM STDIN`: the rows stream in one go, typed by the table's columns.
+    fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let list = columns.join(", ");
+        let types = self
+            .statement(&format!("SELECT {list} FROM {table} LIMIT 0"))?
+            .columns()
+            .iter()
+            .map(|column| column.type_().clone())
+            .collect::<Vec<_>>();
+        let sink = self
+            .transaction
+            .copy_in(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
+            .map_err(|e| map_error(&e))?;
+        let mut writer = BinaryCopyInWriter::new(sink, &types);
+        for row in rows {
+            let boxed: Vec<_> = row.iter().map(to_postgres).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
+            writer.write(&refs).map_err(|e| map_error(&e))?;
+        }
+        writer.finish().map_err(|e| map_error(&e))?;
+        Ok(())
     }
 
     /// Rows are read into memory first; a streaming `query_raw` is left for large scans later.
@@ -214,12 +310,13 @@ impl Tx for PostgresTx<'_, '_> {
         params: &[Value],
         each: &mut dyn FnMut(&Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let statement = self.statement(sql)?;
         let boxed: Vec<_> = params.iter().map(to_postgres).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
         // A portal, read as the rows arrive: a scan of every account never holds them all.
         let mut rows = self
             .transaction
-            .query_raw(&Dialect::Postgres.rewrite(sql), refs)
+            .query_raw(&statement, refs)
             .map_err(|e| map_error(&e))?;
         while let Some(row) = rows.next().map_err(|e| map_error(&e))? {
             let values = (0..row.len())

@@ -238,6 +238,22 @@ pub trait Tx {
     /// uncommitted writes.
     fn read_only(&self) -> bool;
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+
+    /// Inserts many rows into `table`, each with a value for every one of `columns`: a
+    /// prepared `INSERT` per row here, binary `COPY` on PostgreSQL.
+    fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) -> Result<(), StoreError> {
+        let sql = insert_sql(table, columns);
+        for row in rows {
+            self.execute(&sql, row)?;
+        }
+        Ok(())
+    }
+
     /// Calls `each` for every row without holding them all in memory (for large scans). The
     /// row is lent, and its buffers are reused for the next one: a scan allocates per column,
     /// not per row.
@@ -273,6 +289,25 @@ pub trait Tx {
     fn query_one(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
+}
+
+/// `INSERT INTO table (columns…) VALUES (?, …)`.
+fn insert_sql(table: &str, columns: &[&str]) -> String {
+    let placeholders = vec!["?"; columns.len()].join(", ");
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({placeholders})",
+        columns.join(", ")
+    )
+}
+
+/// Inserts one row: a value for each of `columns`, in their order.
+pub(crate) fn insert_row(
+    tx: &mut dyn Tx,
+    table: &str,
+    columns: &[&str],
+    values: &[Value],
+) -> Result<(), StoreError> {
+    tx.execute(&insert_sql(table, columns), values).map(|_| ())
 }
 
 /// Database text as a `str`, or the error that says it is not UTF-8.
