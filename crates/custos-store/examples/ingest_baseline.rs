@@ -1,18 +1,32 @@
-//! Raw rusqlite writing what one accepted message event writes in custos (its event id, the
+//! The driver alone writing what one accepted message event writes in custos (its event id, the
 //! conversation, the message, the account's counter and the conversation's expiry), with the
-//! same durability (WAL, `synchronous=FULL`) and one commit per batch. Prints events/s.
+//! same durability and one commit per batch. Prints events/s.
 //!
-//! `cargo run --release -p custos-store --example ingest_baseline -- EVENTS BATCH FOLDER`
+//! On SQLite (raw rusqlite, WAL, `synchronous=FULL`) by default; with a PostgreSQL URL, the
+//! `postgres` client with prepared statements, in a schema of its own that it drops at the end
+//! (the server's own durability: `synchronous_commit` as configured).
+//!
+//! `cargo run --release -p custos-store --example ingest_baseline -- EVENTS BATCH FOLDER [URL]`
 
 #![allow(clippy::unwrap_used, reason = "a benchmark stops on any failure")]
 
 use std::time::Instant;
+
+const BASE_TIME: i64 = 1_764_000_000_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let events: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100);
     let folder = std::path::PathBuf::from(args.get(3).cloned().unwrap_or_else(|| "/tmp".into()));
+    let rate = match args.get(4) {
+        Some(url) => postgres_rate(url, events, batch),
+        None => sqlite_rate(&folder, events, batch),
+    };
+    println!("{rate:.0}");
+}
+
+fn sqlite_rate(folder: &std::path::Path, events: u64, batch: u64) -> f64 {
     let path = folder.join(format!("ingest-baseline-{}.sqlite3", std::process::id()));
     let mut db = rusqlite::Connection::open(&path).unwrap();
     let _: String = db
@@ -47,7 +61,7 @@ fn main() {
         for _ in 0..batch.min(events - i) {
             let account = format!("demo-{:08}", i % 1000);
             let conversation = format!("bench-{i}");
-            let at = 1_764_000_000_000i64 + i64::try_from(i).unwrap();
+            let at = BASE_TIME + i64::try_from(i).unwrap();
             tx.prepare_cached("INSERT INTO event_ids VALUES (?1, ?2)")
                 .unwrap()
                 .execute(rusqlite::params![format!("e{i}"), at])
@@ -83,5 +97,65 @@ fn main() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    println!("{rate:.0}");
+    rate
+}
+
+fn postgres_rate(url: &str, events: u64, batch: u64) -> f64 {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let schema = format!("ingest_baseline_{}", std::process::id());
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema};
+         CREATE TABLE accounts (account_id TEXT PRIMARY KEY, next_seq BIGINT NOT NULL);
+         CREATE TABLE conversations (account_id TEXT NOT NULL, conversation_id TEXT NOT NULL, surface TEXT NOT NULL,
+             incognito BOOLEAN NOT NULL, expires_at BIGINT, retention_class TEXT, expiry_bound TEXT,
+             PRIMARY KEY (account_id, conversation_id));
+         CREATE UNIQUE INDEX conversations_by_id ON conversations (conversation_id);
+         CREATE INDEX conversations_by_expiry ON conversations (expires_at);
+         CREATE TABLE messages (account_id TEXT NOT NULL, conversation_id TEXT NOT NULL, seq BIGINT NOT NULL,
+             at BIGINT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (account_id, conversation_id, seq));
+         CREATE TABLE event_ids (event_id TEXT PRIMARY KEY, recorded_at BIGINT NOT NULL);
+         INSERT INTO accounts SELECT format('demo-%s', lpad(n::text, 8, '0')), 1 FROM generate_series(0, 999) n;"
+    ))
+    .unwrap();
+    let event_id = db.prepare("INSERT INTO event_ids VALUES ($1, $2)").unwrap();
+    let next_seq = db
+        .prepare("SELECT next_seq FROM accounts WHERE account_id = $1 FOR UPDATE")
+        .unwrap();
+    let conversation_row = db
+        .prepare("INSERT INTO conversations (account_id, conversation_id, surface, incognito) VALUES ($1, $2, 'chat', false)")
+        .unwrap();
+    let message = db
+        .prepare("INSERT INTO messages VALUES ($1, $2, $3, $4, 'user', 'hello there')")
+        .unwrap();
+    let counter = db
+        .prepare("UPDATE accounts SET next_seq = $1 WHERE account_id = $2")
+        .unwrap();
+    let expiry = db
+        .prepare("UPDATE conversations SET expires_at = $1, retention_class = 'standard', expiry_bound = 'retention' WHERE conversation_id = $2")
+        .unwrap();
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < events {
+        let mut tx = db.transaction().unwrap();
+        for _ in 0..batch.min(events - i) {
+            let account = format!("demo-{:08}", i % 1000);
+            let conversation = format!("bench-{i}");
+            let at = BASE_TIME + i64::try_from(i).unwrap();
+            tx.execute(&event_id, &[&format!("e{i}"), &at]).unwrap();
+            let seq: i64 = tx.query_one(&next_seq, &[&account]).unwrap().get(0);
+            tx.execute(&conversation_row, &[&account, &conversation])
+                .unwrap();
+            tx.execute(&message, &[&account, &conversation, &seq, &at])
+                .unwrap();
+            tx.execute(&counter, &[&(seq + 1), &account]).unwrap();
+            tx.execute(&expiry, &[&(at + 30 * 86_400_000), &conversation])
+                .unwrap();
+            i += 1;
+        }
+        tx.commit().unwrap();
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    rate
 }

@@ -19,11 +19,14 @@ use custos_core::{
 };
 
 use crate::apply::{WrittenHistories, chain_entry, new_account};
-use crate::codec::{insert_entry, insert_feedback, insert_message, seq};
+use crate::codec::{
+    FEEDBACK_ROW, LEDGER_ROW, MESSAGE_ROW, as_i64, entry_values, feedback_values, message_values,
+    seq,
+};
 use crate::error::StoreError;
 use crate::ledger::{Entry, Record};
 use crate::records::{AccountRow, END, Histories};
-use crate::sql::Tx;
+use crate::sql::{Tx, Value};
 
 /// One account being loaded: the core's records of it and the rows still to write.
 struct Loading<'a> {
@@ -41,34 +44,40 @@ fn unsupported(command: &Command) -> StoreError {
     ))
 }
 
-/// Admits and writes one new account's history, given in time order, its first command
-/// creating it. Returns each command's outcome, in order, and the written history.
-pub fn load_new_account(
+/// Admits new accounts' histories, each given in time order with its first command creating
+/// the account, and writes them all, each table in one go. Returns each command's outcome, in
+/// order, and the written histories.
+pub fn load_new_accounts(
     tx: &mut dyn Tx,
     policy: &Policy,
     histories: &Histories,
     actor: &str,
-    commands: &[(Timestamp, Command)],
+    accounts: &[Vec<(Timestamp, Command)>],
     written: &mut WrittenHistories,
-) -> Result<Vec<Result<(), Refusal>>, StoreError> {
-    let mut loading: Option<Loading<'_>> = None;
-    let mut outcomes = Vec::with_capacity(commands.len());
-    for (at, command) in commands {
-        outcomes.push(admit_in_memory(
-            policy,
-            histories,
-            actor,
-            &mut loading,
-            *at,
-            command,
-        )?);
+) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
+    let mut rows = TableRows::default();
+    let mut all = Vec::with_capacity(accounts.len());
+    for commands in accounts {
+        let mut loading: Option<Loading<'_>> = None;
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for (at, command) in commands {
+            outcomes.push(admit_in_memory(
+                policy,
+                histories,
+                actor,
+                &mut loading,
+                *at,
+                command,
+            )?);
+        }
+        all.push(outcomes);
+        if let Some(loading) = loading {
+            rows.add(policy, &loading);
+            written.push((loading.row.ledger_len, loading.history));
+        }
     }
-    let Some(loading) = loading else {
-        return Ok(outcomes);
-    };
-    write(tx, policy, &loading)?;
-    written.push((loading.row.ledger_len, loading.history));
-    Ok(outcomes)
+    rows.write(tx)?;
+    Ok(all)
 }
 
 /// Asks the core's admission about one command, as the per-event path does, and carries out
@@ -188,48 +197,91 @@ fn admit_in_memory<'a>(
     Ok(Ok(()))
 }
 
-/// Writes the admitted account: the same rows the per-event path leaves behind.
-fn write(tx: &mut dyn Tx, policy: &Policy, loading: &Loading<'_>) -> Result<(), StoreError> {
-    let row = &loading.row;
-    let history = &loading.history;
-    tx.execute(
-        "INSERT INTO accounts (account_id, next_seq, ledger_len, ledger_head, checkpointed_len, erased_at, plan, preference) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
-        &[
+const ACCOUNT_ROW: &[&str] = &[
+    "account_id",
+    "next_seq",
+    "ledger_len",
+    "ledger_head",
+    "checkpointed_len",
+    "erased_at",
+    "plan",
+    "preference",
+];
+
+const CONVERSATION_ROW: &[&str] = &[
+    "account_id",
+    "conversation_id",
+    "surface",
+    "incognito",
+    "deleted_at",
+    "deleted_seq",
+    "expires_at",
+    "retention_class",
+    "expiry_bound",
+];
+
+/// The rows the admitted accounts leave behind, the same the per-event path writes, gathered
+/// per table so that each is written in one go (binary `COPY` on PostgreSQL).
+#[derive(Default)]
+struct TableRows {
+    accounts: Vec<Vec<Value>>,
+    ledger: Vec<Vec<Value>>,
+    conversations: Vec<Vec<Value>>,
+    messages: Vec<Vec<Value>>,
+    feedback: Vec<Vec<Value>>,
+}
+
+impl TableRows {
+    fn add(&mut self, policy: &Policy, loading: &Loading<'_>) {
+        let row = &loading.row;
+        let history = &loading.history;
+        self.accounts.push(vec![
             row.id.as_str().into(),
             row.next_seq.into(),
             row.ledger_len.into(),
             row.ledger_head.as_slice().into(),
+            Value::Int(0),
             row.erased_at.into(),
             history.plan_at(END).as_str().into(),
             history.preference_at(END).as_str().into(),
-        ],
-    )?;
-    for entry in &loading.entries {
-        insert_entry(tx, entry)?;
-    }
-    for conversation in loading.conversations.values() {
-        let expiry = expiry(policy, history, conversation, END);
-        let deleted = conversation.deleted;
-        tx.execute(
-            "INSERT INTO conversations (account_id, conversation_id, surface, incognito, deleted_at, deleted_seq, expires_at, retention_class, expiry_bound) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            &[
+        ]);
+        self.ledger.extend(loading.entries.iter().map(entry_values));
+        for conversation in loading.conversations.values() {
+            let expiry = expiry(policy, history, conversation, END);
+            let deleted = conversation.deleted;
+            self.conversations.push(vec![
                 row.id.as_str().into(),
                 conversation.id.as_str().into(),
                 conversation.surface.as_str().into(),
                 conversation.incognito.into(),
                 deleted.map(|k| k.at.unix_millis()).into(),
-                deleted.map(|k| i64::try_from(k.seq).unwrap_or(i64::MAX)).into(),
+                deleted.map(|k| as_i64(k.seq)).into(),
                 expiry.map(|e| e.at.unix_millis()).into(),
                 expiry.map(|e| e.class.as_str()).into(),
                 expiry.map(|e| e.bound.as_str()).into(),
-            ],
-        )?;
+            ]);
+        }
+        for (conversation, key, role, text) in &loading.messages {
+            self.messages
+                .push(message_values(&row.id, conversation, *key, *role, text));
+        }
+        for (conversation, key, rating, comment) in &loading.feedback {
+            self.feedback.push(feedback_values(
+                &row.id,
+                conversation,
+                *key,
+                *rating,
+                *comment,
+            ));
+        }
     }
-    for (conversation, key, role, text) in &loading.messages {
-        insert_message(tx, &row.id, conversation, *key, *role, text)?;
+
+    /// Accounts first, so that every later row's account exists when it arrives.
+    fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        tx.insert_rows("accounts", ACCOUNT_ROW, &self.accounts)?;
+        tx.insert_rows("ledger", LEDGER_ROW, &self.ledger)?;
+        tx.insert_rows("conversations", CONVERSATION_ROW, &self.conversations)?;
+        tx.insert_rows("messages", MESSAGE_ROW, &self.messages)?;
+        tx.insert_rows("feedback", FEEDBACK_ROW, &self.feedback)
     }
-    for (conversation, key, rating, comment) in &loading.feedback {
-        insert_feedback(tx, &row.id, conversation, *key, *rating, *comment)?;
-    }
-    Ok(())
 }

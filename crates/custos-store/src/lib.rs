@@ -447,19 +447,14 @@ impl Store {
         let mut written = apply::WrittenHistories::new();
         let outcomes = self.write(&mut |tx| {
             written.clear();
-            accounts
-                .iter()
-                .map(|commands| {
-                    bulk::load_new_account(
-                        tx,
-                        &self.policy,
-                        &self.histories,
-                        actor,
-                        commands,
-                        &mut written,
-                    )
-                })
-                .collect()
+            bulk::load_new_accounts(
+                tx,
+                &self.policy,
+                &self.histories,
+                actor,
+                accounts,
+                &mut written,
+            )
         })?;
         let last = accounts
             .iter()
