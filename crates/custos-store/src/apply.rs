@@ -4,10 +4,10 @@
 use custos_core::policy::Plan;
 use custos_core::{
     AccountChange, AccountHistory, AccountId, Channel, Command, Conversation, Effect, EventKey,
-    Feedback, Message, Named, Policy, Preference, Refusal, SweepReport, Timestamp, admit, expiry,
+    Named, Policy, Preference, Refusal, SweepReport, Timestamp, admit, expiry,
 };
 
-use crate::codec::{as_i64, insert_entry, insert_feedback, insert_message};
+use crate::codec::insert_entry;
 use crate::error::StoreError;
 use crate::holds::hold;
 use crate::ledger::{Entry, GENESIS, Record};
@@ -107,7 +107,7 @@ pub(crate) fn new_account(
     (row, history, entries)
 }
 
-fn save_account(tx: &mut dyn Tx, account: &AccountRow) -> Result<(), StoreError> {
+pub(crate) fn save_account(tx: &mut dyn Tx, account: &AccountRow) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE accounts SET next_seq = ?, ledger_len = ?, ledger_head = ?, erased_at = ? WHERE account_id = ?",
         &[
@@ -123,7 +123,7 @@ fn save_account(tx: &mut dyn Tx, account: &AccountRow) -> Result<(), StoreError>
 
 /// Stores the conversation's expiry as the core computes it over every recorded event, so that
 /// sweeps can find due conversations with a range scan.
-fn store_expiry(
+pub(crate) fn store_expiry(
     tx: &mut dyn Tx,
     policy: &Policy,
     owner: &AccountHistory,
@@ -157,20 +157,6 @@ fn store_expiries_of(
         }
     }
     Ok(())
-}
-
-/// The end of every event on one conversation: the account's counter moves on, and the
-/// conversation's stored expiry follows the change.
-fn finish_conversation_event(
-    tx: &mut dyn Tx,
-    policy: &Policy,
-    row: &mut AccountRow,
-    owner: &AccountHistory,
-    conversation: &Conversation,
-) -> Result<(), StoreError> {
-    row.next_seq += 1;
-    save_account(tx, row)?;
-    store_expiry(tx, policy, owner, conversation)
 }
 
 /// The gate's two facts sit beside the ledger they are derived from, so that the service can
@@ -221,7 +207,8 @@ fn load_named(
 }
 
 /// Applies one command at `at` on behalf of `actor`, in the caller's transaction: the core
-/// admits it or refuses it, and only what it admits is written.
+/// admits it or refuses it, and only what it admits is written. A refusal comes before
+/// anything is written. Events on a conversation go through [`crate::batch`] instead.
 pub fn apply(
     tx: &mut dyn Tx,
     histories: &Histories,
@@ -230,7 +217,7 @@ pub fn apply(
     at: Timestamp,
     command: &Command,
     actor: &str,
-) -> Result<Written, StoreError> {
+) -> Result<Result<Written, Refusal>, StoreError> {
     let loaded = load_named(tx, histories, command)?;
     // An account's events are ordered by its own counter; holds by time alone (a hold placed
     // at a time is seen by everything at that time).
@@ -244,7 +231,10 @@ pub fn apply(
         conversation: loaded.conversation.as_ref(),
         hold: loaded.hold.as_ref(),
     };
-    let effect = admit(policy, named, key, command)?;
+    let effect = match admit(policy, named, key, command) {
+        Ok(effect) => effect,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     let mut carrier = Carrier {
         tx,
         histories,
@@ -254,7 +244,13 @@ pub fn apply(
         key,
         actor,
     };
-    carrier.carry_out(effect, loaded)
+    carrier.carry_out(effect, loaded).map(Ok)
+}
+
+/// The core admitted what it should have refused: a broken invariant, not a refusal, since
+/// writing may have begun.
+fn admitted_wrongly(what: String) -> StoreError {
+    StoreError::corrupt(format!("the core admitted {what}"))
 }
 
 /// Writes what an admitted effect records.
@@ -270,11 +266,7 @@ struct Carrier<'t, 'w> {
 
 impl Carrier<'_, '_> {
     fn carry_out(&mut self, effect: Effect<'_>, loaded: Loaded) -> Result<Written, StoreError> {
-        let Loaded {
-            account,
-            conversation,
-            ..
-        } = loaded;
+        let Loaded { account, .. } = loaded;
         match effect {
             Effect::AccountCreated {
                 account,
@@ -285,77 +277,23 @@ impl Carrier<'_, '_> {
                 account: id,
                 change,
             } => {
-                let (row, history) = account.ok_or_else(|| Refusal::UnknownAccount(id.clone()))?;
+                let (row, history) = account.ok_or_else(|| {
+                    admitted_wrongly(format!("a change to unknown account `{id}`"))
+                })?;
                 self.change_account(row, history, &change)
             }
-            Effect::Message {
-                account: id,
-                conversation: conversation_id,
-                starts,
-                role,
-                text,
-            } => {
-                let (row, history) = account.ok_or_else(|| Refusal::UnknownAccount(id.clone()))?;
-                let mut record = match (starts, conversation) {
-                    (Some((surface, incognito)), _) => {
-                        self.tx.execute(
-                            "INSERT INTO conversations (account_id, conversation_id, surface, incognito) VALUES (?, ?, ?, ?)",
-                            &[id.as_str().into(), conversation_id.as_str().into(), surface.as_str().into(), incognito.into()],
-                        )?;
-                        Conversation::new(conversation_id.clone(), id.clone(), surface, incognito)
-                    }
-                    (None, Some(existing)) => existing,
-                    (None, None) => {
-                        return Err(Refusal::UnknownConversation(conversation_id.clone()).into());
-                    }
-                };
-                insert_message(self.tx, id, conversation_id, self.key, role, text)?;
-                // The text is stored; decisions need only the message's key and role.
-                record.record_message(Message {
-                    key: self.key,
-                    role,
-                    text: String::new(),
-                });
-                self.finish_conversation_event(row, &history, &record)
-            }
-            Effect::Feedback {
-                account: id,
-                conversation: conversation_id,
-                rating,
-                comment,
-            } => {
-                let (row, history) = account.ok_or_else(|| Refusal::UnknownAccount(id.clone()))?;
-                let mut record = conversation
-                    .ok_or_else(|| Refusal::UnknownConversation(conversation_id.clone()))?;
-                insert_feedback(self.tx, id, conversation_id, self.key, rating, comment)?;
-                record.record_feedback(Feedback {
-                    key: self.key,
-                    rating,
-                    comment: None,
-                });
-                self.finish_conversation_event(row, &history, &record)
-            }
-            Effect::ConversationDeleted {
-                conversation: conversation_id,
-            } => {
-                let mut record = conversation
-                    .ok_or_else(|| Refusal::UnknownConversation(conversation_id.clone()))?;
-                let (row, history) = account.ok_or_else(|| {
-                    StoreError::corrupt(format!("conversation `{conversation_id}` has no account"))
-                })?;
-                self.tx.execute(
-                    "UPDATE conversations SET deleted_at = ?, deleted_seq = ? WHERE conversation_id = ?",
-                    &[self.at.unix_millis().into(), as_i64(self.key.seq).into(), conversation_id.as_str().into()],
-                )?;
-                record.deleted = Some(self.key);
-                self.finish_conversation_event(row, &history, &record)
-            }
+            Effect::Message { .. }
+            | Effect::Feedback { .. }
+            | Effect::ConversationDeleted { .. } => Err(admitted_wrongly(
+                "an event on a conversation outside a batch".to_owned(),
+            )),
             Effect::HoldPlaced { hold, target } => {
                 // An erased account is held under its pseudonym: its id is not stored again.
                 let (account_column, conversation_column) = match target {
                     custos_core::HoldTarget::Account(id) => {
-                        let (row, _) =
-                            account.ok_or_else(|| Refusal::UnknownAccount(id.clone()))?;
+                        let (row, _) = account.ok_or_else(|| {
+                            admitted_wrongly(format!("a hold on unknown account `{id}`"))
+                        })?;
                         (Some(row.id.as_str().to_owned()), None)
                     }
                     custos_core::HoldTarget::Conversation(id) => (None, Some(id.as_str())),
@@ -461,16 +399,6 @@ impl Carrier<'_, '_> {
             sweep: None,
         })
     }
-
-    fn finish_conversation_event(
-        &mut self,
-        mut row: AccountRow,
-        owner: &AccountHistory,
-        conversation: &Conversation,
-    ) -> Result<Written, StoreError> {
-        finish_conversation_event(self.tx, self.policy, &mut row, owner, conversation)?;
-        Ok(Written::default())
-    }
 }
 
 /// The tables that name an account, each by its `account_id` column.
@@ -507,23 +435,4 @@ pub(crate) fn pseudonymize(
         )?;
     }
     Ok(())
-}
-
-/// Whether an event id was already recorded; records it if not. Runs in the event's own
-/// transaction, so an event and its id commit together or not at all.
-pub fn first_time(tx: &mut dyn Tx, event_id: &str, at: Timestamp) -> Result<bool, StoreError> {
-    if tx
-        .query_one(
-            "SELECT 1 FROM event_ids WHERE event_id = ?",
-            &[event_id.into()],
-        )?
-        .is_some()
-    {
-        return Ok(false);
-    }
-    tx.execute(
-        "INSERT INTO event_ids (event_id, recorded_at) VALUES (?, ?)",
-        &[event_id.into(), at.unix_millis().into()],
-    )?;
-    Ok(true)
 }

@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 
 use custos_core::{
     AccountHistory, Command, Conversation, ConversationId, Effect, EventKey, Feedback, Message,
-    Named, Policy, Rating, Refusal, Role, Timestamp, admit, expiry,
+    Named, Policy, Rating, Refusal, Role, Timestamp, admit,
 };
 
 use crate::apply::{WrittenHistories, chain_entry, new_account};
+use crate::batch::{CONVERSATION_ROW, conversation_values};
 use crate::codec::{
-    FEEDBACK_ROW, LEDGER_ROW, MESSAGE_ROW, as_i64, entry_values, feedback_values, message_values,
-    seq,
+    FEEDBACK_ROW, LEDGER_ROW, MESSAGE_ROW, entry_values, feedback_values, message_values, seq,
 };
 use crate::error::StoreError;
 use crate::ledger::{Entry, Record};
@@ -208,18 +208,6 @@ const ACCOUNT_ROW: &[&str] = &[
     "preference",
 ];
 
-const CONVERSATION_ROW: &[&str] = &[
-    "account_id",
-    "conversation_id",
-    "surface",
-    "incognito",
-    "deleted_at",
-    "deleted_seq",
-    "expires_at",
-    "retention_class",
-    "expiry_bound",
-];
-
 /// The rows the admitted accounts leave behind, the same the per-event path writes, gathered
 /// per table so that each is written in one go (binary `COPY` on PostgreSQL).
 #[derive(Default)]
@@ -246,21 +234,12 @@ impl TableRows {
             history.preference_at(END).as_str().into(),
         ]);
         self.ledger.extend(loading.entries.iter().map(entry_values));
-        for conversation in loading.conversations.values() {
-            let expiry = expiry(policy, history, conversation, END);
-            let deleted = conversation.deleted;
-            self.conversations.push(vec![
-                row.id.as_str().into(),
-                conversation.id.as_str().into(),
-                conversation.surface.as_str().into(),
-                conversation.incognito.into(),
-                deleted.map(|k| k.at.unix_millis()).into(),
-                deleted.map(|k| as_i64(k.seq)).into(),
-                expiry.map(|e| e.at.unix_millis()).into(),
-                expiry.map(|e| e.class.as_str()).into(),
-                expiry.map(|e| e.bound.as_str()).into(),
-            ]);
-        }
+        self.conversations.extend(
+            loading
+                .conversations
+                .values()
+                .map(|conversation| conversation_values(policy, history, conversation)),
+        );
         for (conversation, key, role, text) in &loading.messages {
             self.messages
                 .push(message_values(&row.id, conversation, *key, *role, text));

@@ -241,18 +241,6 @@ pub(crate) fn message_values(
     ]
 }
 
-pub(crate) fn insert_message(
-    tx: &mut dyn Tx,
-    account: &AccountId,
-    conversation: &ConversationId,
-    key: EventKey,
-    role: Role,
-    text: &str,
-) -> Result<(), StoreError> {
-    let values = message_values(account, conversation, key, role, text);
-    insert_row(tx, "messages", MESSAGE_ROW, &values)
-}
-
 /// The feedback's columns, in the order of [`feedback_values`].
 pub(crate) const FEEDBACK_ROW: &[&str] = &[
     "account_id",
@@ -278,16 +266,4 @@ pub(crate) fn feedback_values(
         rating.as_str().into(),
         comment.into(),
     ]
-}
-
-pub(crate) fn insert_feedback(
-    tx: &mut dyn Tx,
-    account: &AccountId,
-    conversation: &ConversationId,
-    key: EventKey,
-    rating: Rating,
-    comment: Option<&str>,
-) -> Result<(), StoreError> {
-    let values = feedback_values(account, conversation, key, rating, comment);
-    insert_row(tx, "feedback", FEEDBACK_ROW, &values)
 }

@@ -7,6 +7,7 @@
 
 mod access;
 mod apply;
+mod batch;
 mod bulk;
 mod checkpoint;
 mod codec;
@@ -377,10 +378,10 @@ impl Store {
         with_backend!(self, read_once, &mut |tx| checkpoint::verify(tx, &self.key))
     }
 
-    /// Applies many events in one transaction (one commit, one fsync), each inside its own
-    /// savepoint: an event that is refused rolls back alone and the others still commit. An
-    /// event with an id is applied at most once. Returns each event's outcome, in order; a
-    /// storage failure fails the whole batch and commits none of it.
+    /// Applies many events in one transaction (one commit, one fsync), each decided by the
+    /// core in order (see [`batch`]): an event that is refused leaves nothing behind, and the
+    /// others still commit. An event with an id is applied at most once. Returns each event's
+    /// outcome, in order; a storage failure fails the whole batch and commits none of it.
     pub fn apply_batch(
         &self,
         events: &[(Option<&str>, Timestamp, &Command)],
@@ -388,42 +389,24 @@ impl Store {
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut written = apply::WrittenHistories::new();
         let outcomes = self.write(&mut |tx| {
-            written.clear();
+            written.clear(); // a retried transaction starts over
+            let mut batch = batch::Batch::new(
+                tx,
+                &self.histories,
+                &mut written,
+                &self.policy,
+                actor,
+                events,
+            )?;
             let mut outcomes = Vec::with_capacity(events.len());
             for (event_id, at, command) in events {
-                tx.execute("SAVEPOINT custos_event", &[])?;
-                let mut mine = apply::WrittenHistories::new();
-                let outcome = (|| {
-                    if let Some(id) = event_id
-                        && !apply::first_time(tx, id, *at)?
-                    {
-                        return Ok(Applied::Duplicate);
-                    }
-                    apply::apply(
-                        tx,
-                        &self.histories,
-                        &mut mine,
-                        &self.policy,
-                        *at,
-                        command,
-                        actor,
-                    )?;
-                    Ok(Applied::Accepted)
-                })();
-                match outcome {
-                    Ok(applied) => {
-                        tx.execute("RELEASE SAVEPOINT custos_event", &[])?;
-                        written.append(&mut mine);
-                        outcomes.push(Ok(applied));
-                    }
-                    Err(StoreError::Refused(refusal)) => {
-                        tx.execute("ROLLBACK TO SAVEPOINT custos_event", &[])?;
-                        tx.execute("RELEASE SAVEPOINT custos_event", &[])?;
-                        outcomes.push(Err(StoreError::Refused(refusal)));
-                    }
-                    Err(error) => return Err(error),
-                }
+                outcomes.push(match batch.apply(*event_id, *at, command)? {
+                    batch::Outcome::Applied(_) => Ok(Applied::Accepted),
+                    batch::Outcome::Duplicate => Ok(Applied::Duplicate),
+                    batch::Outcome::Refused(refusal) => Err(StoreError::Refused(refusal)),
+                });
             }
+            batch.flush()?;
             Ok(outcomes)
         })?;
         let last = events
@@ -516,15 +499,21 @@ impl Store {
         let mut histories = apply::WrittenHistories::new();
         let answer = self.write(&mut |tx| {
             histories.clear(); // a retried transaction starts over
-            let written = apply::apply(
+            let event = [(None, at, command)];
+            let mut batch = batch::Batch::new(
                 tx,
                 &self.histories,
                 &mut histories,
                 &self.policy,
-                at,
-                command,
                 actor,
+                &event,
             )?;
+            let written = match batch.apply(None, at, command)? {
+                batch::Outcome::Applied(written) => written,
+                batch::Outcome::Refused(refusal) => return Err(refusal.into()),
+                batch::Outcome::Duplicate => Written::default(),
+            };
+            batch.flush()?;
             Ok((written, then(tx)?))
         })?;
         self.after_commit(histories, at)?;

@@ -310,6 +310,36 @@ pub(crate) fn insert_row(
     tx.execute(&insert_sql(table, columns), values).map(|_| ())
 }
 
+/// How many keys one lookup of [`present`] asks for: a fixed count, so that the statement is
+/// prepared once, whatever the batch.
+const KEYS_PER_LOOKUP: usize = 32;
+
+/// Which of `keys` appear in `column` of `table` (a unique text column): one query per
+/// [`KEYS_PER_LOOKUP`] keys, the last chunk padded by repeating its last key.
+pub(crate) fn present(
+    tx: &mut dyn Tx,
+    table: &str,
+    column: &str,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut found = std::collections::HashSet::new();
+    let sql = format!(
+        "SELECT {column} FROM {table} WHERE {column} IN ({})",
+        vec!["?"; KEYS_PER_LOOKUP].join(", ")
+    );
+    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+        let last = chunk.last().copied().unwrap_or_default();
+        let params: Vec<Value> = (0..KEYS_PER_LOOKUP)
+            .map(|i| chunk.get(i).copied().unwrap_or(last).into())
+            .collect();
+        tx.query_each(&sql, &params, &mut |row| {
+            found.insert(row.text(0)?);
+            Ok(())
+        })?;
+    }
+    Ok(found)
+}
+
 /// Database text as a `str`, or the error that says it is not UTF-8.
 pub(crate) fn text_of(bytes: &[u8]) -> Result<&str, StoreError> {
     std::str::from_utf8(bytes).map_err(|_| not_utf8())

@@ -41,6 +41,7 @@ macro_rules! checks {
 pub const CHECKS: &[(&str, Check)] = checks![
     agrees_with_the_reference_model_on_random_timelines,
     batched_sweeps_agree_with_the_reference_model,
+    batches_of_many_events_agree_with_the_reference_model,
     every_choice_is_a_verifiable_ledger_entry,
     a_refused_write_leaves_nothing_behind,
     checkpoints_sign_every_chain_head,
@@ -67,6 +68,66 @@ pub fn agrees_with_the_reference_model_on_random_timelines(open: Factory<'_>) {
 /// its own transaction, walking the expiry index with a cursor.
 pub fn batched_sweeps_agree_with_the_reference_model(open: Factory<'_>) {
     replay_against_the_model(open, Some(3));
+}
+
+/// The same timelines sent the product's way: in batches of 1 to 24 events, each with an id,
+/// one transaction per batch, and now and then an event delivered twice in the same batch. A
+/// second delivery of an accepted event is a duplicate; of a refused one, it is decided again.
+/// Every outcome of a batch is compared with the model's, and every answer after each batch.
+pub fn batches_of_many_events_agree_with_the_reference_model(open: Factory<'_>) {
+    let mut runner = TestRunner::deterministic();
+    let strategy = timelines::timeline(60);
+    for case in 0..TIMELINES {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let store = open();
+        let mut model = Timeline::new(Policy::bundled());
+        let mut now = timelines::start();
+        let mut events = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            now = Timestamp::from_unix_millis(now.unix_millis() + op.advance_ms).unwrap_or(now);
+            let event = (format!("e{index}"), now, timelines::command(&op.event));
+            if index % 7 == 3 {
+                events.push(event.clone());
+            }
+            events.push(event);
+        }
+        let mut accepted = std::collections::HashSet::new();
+        let mut rest = events.as_slice();
+        let mut size = 1 + usize::try_from(case).unwrap() % 5;
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
+            size = size * 3 % 24 + 1;
+            let sent: Vec<_> = batch
+                .iter()
+                .map(|(id, at, command)| (Some(id.as_str()), *at, command))
+                .collect();
+            let outcomes = store.apply_batch(&sent, "conformance").unwrap();
+            for ((id, at, command), got) in batch.iter().zip(&outcomes) {
+                let context = format!("case {case} event {id} at {at}: {command:?}");
+                if accepted.contains(id) {
+                    assert!(
+                        matches!(got, Ok(custos_store::Applied::Duplicate)),
+                        "{context}: a second delivery of an accepted event gave {got:?}"
+                    );
+                    continue;
+                }
+                match (model.apply(*at, command.clone()), got) {
+                    (Ok(_), Ok(custos_store::Applied::Accepted)) => {
+                        accepted.insert(id);
+                    }
+                    (Err(refusal), Err(StoreError::Refused(stored))) => {
+                        assert_eq!(refusal.slug(), stored.slug(), "{context}")
+                    }
+                    (expected, got) => panic!("{context}: model {expected:?}, store {got:?}"),
+                }
+            }
+            let last = batch.last().map_or(now, |(_, at, _)| *at);
+            assert_same_answers(&model, &store, last, &format!("case {case} after a batch"));
+        }
+        let report = store.verify_ledger().unwrap();
+        assert_eq!(report.problem, None, "case {case}");
+    }
 }
 
 fn replay_against_the_model(open: Factory<'_>, sweep_batches: Option<usize>) {
