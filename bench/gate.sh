@@ -58,7 +58,7 @@ read -r first_pid _ first_start first_loaded < <(start_custos "$data")
 kill -TERM "$first_pid"; wait "$first_pid" 2>/dev/null || true
 echo "first start (page cache as found), $accounts accounts: serving after ${first_start} s, index loaded after ${first_loaded} s"
 read -r pid address started loaded < <(start_custos "$data")
-trap 'kill "$pid" 2>/dev/null || true' EXIT  # never leave a server behind, even on failure
+on_exit 'kill "$pid" 2>/dev/null || true'  # never leave a server behind, even on failure
 sleep 0.5; full_rss=$(rss_kb "$pid"); full_anon=$(anon_kb "$pid"); full_file=$(file_kb "$pid")
 per_account=$(python3 -c "print(f'{($full_rss - $empty_rss) * 1024 / $accounts:.1f}')")
 anon_per_account=$(python3 -c "print(f'{($full_anon - $empty_anon) * 1024 / $accounts:.1f}')")

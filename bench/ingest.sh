@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Durable events per second through POST /v1/events (batches of 100 new-conversation messages,
 # one commit per batch) against raw rusqlite writing the same rows with the same durability and
-# the same batching, in one run; prints the ratio (goal >= 0.5x).
+# the same batching, in one run; prints the ratio (goal >= 0.5x). With --database, both write
+# to that PostgreSQL server instead (custos to a fresh database, the baseline through the
+# `postgres` driver with prepared statements, as many connections as custos's writers).
 #
-# Usage: bench/ingest.sh [DURATION] [CONNECTIONS]   (default 10s 4)
+# Usage: bench/ingest.sh [DURATION] [CONNECTIONS] [--database SERVER]   (default 10s 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+choose_backend "$@"
+set -- "${args[@]}"
 duration="${1:-10s}"
 connections="${2:-4}"
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet
+need wrk wrk
+prepare
 cargo build --release --quiet -p custos-store --example ingest_baseline
-custos=./target/release/custos
-work=bench/.work
-mkdir -p "$work"
 data="$work/ingest-$$"
-"$custos" demo --data "$data" --accounts 1000 --conversations 0 --now 2025-10-01T00:00:00Z >/dev/null
-token=$("$custos" token create --data "$data" --role service)
-admin=$("$custos" token create --data "$data" --role admin)
+store=(--data "$data" ${database:+--database "$database"})
+"$custos" demo "${store[@]}" --accounts 1000 --conversations 0 --now 2025-10-01T00:00:00Z >/dev/null
+token=$("$custos" token create "${store[@]}" --role service)
+admin=$("$custos" token create "${store[@]}" --role admin)
 out=$(mktemp)
-"$custos" serve --data "$data" --listen 127.0.0.1:0 --clock manual --now 2025-10-01T00:00:00Z >"$out" 2>/dev/null &
+"$custos" serve "${store[@]}" --listen 127.0.0.1:0 --clock manual --now 2025-10-01T00:00:00Z >"$out" 2>/dev/null &
 pid=$!
 for _ in $(seq 1 100); do grep -q "custos: serving" "$out" && break; sleep 0.1; done
 address=$(grep -o 'http://[0-9.:]*' "$out" | head -1)
@@ -42,14 +45,18 @@ request = function()
   return wrk.format(nil, "/v1/events", nil, '{"events":[' .. table.concat(events, ",") .. ']}')
 end
 LUA
-wrk -t2 -c"$connections" -d"$duration" -s "$work/ingest.lua" "$address" >"$work/ingest.wrk"
+wrk -t"$(( connections < 2 ? connections : 2 ))" -c"$connections" -d"$duration" -s "$work/ingest.lua" "$address" >"$work/ingest.wrk"
 seconds=$(grep -o "requests in [0-9.]*[a-z]*" "$work/ingest.wrk" | awk '{print $3}' | sed 's/s$//')
 accepted=$(curl -sf -H "Authorization: Bearer $admin" "$address/metrics" | awk -F' ' '/custos_events_total\{outcome="accepted"\}/ {print $2}')
 rejected=$(curl -sf "$address/metrics" | awk -F' ' '/custos_events_total\{outcome="rejected"\}/ {print $2}')
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 rm -rf "$data"
 custos_rate=$(python3 -c "print(f'{${accepted:-0} / $seconds:.0f}')")
-baseline=$(./target/release/examples/ingest_baseline 200000 100 "$work")
-echo "custos POST /v1/events : $custos_rate durable events/s (${accepted:-0} accepted, ${rejected:-0} rejected, in $seconds s)"
-echo "raw rusqlite, same rows: $baseline events/s"
+baseline=$(./target/release/examples/ingest_baseline 200000 100 "$work" "$database" "$connections")
+echo "custos POST /v1/events on $backend: $custos_rate durable events/s (${accepted:-0} accepted, ${rejected:-0} rejected, in $seconds s)"
+if [ "$backend" = sqlite ]; then
+  echo "raw rusqlite, same rows: $baseline events/s"
+else
+  echo "postgres driver, same rows, $connections connections: $baseline events/s"
+fi
 echo "ratio: $(python3 -c "print(f'{$custos_rate / $baseline:.2f}')")x (goal >= 0.5x)"

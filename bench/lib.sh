@@ -43,3 +43,38 @@ NGINX
   nginx_pid=$!
   sleep 0.5
 }
+
+# Runs each registered step when the script exits, however it exits (last registered first).
+exit_steps=()
+on_exit() {
+  exit_steps=("$1" "${exit_steps[@]}")
+  trap 'for step in "${exit_steps[@]}"; do eval "$step"; done' EXIT
+}
+
+# Takes `--database SERVER` out of the arguments (a PostgreSQL server in key=value form, e.g.
+# "host=127.0.0.1 port=5432 user=postgres"): then $database names a fresh database on it, made
+# for this run and dropped when the script exits, and $backend is "postgresql". Without it,
+# $database is empty and $backend "sqlite" (the data folder's own file). The other arguments
+# are left in $args. Pass the store on with ${database:+--database "$database"}.
+choose_backend() {
+  database=""
+  backend=sqlite
+  args=()
+  local server=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --database) server="${2:?--database needs a server}"; shift 2 ;;
+      --database=*) server="${1#--database=}"; shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  if [ -n "$server" ]; then
+    need psql postgresql-client
+    bench_database="custos_bench_$$"
+    bench_server="$server"
+    psql "$server dbname=postgres" -qc "CREATE DATABASE $bench_database"
+    on_exit 'psql "$bench_server dbname=postgres" -qc "DROP DATABASE IF EXISTS $bench_database WITH (FORCE)" >/dev/null 2>&1 || true'
+    database="$server dbname=$bench_database"
+    backend=postgresql
+  fi
+}

@@ -27,7 +27,7 @@ admin_token=$("$custos" token create --data "$data" --role admin)
 out=$(mktemp)
 "$custos" serve --data "$data" --listen 127.0.0.1:0 --sweep-every off >"$out" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT  # never leave a server behind, even on failure
+on_exit 'kill "$pid" 2>/dev/null || true'  # never leave a server behind, even on failure
 for _ in $(seq 1 6000); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
 address=$(grep -o 'http://[0-9.:]*' "$out" | head -1)
 echo "== custos serving $accounts accounts at $address"

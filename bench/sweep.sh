@@ -77,7 +77,7 @@ admin=$("$custos" token create --data "$data" --role admin)
 out=$(mktemp)
 "$custos" serve --data "$data" --listen 127.0.0.1:0 --clock manual --now "$cut2" --sweep-every off >"$out" 2>/dev/null &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
+on_exit 'kill "$pid" 2>/dev/null || true'
 for _ in $(seq 1 6000); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
 address=$(grep -o 'http://[0-9.:]*' "$out" | head -1)
 cat >"$work/sweep-gate.lua" <<LUA

@@ -6,7 +6,10 @@
 //! `postgres` client with prepared statements, in a schema of its own that it drops at the end
 //! (the server's own durability: `synchronous_commit` as configured).
 //!
-//! `cargo run --release -p custos-store --example ingest_baseline -- EVENTS BATCH FOLDER [URL]`
+//! `cargo run --release -p custos-store --example ingest_baseline -- EVENTS BATCH FOLDER [URL [WRITERS]]`
+//!
+//! On PostgreSQL, WRITERS connections write at once (as custos's HTTP writers do); SQLite has
+//! one writer at a time whatever the count, so it takes one.
 
 #![allow(clippy::unwrap_used, reason = "a benchmark stops on any failure")]
 
@@ -19,8 +22,9 @@ fn main() {
     let events: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let batch: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100);
     let folder = std::path::PathBuf::from(args.get(3).cloned().unwrap_or_else(|| "/tmp".into()));
-    let rate = match args.get(4) {
-        Some(url) => postgres_rate(url, events, batch),
+    let writers: u64 = args.get(5).and_then(|n| n.parse().ok()).unwrap_or(1);
+    let rate = match args.get(4).filter(|url| !url.is_empty()) {
+        Some(url) => postgres_rate(url, events, batch, writers.max(1)),
         None => sqlite_rate(&folder, events, batch),
     };
     println!("{rate:.0}");
@@ -100,7 +104,7 @@ fn sqlite_rate(folder: &std::path::Path, events: u64, batch: u64) -> f64 {
     rate
 }
 
-fn postgres_rate(url: &str, events: u64, batch: u64) -> f64 {
+fn postgres_rate(url: &str, events: u64, batch: u64, writers: u64) -> f64 {
     let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
     let schema = format!("ingest_baseline_{}", std::process::id());
     db.batch_execute(&format!(
@@ -117,6 +121,26 @@ fn postgres_rate(url: &str, events: u64, batch: u64) -> f64 {
          INSERT INTO accounts SELECT format('demo-%s', lpad(n::text, 8, '0')), 1 FROM generate_series(0, 999) n;"
     ))
     .unwrap();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for writer in 0..writers {
+            let schema = &schema;
+            scope.spawn(move || {
+                write_postgres(url, schema, writer, events / writers, batch);
+            });
+        }
+    });
+    let rate = (events / writers * writers) as f64 / started.elapsed().as_secs_f64();
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    rate
+}
+
+/// One writer's share: its own connection, its own event ids, the accounts every writer uses.
+fn write_postgres(url: &str, schema: &str, writer: u64, events: u64, batch: u64) {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    db.batch_execute(&format!("SET search_path TO {schema}"))
+        .unwrap();
     let event_id = db.prepare("INSERT INTO event_ids VALUES ($1, $2)").unwrap();
     let next_seq = db
         .prepare("SELECT next_seq FROM accounts WHERE account_id = $1 FOR UPDATE")
@@ -133,15 +157,16 @@ fn postgres_rate(url: &str, events: u64, batch: u64) -> f64 {
     let expiry = db
         .prepare("UPDATE conversations SET expires_at = $1, retention_class = 'standard', expiry_bound = 'retention' WHERE conversation_id = $2")
         .unwrap();
-    let started = Instant::now();
     let mut i = 0u64;
     while i < events {
         let mut tx = db.transaction().unwrap();
         for _ in 0..batch.min(events - i) {
-            let account = format!("demo-{:08}", i % 1000);
-            let conversation = format!("bench-{i}");
+            // Writers start apart in the accounts, as custos's writers do, and meet as they go.
+            let account = format!("demo-{:08}", (i + writer * 250) % 1000);
+            let conversation = format!("bench-{writer}-{i}");
             let at = BASE_TIME + i64::try_from(i).unwrap();
-            tx.execute(&event_id, &[&format!("e{i}"), &at]).unwrap();
+            tx.execute(&event_id, &[&format!("e{writer}-{i}"), &at])
+                .unwrap();
             let seq: i64 = tx.query_one(&next_seq, &[&account]).unwrap().get(0);
             tx.execute(&conversation_row, &[&account, &conversation])
                 .unwrap();
@@ -154,8 +179,4 @@ fn postgres_rate(url: &str, events: u64, batch: u64) -> f64 {
         }
         tx.commit().unwrap();
     }
-    let rate = events as f64 / started.elapsed().as_secs_f64();
-    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .unwrap();
-    rate
 }

@@ -14,13 +14,35 @@ use crate::ledger::{Entry, GENESIS, Record};
 use crate::records::{
     AccountRow, END, Histories, conversations_of, load_account, load_conversation, next_key,
 };
-use crate::sql::Tx;
+use crate::sql::{Tx, Value};
 use crate::sweep::sweep;
 use crate::views::{AccountView, GateState, account_view_of, gate_state_of};
 
-/// Histories a transaction wrote, with their ledger lengths, to be cached once (and only if) it
-/// commits.
-pub type WrittenHistories = Vec<(i64, AccountHistory)>;
+/// Histories to cache, with their ledger lengths, once (and only if) the transaction commits:
+/// those it appended to, and those it read under the account's lock (a write transaction may
+/// have read its own uncommitted entries, which are committed then too).
+#[derive(Debug, Default)]
+pub struct WrittenHistories {
+    pub appended: Vec<(i64, AccountHistory)>,
+    pub read: Vec<(i64, AccountHistory)>,
+}
+
+impl WrittenHistories {
+    pub fn new() -> WrittenHistories {
+        WrittenHistories::default()
+    }
+
+    /// Starts over, for a retried transaction.
+    pub fn clear(&mut self) {
+        self.appended.clear();
+        self.read.clear();
+    }
+
+    /// A history the transaction appended to.
+    pub fn push(&mut self, appended: (i64, AccountHistory)) {
+        self.appended.push(appended);
+    }
+}
 
 /// What one command wrote, as its own transaction left it: a caller answers with this, never
 /// with a second read that could see another request's write.
@@ -121,9 +143,24 @@ pub(crate) fn save_account(tx: &mut dyn Tx, account: &AccountRow) -> Result<(), 
     Ok(())
 }
 
-/// Stores the conversation's expiry as the core computes it over every recorded event, so that
-/// sweeps can find due conversations with a range scan.
-pub(crate) fn store_expiry(
+/// The expiry columns (`expires_at`, `retention_class`, `expiry_bound`) of a conversation, as
+/// the core computes its expiry over every recorded event: stored, so that sweeps find due
+/// conversations with a range scan.
+pub(crate) fn expiry_columns(
+    policy: &Policy,
+    owner: &AccountHistory,
+    conversation: &Conversation,
+) -> [Value; 3] {
+    let expiry = expiry(policy, owner, conversation, END);
+    [
+        expiry.map(|e| e.at.unix_millis()).into(),
+        expiry.map(|e| e.class.as_str()).into(),
+        expiry.map(|e| e.bound.as_str()).into(),
+    ]
+}
+
+/// Stores a conversation's expiry columns, unless it was purged.
+fn store_expiry(
     tx: &mut dyn Tx,
     policy: &Policy,
     owner: &AccountHistory,
@@ -132,15 +169,10 @@ pub(crate) fn store_expiry(
     if conversation.purged.is_some() {
         return Ok(());
     }
-    let expiry = expiry(policy, owner, conversation, END);
+    let [at, class, bound] = expiry_columns(policy, owner, conversation);
     tx.execute(
         "UPDATE conversations SET expires_at = ?, retention_class = ?, expiry_bound = ? WHERE conversation_id = ?",
-        &[
-            expiry.map(|e| e.at.unix_millis()).into(),
-            expiry.map(|e| e.class.as_str()).into(),
-            expiry.map(|e| e.bound.as_str()).into(),
-            conversation.id.as_str().into(),
-        ],
+        &[at, class, bound, conversation.id.as_str().into()],
     )?;
     Ok(())
 }

@@ -25,13 +25,15 @@ use std::collections::{HashMap, HashSet};
 
 use custos_core::{
     AccountHistory, AccountId, Command, Conversation, ConversationId, Effect, EventKey, Feedback,
-    Message, Named, Policy, Refusal, Timestamp, admit, expiry,
+    Message, Named, Policy, Refusal, Timestamp, admit,
 };
 
-use crate::apply::{self, WrittenHistories, store_expiry};
+use crate::apply::{self, WrittenHistories, expiry_columns};
 use crate::codec::{FEEDBACK_ROW, MESSAGE_ROW, as_i64, feedback_values, message_values};
 use crate::error::StoreError;
-use crate::records::{AccountRow, END, Histories, load_account, load_conversation, next_key};
+use crate::records::{
+    AccountRow, Histories, load_account, load_conversation, lock_accounts, next_key,
+};
 use crate::sql::{Tx, Value, present};
 
 /// What became of one event of a batch.
@@ -113,6 +115,23 @@ impl<'t, 'w> Batch<'t, 'w> {
             .filter(|id| !existing.contains(id.as_str()))
             .cloned()
             .collect();
+        let named_accounts: Vec<&AccountId> = events
+            .iter()
+            .filter(|(_, _, command)| on_a_conversation(command))
+            .filter_map(|(_, _, command)| command.names().account)
+            .collect();
+        let accounts = lock_accounts(tx, histories, &named_accounts)?
+            .into_iter()
+            .map(|(id, (row, history))| {
+                written.read.push((row.ledger_len, history.clone()));
+                let locked = Locked {
+                    row,
+                    history,
+                    moved: false,
+                };
+                (id, locked)
+            })
+            .collect();
         Ok(Batch {
             tx,
             histories,
@@ -121,7 +140,7 @@ impl<'t, 'w> Batch<'t, 'w> {
             actor,
             recorded,
             absent,
-            accounts: HashMap::new(),
+            accounts,
             conversations: HashMap::new(),
             event_rows: Vec::new(),
             message_rows: Vec::new(),
@@ -174,6 +193,7 @@ impl<'t, 'w> Batch<'t, 'w> {
         let Some((row, history)) = load_account(self.tx, self.histories, id, true)? else {
             return Ok(());
         };
+        self.written.read.push((row.ledger_len, history.clone()));
         self.accounts.insert(
             id.clone(),
             Locked {
@@ -359,6 +379,7 @@ impl<'t, 'w> Batch<'t, 'w> {
             &std::mem::take(&mut self.event_rows),
         )?;
         let mut new_conversations = Vec::new();
+        let mut expiries = Vec::new();
         for touched in self.conversations.values_mut().filter(|c| c.changed) {
             let owner = self
                 .accounts
@@ -379,12 +400,22 @@ impl<'t, 'w> Batch<'t, 'w> {
                         &[deleted.at.unix_millis().into(), as_i64(deleted.seq).into(), touched.record.id.as_str().into()],
                     )?;
                 }
-                store_expiry(tx, self.policy, owner, &touched.record)?;
+                if touched.record.purged.is_none() {
+                    let mut row = vec![touched.record.id.as_str().into()];
+                    row.extend(expiry_columns(self.policy, owner, &touched.record));
+                    expiries.push(row);
+                }
             }
             touched.new = false;
             touched.changed = false;
         }
         tx.insert_rows("conversations", CONVERSATION_ROW, &new_conversations)?;
+        tx.update_rows(
+            "conversations",
+            "conversation_id",
+            &["expires_at", "retention_class", "expiry_bound"],
+            &expiries,
+        )?;
         tx.insert_rows(
             "messages",
             MESSAGE_ROW,
@@ -395,10 +426,16 @@ impl<'t, 'w> Batch<'t, 'w> {
             FEEDBACK_ROW,
             &std::mem::take(&mut self.feedback_rows),
         )?;
+        // Only the counters moved: conversation events append nothing to a ledger.
+        let mut counters = Vec::new();
         for locked in self.accounts.values_mut().filter(|a| a.moved) {
-            apply::save_account(tx, &locked.row)?;
+            counters.push(vec![
+                locked.row.id.as_str().into(),
+                locked.row.next_seq.into(),
+            ]);
             locked.moved = false;
         }
+        tx.update_rows("accounts", "account_id", &["next_seq"], &counters)?;
         Ok(())
     }
 }
@@ -422,17 +459,15 @@ pub(crate) fn conversation_values(
     owner: &AccountHistory,
     conversation: &Conversation,
 ) -> Vec<Value> {
-    let expiry = expiry(policy, owner, conversation, END);
     let deleted = conversation.deleted;
-    vec![
+    let mut row: Vec<Value> = vec![
         conversation.owner.as_str().into(),
         conversation.id.as_str().into(),
         conversation.surface.as_str().into(),
         conversation.incognito.into(),
         deleted.map(|k| k.at.unix_millis()).into(),
         deleted.map(|k| as_i64(k.seq)).into(),
-        expiry.map(|e| e.at.unix_millis()).into(),
-        expiry.map(|e| e.class.as_str()).into(),
-        expiry.map(|e| e.bound.as_str()).into(),
-    ]
+    ];
+    row.extend(expiry_columns(policy, owner, conversation));
+    row
 }

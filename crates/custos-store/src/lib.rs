@@ -347,8 +347,8 @@ impl Store {
         written: apply::WrittenHistories,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        let appended = written.len();
-        for (ledger_len, history) in &written {
+        let appended = written.appended.len();
+        for (ledger_len, history) in written.appended.iter().chain(&written.read) {
             self.histories.keep(*ledger_len, history);
         }
         self.checkpoint_periodically(at, appended)

@@ -254,6 +254,62 @@ impl PostgresTx<'_, '_> {
     }
 }
 
+impl PostgresTx<'_, '_> {
+    /// The types of `columns` of `table`, as the server has them.
+    fn column_types(&mut self, table: &str, columns: &[&str]) -> Result<Vec<Type>, StoreError> {
+        let sql = format!("SELECT {} FROM {table} LIMIT 0", columns.join(", "));
+        Ok(self
+            .statement(&sql)?
+            .columns()
+            .iter()
+            .map(|column| column.type_().clone())
+            .collect())
+    }
+}
+
+/// One column's values as a typed array parameter; a missing value or `Null` is SQL NULL.
+fn column_array<'v>(
+    kind: &Type,
+    values: impl Iterator<Item = Option<&'v Value>>,
+) -> Result<Box<dyn ToSql + Sync>, StoreError> {
+    fn each<'v, T>(
+        values: impl Iterator<Item = Option<&'v Value>>,
+        take: impl Fn(&'v Value) -> Option<T>,
+    ) -> Result<Vec<Option<T>>, StoreError> {
+        values
+            .map(|value| match value {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => take(value).map(Some).ok_or_else(|| {
+                    StoreError::Database(format!("a value of another type: {value:?}"))
+                }),
+            })
+            .collect()
+    }
+    Ok(match *kind {
+        Type::INT8 => Box::new(each(values, |v| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        })?),
+        Type::TEXT => Box::new(each(values, |v| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        })?),
+        Type::BYTEA => Box::new(each(values, |v| match v {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        })?),
+        Type::BOOL => Box::new(each(values, |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })?),
+        _ => {
+            return Err(StoreError::Database(format!(
+                "no array parameter for a column of type {kind}"
+            )));
+        }
+    })
+}
+
 impl Tx for PostgresTx<'_, '_> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
@@ -283,12 +339,7 @@ impl Tx for PostgresTx<'_, '_> {
             return Ok(());
         }
         let list = columns.join(", ");
-        let types = self
-            .statement(&format!("SELECT {list} FROM {table} LIMIT 0"))?
-            .columns()
-            .iter()
-            .map(|column| column.type_().clone())
-            .collect::<Vec<_>>();
+        let types = self.column_types(table, columns)?;
         let sink = self
             .transaction
             .copy_in(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
@@ -300,6 +351,42 @@ impl Tx for PostgresTx<'_, '_> {
             writer.write(&refs).map_err(|e| map_error(&e))?;
         }
         writer.finish().map_err(|e| map_error(&e))?;
+        Ok(())
+    }
+
+    /// One `UPDATE … FROM unnest(…)`: each column's values go as one typed array.
+    fn update_rows(
+        &mut self,
+        table: &str,
+        key: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<&str> = std::iter::once(key)
+            .chain(columns.iter().copied())
+            .collect();
+        let types = self.column_types(table, &all)?;
+        let arrays = types
+            .iter()
+            .enumerate()
+            .map(|(index, kind)| column_array(kind, rows.iter().map(|row| row.get(index))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let casts: Vec<String> = types.iter().map(|t| format!("?::{}[]", t.name())).collect();
+        let sets: Vec<String> = columns.iter().map(|c| format!("{c} = u.{c}")).collect();
+        let sql = format!(
+            "UPDATE {table} AS t SET {} FROM unnest({}) AS u({}) WHERE t.{key} = u.{key}",
+            sets.join(", "),
+            casts.join(", "),
+            all.join(", ")
+        );
+        let statement = self.statement(&sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(AsRef::as_ref).collect();
+        self.transaction
+            .execute(&statement, &refs)
+            .map_err(|e| map_error(&e))?;
         Ok(())
     }
 

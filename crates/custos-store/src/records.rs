@@ -10,7 +10,7 @@ use crate::codec::{
 };
 use crate::error::StoreError;
 use crate::ledger::{AccountKey, Entry, Hmac, PSEUDONYM_PREFIX, Record};
-use crate::sql::Tx;
+use crate::sql::{Row, Tx};
 
 /// Account histories rebuilt from the ledger, keyed by the ledger length they were built from.
 ///
@@ -153,6 +153,9 @@ pub(crate) fn history_from(entries: &[Entry]) -> Result<Option<AccountHistory>, 
     Ok(history)
 }
 
+/// The columns [`account_from_row`] reads, after the account's stored id.
+const ACCOUNT_HEAD: &str = "account_id, next_seq, ledger_len, ledger_head, erased_at";
+
 /// An account's row and history; with `lock`, the row stays locked until the transaction ends,
 /// which serializes writers of one account and no others.
 pub fn load_account(
@@ -167,35 +170,84 @@ pub fn load_account(
     } else {
         ""
     };
-    let sql = format!(
-        "SELECT next_seq, ledger_len, ledger_head, erased_at FROM accounts WHERE account_id = ?{lock}"
-    );
+    let sql = format!("SELECT {ACCOUNT_HEAD} FROM accounts WHERE account_id = ?{lock}");
     // An erased account is stored under its pseudonym: found by recomputing it from the id.
-    let (stored_id, row) = match tx.query_one(&sql, &[id.as_str().into()])? {
-        Some(row) => (id.clone(), row),
+    let row = match tx.query_one(&sql, &[id.as_str().into()])? {
+        Some(row) => row,
         None => {
             let name = histories.pseudonym(id.as_str());
             match tx.query_one(&sql, &[name.as_str().into()])? {
-                Some(row) => (account_id(name)?, row),
+                Some(row) => row,
                 None => return Ok(None),
             }
         }
     };
-    let erased_at = row.optional_int(3)?;
-    let account = AccountRow {
+    let account = account_from_row(histories, id, &row)?;
+    let history = history_of(tx, histories, id, &account)?;
+    Ok(Some((account, history)))
+}
+
+/// Locks every one of `ids` that is stored under its own id (not erased), in one order for
+/// every transaction (so that two batches never wait on each other in a circle), with a query
+/// per few dozen; returns each with its history. An id not returned is left to [`load_account`].
+pub(crate) fn lock_accounts(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    ids: &[&AccountId],
+) -> Result<std::collections::HashMap<AccountId, (AccountRow, AccountHistory)>, StoreError> {
+    let mut ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!(
+        "SELECT {ACCOUNT_HEAD} FROM accounts WHERE account_id IN ({}) ORDER BY account_id{}",
+        crate::sql::key_list(),
+        tx.dialect().lock_clause()
+    );
+    let mut rows = Vec::new();
+    for params in crate::sql::padded_chunks(&ids) {
+        rows.extend(tx.query(&sql, &params)?);
+    }
+    let mut locked = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id = account_id(row.text(0)?)?;
+        let account = account_from_row(histories, &id, row)?;
+        let history = history_of(tx, histories, &id, &account)?;
+        locked.insert(id, (account, history));
+    }
+    Ok(locked)
+}
+
+/// An account's head from its row ([`ACCOUNT_HEAD`]), asked for as `id`.
+fn account_from_row(
+    histories: &Histories,
+    id: &AccountId,
+    row: &Row,
+) -> Result<AccountRow, StoreError> {
+    let stored_id = account_id(row.text(0)?)?;
+    let erased_at = row.optional_int(4)?;
+    Ok(AccountRow {
         ledger_name: if erased_at.is_some() {
             stored_id.as_str().to_owned()
         } else {
             histories.pseudonym(id.as_str())
         },
         id: stored_id,
-        next_seq: row.int(0)?,
-        ledger_len: row.int(1)?,
-        ledger_head: hash32(row.bytes(2)?)?,
+        next_seq: row.int(1)?,
+        ledger_len: row.int(2)?,
+        ledger_head: hash32(row.bytes(3)?)?,
         erased_at,
-    };
+    })
+}
+
+/// The history of an account whose row was read: cached by its ledger length, or rebuilt.
+fn history_of(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    id: &AccountId,
+    account: &AccountRow,
+) -> Result<AccountHistory, StoreError> {
     if let Some(history) = histories.get(id, account.ledger_len) {
-        return Ok(Some((account, history)));
+        return Ok(history);
     }
     let entries = ledger_entries(tx, account.id.as_str())?;
     let mut history = history_from(&entries)?
@@ -208,7 +260,7 @@ pub fn load_account(
     if tx.read_only() {
         histories.keep(account.ledger_len, &history);
     }
-    Ok(Some((account, history)))
+    Ok(history)
 }
 
 /// A conversation with its activity; `with_text` also reads message texts and comments.

@@ -254,6 +254,29 @@ pub trait Tx {
         Ok(())
     }
 
+    /// Sets `columns` in the rows of `table` found by `key` (a unique column): each of `rows`
+    /// is the key's value, then one per column. An `UPDATE` per row here, one statement on
+    /// PostgreSQL.
+    fn update_rows(
+        &mut self,
+        table: &str,
+        key: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) -> Result<(), StoreError> {
+        let sets: Vec<String> = columns.iter().map(|c| format!("{c} = ?")).collect();
+        let sql = format!("UPDATE {table} SET {} WHERE {key} = ?", sets.join(", "));
+        for row in rows {
+            let Some((key_value, values)) = row.split_first() else {
+                continue;
+            };
+            let mut params = values.to_vec();
+            params.push(key_value.clone());
+            self.execute(&sql, &params)?;
+        }
+        Ok(())
+    }
+
     /// Calls `each` for every row without holding them all in memory (for large scans). The
     /// row is lent, and its buffers are reused for the next one: a scan allocates per column,
     /// not per row.
@@ -310,12 +333,27 @@ pub(crate) fn insert_row(
     tx.execute(&insert_sql(table, columns), values).map(|_| ())
 }
 
-/// How many keys one lookup of [`present`] asks for: a fixed count, so that the statement is
-/// prepared once, whatever the batch.
+/// How many keys one lookup by a list of keys asks for: a fixed count, so that the statement
+/// is prepared once, whatever the batch.
 const KEYS_PER_LOOKUP: usize = 32;
 
-/// Which of `keys` appear in `column` of `table` (a unique text column): one query per
-/// [`KEYS_PER_LOOKUP`] keys, the last chunk padded by repeating its last key.
+/// `?, ?, …`: the placeholders of one lookup by [`KEYS_PER_LOOKUP`] keys.
+pub(crate) fn key_list() -> String {
+    vec!["?"; KEYS_PER_LOOKUP].join(", ")
+}
+
+/// `keys` as the parameters of lookups by [`key_list`]: chunks of [`KEYS_PER_LOOKUP`], the
+/// last padded by repeating its last key.
+pub(crate) fn padded_chunks<'k>(keys: &'k [&str]) -> impl Iterator<Item = Vec<Value>> + 'k {
+    keys.chunks(KEYS_PER_LOOKUP).map(|chunk| {
+        let last = chunk.last().copied().unwrap_or_default();
+        (0..KEYS_PER_LOOKUP)
+            .map(|i| chunk.get(i).copied().unwrap_or(last).into())
+            .collect()
+    })
+}
+
+/// Which of `keys` appear in `column` of `table` (a unique text column).
 pub(crate) fn present(
     tx: &mut dyn Tx,
     table: &str,
@@ -325,13 +363,9 @@ pub(crate) fn present(
     let mut found = std::collections::HashSet::new();
     let sql = format!(
         "SELECT {column} FROM {table} WHERE {column} IN ({})",
-        vec!["?"; KEYS_PER_LOOKUP].join(", ")
+        key_list()
     );
-    for chunk in keys.chunks(KEYS_PER_LOOKUP) {
-        let last = chunk.last().copied().unwrap_or_default();
-        let params: Vec<Value> = (0..KEYS_PER_LOOKUP)
-            .map(|i| chunk.get(i).copied().unwrap_or(last).into())
-            .collect();
+    for params in padded_chunks(keys) {
         tx.query_each(&sql, &params, &mut |row| {
             found.insert(row.text(0)?);
             Ok(())
