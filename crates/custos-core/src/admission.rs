@@ -9,8 +9,8 @@
 use crate::command::Command;
 use crate::id::{AccountId, ConversationId, HoldId};
 use crate::model::{
-    AccountChange, AccountHistory, Conversation, EventKey, Hold, HoldTarget, Preference, Rating,
-    Role, Surface,
+    AccountChange, AccountHistory, Conversation, EventKey, Feedback, Hold, HoldTarget, Message,
+    Preference, Rating, Role, Surface,
 };
 use crate::policy::{Plan, PlanClass, Policy, UnknownPlan};
 use crate::retention::expiry;
@@ -159,6 +159,88 @@ pub enum Effect<'c> {
     /// A retention sweep as of the event's key; each conversation is decided by
     /// [`crate::retention::sweep_decision`].
     Sweep,
+}
+
+/// Whether a conversation's record keeps the texts of its messages and comments: the reference
+/// model keeps them; a store, which writes them to their own rows, keeps only what decisions
+/// read (keys, roles, ratings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Texts {
+    Kept,
+    Dropped,
+}
+
+impl Effect<'_> {
+    /// The conversation an event of a conversation names, if it is one.
+    pub fn conversation(&self) -> Option<&ConversationId> {
+        match self {
+            Effect::Message { conversation, .. }
+            | Effect::Feedback { conversation, .. }
+            | Effect::ConversationDeleted { conversation } => Some(conversation),
+            _ => None,
+        }
+    }
+
+    /// The conversation a message starts, still empty: [`Effect::record_on`] then records the
+    /// message on it.
+    pub fn started_conversation(&self) -> Option<Conversation> {
+        match self {
+            Effect::Message {
+                account,
+                conversation,
+                starts: Some((surface, incognito)),
+                ..
+            } => Some(Conversation::new(
+                (*conversation).clone(),
+                (*account).clone(),
+                *surface,
+                *incognito,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Records a conversation event in `conversations`: the conversation it starts, if any,
+    /// then the event on the conversation it names ([`Effect::record_on`]).
+    pub fn record_in(
+        &self,
+        conversations: &mut std::collections::BTreeMap<ConversationId, Conversation>,
+        key: EventKey,
+        texts: Texts,
+    ) -> bool {
+        if let Some(new) = self.started_conversation() {
+            conversations.insert(new.id.clone(), new);
+        }
+        let named = self.conversation().and_then(|id| conversations.get_mut(id));
+        named.is_some_and(|record| self.record_on(record, key, texts))
+    }
+
+    /// Records a conversation event on the conversation it names (after the one it starts, if
+    /// any, has been stored). Every path that keeps conversations in memory records them here.
+    /// Returns false for an effect that is not a conversation event.
+    pub fn record_on(&self, record: &mut Conversation, key: EventKey, texts: Texts) -> bool {
+        let kept = |text: &str| match texts {
+            Texts::Kept => text.to_owned(),
+            Texts::Dropped => String::new(),
+        };
+        match self {
+            Effect::Message { role, text, .. } => record.record_message(Message {
+                key,
+                role: *role,
+                text: kept(text),
+            }),
+            Effect::Feedback {
+                rating, comment, ..
+            } => record.record_feedback(Feedback {
+                key,
+                rating: *rating,
+                comment: comment.filter(|_| texts == Texts::Kept).map(str::to_owned),
+            }),
+            Effect::ConversationDeleted { .. } => record.deleted = Some(key),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// Admits `command` at `key`, given the records it names, or says why not. `key` is the

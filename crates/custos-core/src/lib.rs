@@ -62,7 +62,7 @@ pub mod status;
 pub mod time;
 pub mod timeline;
 
-pub use admission::{Effect, Named, Refusal, admit};
+pub use admission::{Effect, Named, Refusal, Texts, admit};
 pub use command::{Command, Names};
 pub use content::{TrainingContent, training_content};
 pub use eligibility::{

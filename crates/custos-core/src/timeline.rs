@@ -6,13 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::admission::{self, Effect, Named, Refusal};
+use crate::admission::{self, Effect, Named, Refusal, Texts};
 use crate::command::Command;
 use crate::content::TrainingContent;
 use crate::eligibility::EligibilityReason;
 use crate::gate::{Gate, gate};
 use crate::id::{AccountId, ConversationId, HoldId};
-use crate::model::{AccountHistory, Conversation, EventKey, Feedback, Hold, Message};
+use crate::model::{AccountHistory, Conversation, EventKey, Hold};
 use crate::policy::Policy;
 use crate::retention::{SweepReport, sweep_decision};
 use crate::selection::{Selection, select};
@@ -117,48 +117,10 @@ impl Timeline {
                     history.record(key, &change);
                 }
             }
-            Effect::Message {
-                account,
-                conversation,
-                starts,
-                role,
-                text,
-            } => {
-                if let Some((surface, incognito)) = starts {
-                    let new = Conversation::new(
-                        conversation.clone(),
-                        account.clone(),
-                        surface,
-                        incognito,
-                    );
-                    self.conversations.insert(conversation.clone(), new);
-                }
-                if let Some(record) = self.conversations.get_mut(conversation) {
-                    record.record_message(Message {
-                        key,
-                        role,
-                        text: text.to_owned(),
-                    });
-                }
-            }
-            Effect::Feedback {
-                conversation,
-                rating,
-                comment,
-                ..
-            } => {
-                if let Some(record) = self.conversations.get_mut(conversation) {
-                    record.record_feedback(Feedback {
-                        key,
-                        rating,
-                        comment: comment.map(str::to_owned),
-                    });
-                }
-            }
-            Effect::ConversationDeleted { conversation } => {
-                if let Some(record) = self.conversations.get_mut(conversation) {
-                    record.deleted = Some(key);
-                }
+            Effect::Message { .. }
+            | Effect::Feedback { .. }
+            | Effect::ConversationDeleted { .. } => {
+                effect.record_in(&mut self.conversations, key, Texts::Kept);
             }
             Effect::HoldPlaced { hold, target } => {
                 let placed = Hold {

@@ -24,15 +24,16 @@
 use std::collections::{HashMap, HashSet};
 
 use custos_core::{
-    AccountHistory, AccountId, Command, Conversation, ConversationId, Effect, EventKey, Feedback,
-    Message, Named, Policy, Refusal, Timestamp, admit,
+    AccountHistory, AccountId, Command, Conversation, ConversationId, Effect, EventKey, Named,
+    Policy, Refusal, Texts, Timestamp, admit,
 };
 
 use crate::apply::{self, WrittenHistories, expiry_columns};
 use crate::codec::{FEEDBACK_ROW, MESSAGE_ROW, as_i64, feedback_values, message_values};
 use crate::error::StoreError;
 use crate::records::{
-    AccountRow, Histories, load_account, load_conversation, lock_accounts, next_key,
+    AccountRow, Histories, load_account, load_conversation, load_conversations, lock_accounts,
+    next_key,
 };
 use crate::sql::{Tx, Value, present};
 
@@ -108,28 +109,42 @@ impl<'t, 'w> Batch<'t, 'w> {
             .filter(|(_, _, command)| on_a_conversation(command))
             .filter_map(|(_, _, command)| command.names().conversation)
             .collect();
-        let names: Vec<&str> = named.iter().map(|id| id.as_str()).collect();
-        let existing = present(tx, "conversations", "conversation_id", &names)?;
-        let absent = named
-            .into_iter()
-            .filter(|id| !existing.contains(id.as_str()))
-            .cloned()
-            .collect();
         let named_accounts: Vec<&AccountId> = events
             .iter()
             .filter(|(_, _, command)| on_a_conversation(command))
             .filter_map(|(_, _, command)| command.names().account)
             .collect();
-        let accounts = lock_accounts(tx, histories, &named_accounts)?
+        let accounts: HashMap<AccountId, Locked> = lock_accounts(tx, histories, &named_accounts)?
             .into_iter()
             .map(|(id, (row, history))| {
-                written.read.push((row.ledger_len, history.clone()));
+                keep_after_commit(written, histories, &row, &history);
                 let locked = Locked {
                     row,
                     history,
                     moved: false,
                 };
                 (id, locked)
+            })
+            .collect();
+        // Read after the locks: a conversation of a locked account is read under its lock,
+        // and is kept; any other is read again when an event needs it (`owner_of`, `read`).
+        let names: Vec<&str> = named.iter().map(|id| id.as_str()).collect();
+        let mut existing = load_conversations(tx, &names)?;
+        let absent = named
+            .into_iter()
+            .filter(|id| !existing.contains_key(*id))
+            .cloned()
+            .collect();
+        existing.retain(|_, record| accounts.contains_key(&record.owner));
+        let conversations = existing
+            .into_iter()
+            .map(|(id, record)| {
+                let touched = Touched {
+                    record,
+                    new: false,
+                    changed: false,
+                };
+                (id, touched)
             })
             .collect();
         Ok(Batch {
@@ -141,7 +156,7 @@ impl<'t, 'w> Batch<'t, 'w> {
             recorded,
             absent,
             accounts,
-            conversations: HashMap::new(),
+            conversations,
             event_rows: Vec::new(),
             message_rows: Vec::new(),
             feedback_rows: Vec::new(),
@@ -193,7 +208,7 @@ impl<'t, 'w> Batch<'t, 'w> {
         let Some((row, history)) = load_account(self.tx, self.histories, id, true)? else {
             return Ok(());
         };
-        self.written.read.push((row.ledger_len, history.clone()));
+        keep_after_commit(self.written, self.histories, &row, &history);
         self.accounts.insert(
             id.clone(),
             Locked {
@@ -295,71 +310,47 @@ impl<'t, 'w> Batch<'t, 'w> {
     }
 
     fn carry_out(&mut self, effect: Effect<'_>, key: EventKey) -> Result<(), StoreError> {
-        let conversation = match effect {
+        if let Some(record) = effect.started_conversation() {
+            self.absent.remove(&record.id);
+            let touched = Touched {
+                record,
+                new: true,
+                changed: true,
+            };
+            self.conversations
+                .insert(touched.record.id.clone(), touched);
+        }
+        match effect {
             Effect::Message {
                 account,
                 conversation,
-                starts,
                 role,
                 text,
-            } => {
-                if let Some((surface, incognito)) = starts {
-                    self.absent.remove(conversation);
-                    let record = Conversation::new(
-                        conversation.clone(),
-                        account.clone(),
-                        surface,
-                        incognito,
-                    );
-                    self.conversations.insert(
-                        conversation.clone(),
-                        Touched {
-                            record,
-                            new: true,
-                            changed: true,
-                        },
-                    );
-                }
-                self.message_rows
-                    .push(message_values(account, conversation, key, role, text));
-                let touched = self.touched(conversation)?;
-                // The text is stored; decisions need only the message's key and role.
-                touched.record.record_message(Message {
-                    key,
-                    role,
-                    text: String::new(),
-                });
-                touched
-            }
+                ..
+            } => self
+                .message_rows
+                .push(message_values(account, conversation, key, role, text)),
             Effect::Feedback {
                 account,
                 conversation,
                 rating,
                 comment,
-            } => {
-                self.feedback_rows.push(feedback_values(
-                    account,
-                    conversation,
-                    key,
-                    rating,
-                    comment,
-                ));
-                let touched = self.touched(conversation)?;
-                touched.record.record_feedback(Feedback {
-                    key,
-                    rating,
-                    comment: None,
-                });
-                touched
-            }
-            Effect::ConversationDeleted { conversation } => {
-                let touched = self.touched(conversation)?;
-                touched.record.deleted = Some(key);
-                touched
-            }
-            _ => return Err(admitted_wrongly("another effect for a conversation event")),
-        };
-        conversation.changed = true;
+            } => self.feedback_rows.push(feedback_values(
+                account,
+                conversation,
+                key,
+                rating,
+                comment,
+            )),
+            _ => {}
+        }
+        let id = effect
+            .conversation()
+            .ok_or_else(|| admitted_wrongly("another effect for a conversation event"))?;
+        let touched = self.touched(id)?;
+        // The texts are in their rows; decisions need only keys, roles and ratings.
+        effect.record_on(&mut touched.record, key, Texts::Dropped);
+        touched.changed = true;
         Ok(())
     }
 
@@ -470,4 +461,17 @@ pub(crate) fn conversation_values(
     ];
     row.extend(expiry_columns(policy, owner, conversation));
     row
+}
+
+/// A history read under its account's lock reaches the cache after the commit, unless the
+/// cache held it already (it was read from there).
+fn keep_after_commit(
+    written: &mut WrittenHistories,
+    histories: &Histories,
+    row: &AccountRow,
+    history: &AccountHistory,
+) {
+    if !histories.holds(&history.id, row.ledger_len) {
+        written.read.push((row.ledger_len, history.clone()));
+    }
 }

@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use custos_core::{
-    AccountHistory, Command, Conversation, ConversationId, Effect, EventKey, Feedback, Message,
-    Named, Policy, Rating, Refusal, Role, Timestamp, admit,
+    AccountHistory, Command, Conversation, ConversationId, Effect, EventKey, Named, Policy, Rating,
+    Refusal, Role, Texts, Timestamp, admit,
 };
 
 use crate::apply::{WrittenHistories, chain_entry, new_account};
@@ -44,24 +44,44 @@ fn unsupported(command: &Command) -> StoreError {
     ))
 }
 
+/// New accounts' histories admitted by the core in memory, with the rows that record them,
+/// ready to be written in one transaction. Admitting needs no database, so a loader can admit
+/// the next accounts while the last ones are written.
+#[derive(Debug)]
+pub struct AdmittedAccounts {
+    rows: TableRows,
+    pub(crate) written: WrittenHistories,
+    /// Each command's outcome, in the order given.
+    pub outcomes: Vec<Vec<Result<(), Refusal>>>,
+    /// The time of the latest command.
+    pub(crate) last: Timestamp,
+}
+
+impl AdmittedAccounts {
+    /// Writes the admitted rows, each table in one go.
+    pub(crate) fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        self.rows.write(tx)
+    }
+}
+
 /// Admits new accounts' histories, each given in time order with its first command creating
-/// the account, and writes them all, each table in one go. Returns each command's outcome, in
-/// order, and the written histories.
-pub fn load_new_accounts(
-    tx: &mut dyn Tx,
+/// the account, and makes the rows that record them.
+pub fn admit_new_accounts(
     policy: &Policy,
     histories: &Histories,
     actor: &str,
     accounts: &[Vec<(Timestamp, Command)>],
-    written: &mut WrittenHistories,
-) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
+) -> Result<AdmittedAccounts, StoreError> {
     let mut rows = TableRows::default();
-    let mut all = Vec::with_capacity(accounts.len());
+    let mut written = WrittenHistories::new();
+    let mut outcomes = Vec::with_capacity(accounts.len());
+    let mut last = Timestamp::MIN;
     for commands in accounts {
         let mut loading: Option<Loading<'_>> = None;
-        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut account_outcomes = Vec::with_capacity(commands.len());
         for (at, command) in commands {
-            outcomes.push(admit_in_memory(
+            last = last.max(*at);
+            account_outcomes.push(admit_in_memory(
                 policy,
                 histories,
                 actor,
@@ -70,14 +90,18 @@ pub fn load_new_accounts(
                 command,
             )?);
         }
-        all.push(outcomes);
+        outcomes.push(account_outcomes);
         if let Some(loading) = loading {
             rows.add(policy, &loading);
             written.push((loading.row.ledger_len, loading.history));
         }
     }
-    rows.write(tx)?;
-    Ok(all)
+    Ok(AdmittedAccounts {
+        rows,
+        written,
+        outcomes,
+        last,
+    })
 }
 
 /// Asks the core's admission about one command, as the per-event path does, and carries out
@@ -147,45 +171,22 @@ fn admit_in_memory<'a>(
             state.entries.push(entry);
             state.history.record(key, &change);
         }
-        Effect::Message {
-            account,
-            conversation,
-            starts,
-            role,
-            text,
-        } => {
-            if let Some((surface, incognito)) = starts {
-                let new =
-                    Conversation::new(conversation.clone(), account.clone(), surface, incognito);
-                state.conversations.insert(conversation.clone(), new);
-            }
-            if let Some(record) = state.conversations.get_mut(conversation) {
-                record.record_message(Message {
-                    key,
+        Effect::Message { .. } | Effect::Feedback { .. } | Effect::ConversationDeleted { .. } => {
+            effect.record_in(&mut state.conversations, key, Texts::Dropped);
+            match effect {
+                Effect::Message {
+                    conversation,
                     role,
-                    text: String::new(),
-                });
-            }
-            state.messages.push((conversation, key, role, text));
-        }
-        Effect::Feedback {
-            conversation,
-            rating,
-            comment,
-            ..
-        } => {
-            if let Some(record) = state.conversations.get_mut(conversation) {
-                record.record_feedback(Feedback {
-                    key,
+                    text,
+                    ..
+                } => state.messages.push((conversation, key, role, text)),
+                Effect::Feedback {
+                    conversation,
                     rating,
-                    comment: None,
-                });
-            }
-            state.feedback.push((conversation, key, rating, comment));
-        }
-        Effect::ConversationDeleted { conversation } => {
-            if let Some(record) = state.conversations.get_mut(conversation) {
-                record.deleted = Some(key);
+                    comment,
+                    ..
+                } => state.feedback.push((conversation, key, rating, comment)),
+                _ => {}
             }
         }
         Effect::AccountCreated { .. }
@@ -210,7 +211,7 @@ const ACCOUNT_ROW: &[&str] = &[
 
 /// The rows the admitted accounts leave behind, the same the per-event path writes, gathered
 /// per table so that each is written in one go (binary `COPY` on PostgreSQL).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct TableRows {
     accounts: Vec<Vec<Value>>,
     ledger: Vec<Vec<Value>>,

@@ -2,6 +2,7 @@
 //! ledger (and cached by ledger length), conversations with their activity.
 
 use custos_core::{AccountHistory, AccountId, Conversation, ConversationId, EventKey, Timestamp};
+use std::collections::HashMap;
 
 use crate::codec::{
     CONVERSATION_COLUMNS, LEDGER_COLUMNS, account_id, conversation_from_row, conversation_id,
@@ -56,6 +57,13 @@ impl Histories {
             .get(id)
             .filter(|(len, _)| *len == ledger_len)
             .map(|(_, h)| h.clone())
+    }
+
+    /// Whether the history of `id` at `ledger_len` is cached already (nothing to keep again).
+    pub(crate) fn holds(&self, id: &AccountId, ledger_len: i64) -> bool {
+        self.cache
+            .lock()
+            .is_ok_and(|cache| cache.get(id).is_some_and(|(len, _)| *len == ledger_len))
     }
 
     pub fn keep(&self, ledger_len: i64, history: &AccountHistory) {
@@ -194,27 +202,84 @@ pub(crate) fn lock_accounts(
     tx: &mut dyn Tx,
     histories: &Histories,
     ids: &[&AccountId],
-) -> Result<std::collections::HashMap<AccountId, (AccountRow, AccountHistory)>, StoreError> {
-    let mut ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+) -> Result<HashMap<AccountId, (AccountRow, AccountHistory)>, StoreError> {
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    accounts_by_stored_id(tx, histories, &ids, true)
+}
+
+/// The accounts stored under `ids` (an erased account's stored id is its pseudonym), each with
+/// its history, a few dozen per query; the histories the cache lacks are read together. With
+/// `lock`, in a write transaction, each account's row is locked, in id order.
+pub(crate) fn accounts_by_stored_id(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    ids: &[&str],
+    lock: bool,
+) -> Result<HashMap<AccountId, (AccountRow, AccountHistory)>, StoreError> {
+    let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let sql = format!(
-        "SELECT {ACCOUNT_HEAD} FROM accounts WHERE account_id IN ({}) ORDER BY account_id{}",
-        crate::sql::key_list(),
+    let lock = if lock && !tx.read_only() {
         tx.dialect().lock_clause()
+    } else {
+        ""
+    };
+    let keys = crate::sql::key_list();
+    let sql = format!(
+        "SELECT {ACCOUNT_HEAD} FROM accounts WHERE account_id IN ({keys}) ORDER BY account_id{lock}"
     );
     let mut rows = Vec::new();
     for params in crate::sql::padded_chunks(&ids) {
         rows.extend(tx.query(&sql, &params)?);
     }
-    let mut locked = std::collections::HashMap::with_capacity(rows.len());
+    let mut found = HashMap::with_capacity(rows.len());
+    let mut unread = Vec::new();
     for row in &rows {
         let id = account_id(row.text(0)?)?;
         let account = account_from_row(histories, &id, row)?;
-        let history = history_of(tx, histories, &id, &account)?;
-        locked.insert(id, (account, history));
+        match histories.get(&id, account.ledger_len) {
+            Some(history) => {
+                found.insert(id, (account, history));
+            }
+            None => unread.push((id, account)),
+        }
     }
-    Ok(locked)
+    // The histories the cache lacks: their ledgers, a few dozen accounts per query.
+    let ledgers = format!(
+        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id IN ({keys}) ORDER BY account_id, idx"
+    );
+    let mut read = HashMap::with_capacity(unread.len());
+    for chunk in unread.chunks(crate::sql::KEYS_PER_LOOKUP) {
+        let stored: Vec<&str> = chunk
+            .iter()
+            .map(|(_, account)| account.id.as_str())
+            .collect();
+        let params = crate::sql::padded_chunks(&stored)
+            .next()
+            .unwrap_or_default();
+        let mut in_order = HistoriesInOrder::default();
+        tx.query_each(&ledgers, &params, &mut |row| {
+            if let Some(history) = in_order.push(entry_from_row(row)?)? {
+                read.insert(history.id.clone(), history);
+            }
+            Ok(())
+        })?;
+        if let Some(history) = in_order.finish()? {
+            read.insert(history.id.clone(), history);
+        }
+    }
+    for (id, account) in unread {
+        let mut history = read
+            .remove(&account.id)
+            .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
+        // Answers name the account as it was asked for (see `history_of`).
+        history.id = id.clone();
+        if tx.read_only() {
+            histories.keep(account.ledger_len, &history);
+        }
+        found.insert(id, (account, history));
+    }
+    Ok(found)
 }
 
 /// An account's head from its row ([`ACCOUNT_HEAD`]), asked for as `id`.
@@ -305,6 +370,73 @@ pub fn load_conversation(
     )?;
     in_key_order(&mut conversation);
     Ok(Some(conversation))
+}
+
+/// Many conversations with their activity (without texts), a few dozen per query: the batched
+/// form of [`load_conversation`], for work that reads many at once (batches, sweeps). Ids that
+/// name no conversation are left out of the answer.
+pub(crate) fn load_conversations(
+    tx: &mut dyn Tx,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<ConversationId, Conversation>, StoreError> {
+    let keys = crate::sql::key_list();
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    let by_id = format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id IN ({keys})"
+    );
+    for params in crate::sql::padded_chunks(ids) {
+        tx.query_each(&by_id, &params, &mut |row| {
+            let conversation = conversation_from_row(row)?;
+            found.insert(conversation.id.clone(), conversation);
+            Ok(())
+        })?;
+    }
+    let live: Vec<(String, String)> = found
+        .values()
+        .filter(|c| c.purged.is_none())
+        .map(|c| (c.owner.as_str().to_owned(), c.id.as_str().to_owned()))
+        .collect();
+    let pairs = crate::sql::pair_list();
+    let activity = |table: &str, columns: &str| {
+        format!(
+            "SELECT conversation_id, {columns} FROM {table} \
+             WHERE (account_id, conversation_id) IN ({pairs})"
+        )
+    };
+    let messages = activity("messages", message_columns(false));
+    let feedback = activity("feedback", feedback_columns(false));
+    for chunk in live.chunks(crate::sql::KEYS_PER_LOOKUP) {
+        // Padded to a whole list by repeating the last pair: one statement text.
+        let params: Vec<crate::sql::Value> = (0..crate::sql::KEYS_PER_LOOKUP)
+            .filter_map(|i| chunk.get(i).or(chunk.last()))
+            .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
+            .collect();
+        tx.query_each(&messages, &params, &mut |row| {
+            let message = crate::codec::message_head(row, 1)?;
+            owned_by(&mut found, row)?.messages.push(message);
+            Ok(())
+        })?;
+        tx.query_each(&feedback, &params, &mut |row| {
+            let feedback = crate::codec::feedback_head(row, 1)?;
+            owned_by(&mut found, row)?.feedback.push(feedback);
+            Ok(())
+        })?;
+    }
+    for conversation in found.values_mut() {
+        in_key_order(conversation);
+    }
+    Ok(found)
+}
+
+/// The conversation a row of activity (its first column the conversation id) belongs to.
+fn owned_by<'c>(
+    found: &'c mut std::collections::HashMap<ConversationId, Conversation>,
+    row: &Row,
+) -> Result<&'c mut Conversation, StoreError> {
+    let id = conversation_id(row.text(0)?)?;
+    found
+        .get_mut(&id)
+        .ok_or_else(|| StoreError::corrupt(format!("activity of an unknown conversation `{id}`")))
 }
 
 pub(crate) fn conversations_of(

@@ -335,11 +335,18 @@ pub(crate) fn insert_row(
 
 /// How many keys one lookup by a list of keys asks for: a fixed count, so that the statement
 /// is prepared once, whatever the batch.
-const KEYS_PER_LOOKUP: usize = 32;
+pub(crate) const KEYS_PER_LOOKUP: usize = 32;
 
 /// `?, ?, …`: the placeholders of one lookup by [`KEYS_PER_LOOKUP`] keys.
 pub(crate) fn key_list() -> String {
     vec!["?"; KEYS_PER_LOOKUP].join(", ")
+}
+
+/// `(?, ?), (?, ?), …`: the placeholders of one lookup by [`KEYS_PER_LOOKUP`] pairs of keys,
+/// as in `(account_id, conversation_id) IN (…)`: each pair one index lookup (a pair of
+/// `IN` lists instead would make PostgreSQL 15 try every combination of the two).
+pub(crate) fn pair_list() -> String {
+    vec!["(?, ?)"; KEYS_PER_LOOKUP].join(", ")
 }
 
 /// `keys` as the parameters of lookups by [`key_list`]: chunks of [`KEYS_PER_LOOKUP`], the
@@ -421,7 +428,7 @@ impl Rows {
             match value {
                 Value::Null => self.push_null(),
                 Value::Int(value) => self.push_int(*value),
-                Value::Bool(value) => self.slots.push(Slot::Bool(*value)),
+                Value::Bool(value) => self.push_bool(*value),
                 Value::Text(text) => self.push_text(text),
                 Value::Bytes(bytes) => self.push_bytes(bytes),
             }
@@ -430,6 +437,10 @@ impl Rows {
 
     pub fn push_null(&mut self) {
         self.slots.push(Slot::Null);
+    }
+
+    pub fn push_bool(&mut self, value: bool) {
+        self.slots.push(Slot::Bool(value));
     }
 
     pub fn push_int(&mut self, value: i64) {
