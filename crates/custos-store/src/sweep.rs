@@ -11,8 +11,11 @@ use sha2::{Digest, Sha256};
 use crate::codec::conversation_id;
 use crate::error::StoreError;
 use crate::holds::active_holds;
-use crate::records::{END, Histories, load_account, load_conversation, next_key};
-use crate::sql::Tx;
+use crate::records::{
+    END, Histories, accounts_by_stored_id, load_account, load_conversation, load_conversations,
+    next_key,
+};
+use crate::sql::{KEYS_PER_LOOKUP, Tx, Value};
 
 /// Conversations per sweep transaction: writers wait at most one batch behind a sweep, and the
 /// batch's changed pages fit the page cache.
@@ -76,11 +79,15 @@ pub fn sweep_batch(
             &[now.unix_millis().into(), limit_value.into()],
         )?,
         Some(cursor) => tx.query(
+            // `expires_at >= cursor` bounds the index scan: the entries of the conversations
+            // purged before it stay in the index until a vacuum, and a scan from the start
+            // would walk past all of them in every batch.
             "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
-             AND (expires_at > ? OR (expires_at = ? AND conversation_id > ?)) \
+             AND expires_at >= ? AND (expires_at > ? OR (expires_at = ? AND conversation_id > ?)) \
              ORDER BY expires_at, conversation_id LIMIT ?",
             &[
                 now.unix_millis().into(),
+                cursor.expires_at.into(),
                 cursor.expires_at.into(),
                 cursor.expires_at.into(),
                 cursor.conversation.as_str().into(),
@@ -90,60 +97,95 @@ pub fn sweep_batch(
     };
     // Active holds are few: read once per batch, not once per conversation.
     let active = active_holds(tx)?;
-    let mut report = SweepReport::default();
-    let mut last = None;
+    let mut due_ids = Vec::with_capacity(due.len());
     for row in &due {
-        let id = conversation_id(row.text(0)?)?;
-        last = Some(SweepCursor {
+        due_ids.push(conversation_id(row.text(0)?)?);
+    }
+    let last = match (due.last(), due_ids.last()) {
+        (Some(row), Some(id)) => Some(SweepCursor {
             expires_at: row.int(1)?,
             conversation: id.as_str().to_owned(),
-        });
-        let Some(conversation) = load_conversation(tx, &id, false)? else {
+        }),
+        _ => None,
+    };
+    // The batch's conversations and their owners, read a few dozen per query.
+    let ids: Vec<&str> = due_ids.iter().map(|id| id.as_str()).collect();
+    let conversations = load_conversations(tx, &ids)?;
+    let owner_ids: Vec<&str> = conversations.values().map(|c| c.owner.as_str()).collect();
+    let owners = accounts_by_stored_id(tx, histories, &owner_ids, false)?;
+    let mut report = SweepReport::default();
+    let mut purged = Vec::new();
+    for id in &due_ids {
+        let Some(conversation) = conversations.get(id) else {
             continue;
         };
-        let Some((account, owner)) = load_account(tx, histories, &conversation.owner, false)?
-        else {
+        let Some((account, owner)) = owners.get(&conversation.owner) else {
             continue;
         };
-        let as_of = next_key(&account, now)?;
-        let action = sweep_decision(policy, &owner, &conversation, &active, as_of);
+        let as_of = next_key(account, now)?;
+        let action = sweep_decision(policy, owner, conversation, &active, as_of);
         if let SweepAction::Purge(bound) = action {
-            purge(tx, &conversation, now, bound.as_str())?;
+            purged.push((conversation, bound.as_str()));
         }
         report.count(action);
     }
+    purge(tx, &purged, now)?;
     let next = if due.len() == limit { last } else { None };
     Ok((report, next, due.len()))
 }
 
-/// Purged = content gone; a tombstone (id hash, time, reason) remains (docs/POLICY.md, The decisions).
+/// Purged = content gone; a tombstone (id hash, time, reason) remains (docs/POLICY.md, The
+/// decisions). Each table is written a few dozen conversations per statement.
 fn purge(
     tx: &mut dyn Tx,
-    conversation: &Conversation,
+    purged: &[(&Conversation, &str)],
     now: Timestamp,
-    reason: &str,
 ) -> Result<(), StoreError> {
-    let params = [
-        conversation.owner.as_str().into(),
-        conversation.id.as_str().into(),
-    ];
-    tx.execute(
-        "DELETE FROM messages WHERE account_id = ? AND conversation_id = ?",
-        &params,
-    )?;
-    tx.execute(
-        "DELETE FROM feedback WHERE account_id = ? AND conversation_id = ?",
-        &params,
-    )?;
-    tx.execute(
-        "UPDATE conversations SET purged_at = ?, expires_at = NULL WHERE conversation_id = ?",
-        &[now.unix_millis().into(), conversation.id.as_str().into()],
-    )?;
-    let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
-    tx.execute(
-        "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        &[hash.as_slice().into(), now.unix_millis().into(), reason.into()],
-    )?;
+    let pairs = crate::sql::pair_list();
+    let now_ms: Value = now.unix_millis().into();
+    for chunk in purged.chunks(KEYS_PER_LOOKUP) {
+        // Padded to a whole chunk by repeating the last conversation: one statement text.
+        let padded = |i: usize| {
+            chunk
+                .get(i)
+                .or(chunk.last())
+                .map(|(c, reason)| (*c, *reason))
+        };
+        let mut keys = Vec::with_capacity(2 * KEYS_PER_LOOKUP);
+        let mut ids = Vec::with_capacity(KEYS_PER_LOOKUP + 1);
+        ids.push(now_ms.clone());
+        let mut tombstones = Vec::with_capacity(3 * KEYS_PER_LOOKUP);
+        for (conversation, reason) in (0..KEYS_PER_LOOKUP).filter_map(padded) {
+            keys.push(conversation.owner.as_str().into());
+            keys.push(conversation.id.as_str().into());
+            ids.push(conversation.id.as_str().into());
+            let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
+            tombstones.extend([hash.as_slice().into(), now_ms.clone(), reason.into()]);
+        }
+        for table in ["messages", "feedback"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE (account_id, conversation_id) IN ({pairs})"),
+                &keys,
+            )?;
+        }
+        tx.execute(
+            &format!(
+                "UPDATE conversations SET purged_at = ?, expires_at = NULL WHERE conversation_id IN ({})",
+                crate::sql::key_list()
+            ),
+            &ids,
+        )?;
+        let triples = (0..KEYS_PER_LOOKUP)
+            .map(|_| "(?, ?, ?)")
+            .collect::<Vec<_>>()
+            .join(", ");
+        tx.execute(
+            &format!(
+                "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES {triples} ON CONFLICT DO NOTHING"
+            ),
+            &tombstones,
+        )?;
+    }
     Ok(())
 }
 
