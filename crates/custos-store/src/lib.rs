@@ -9,6 +9,7 @@ mod access;
 mod apply;
 mod batch;
 mod bulk;
+pub use bulk::AdmittedAccounts;
 mod checkpoint;
 mod codec;
 mod error;
@@ -427,24 +428,62 @@ impl Store {
         accounts: &[Vec<(Timestamp, Command)>],
         actor: &str,
     ) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
-        let mut written = apply::WrittenHistories::new();
-        let outcomes = self.write(&mut |tx| {
-            written.clear();
-            bulk::load_new_accounts(
-                tx,
-                &self.policy,
-                &self.histories,
-                actor,
-                accounts,
-                &mut written,
-            )
+        self.write_new_accounts(self.admit_new_accounts(accounts, actor)?)
+    }
+
+    /// Runs `load` (calls of [`Store::load_new_accounts`] or its halves) with the indexes that
+    /// are faster built once than row by row (`schema::DEFERRED_INDEXES`) dropped while it runs,
+    /// if the store holds no conversation yet; they are built again after it, also when it
+    /// fails. In a store that holds data, `load` runs with every index in place. Either way the
+    /// loaded tables are analyzed after it, so that the next query is planned for their size.
+    pub fn load_into_empty<T>(
+        &self,
+        load: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let empty = self.read(&mut |tx| {
+            Ok(tx
+                .query_one("SELECT 1 FROM conversations LIMIT 1", &[])?
+                .is_none())
         })?;
-        let last = accounts
-            .iter()
-            .flatten()
-            .map(|(at, _)| *at)
-            .max()
-            .unwrap_or(Timestamp::MIN);
+        if !empty {
+            let loaded = load(self)?;
+            self.write(&mut |tx| schema::analyze_loaded_tables(tx))?;
+            return Ok(loaded);
+        }
+        self.write(&mut |tx| schema::drop_deferred_indexes(tx))?;
+        let loaded = load(self);
+        let rebuilt = self.write(&mut |tx| {
+            schema::create_deferred_indexes(tx)?;
+            schema::analyze_loaded_tables(tx)
+        });
+        let loaded = loaded?;
+        rebuilt?;
+        Ok(loaded)
+    }
+
+    /// The first half of [`Store::load_new_accounts`]: the core's decisions and the rows, made
+    /// without the database (a loader admits the next accounts while the last are written).
+    pub fn admit_new_accounts(
+        &self,
+        accounts: &[Vec<(Timestamp, Command)>],
+        actor: &str,
+    ) -> Result<AdmittedAccounts, StoreError> {
+        bulk::admit_new_accounts(&self.policy, &self.histories, actor, accounts)
+    }
+
+    /// The second half of [`Store::load_new_accounts`]: writes admitted accounts in one
+    /// transaction and returns each command's outcome.
+    pub fn write_new_accounts(
+        &self,
+        admitted: AdmittedAccounts,
+    ) -> Result<Vec<Vec<Result<(), Refusal>>>, StoreError> {
+        self.write(&mut |tx| admitted.write(tx))?;
+        let AdmittedAccounts {
+            written,
+            outcomes,
+            last,
+            ..
+        } = admitted;
         self.after_commit(written, last)?;
         Ok(outcomes)
     }

@@ -410,3 +410,47 @@ fn a_dead_instances_sweep_lease_lapses_and_the_next_sweep_runs() {
             .any(|s| s.by == "test" && s.finished.is_some())
     );
 }
+
+/// A load into an empty store drops the expiry index while it runs and builds it after, also
+/// when the load fails; an open builds it again if a load was cut short before that.
+#[test]
+fn a_load_into_an_empty_store_builds_the_expiry_index_after_it() {
+    let folder = tempfile::tempdir().unwrap();
+    let location = Location::Sqlite {
+        data: folder.path().to_owned(),
+    };
+    let file = folder.path().join(SQLITE_FILE);
+    let has_index = || {
+        let db = rusqlite::Connection::open(&file).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'conversations_by_expiry'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    assert!(has_index());
+    let during = store.load_into_empty(|_| Ok(has_index())).unwrap();
+    assert!(
+        !during,
+        "the index is dropped while an empty store is loaded"
+    );
+    assert!(has_index(), "and built again after the load");
+    let failed = store.load_into_empty(|_| -> Result<(), StoreError> {
+        Err(StoreError::Database("the load failed".into()))
+    });
+    assert!(failed.is_err());
+    assert!(has_index(), "a failed load leaves the index built");
+
+    // Cut short between the drop and the build: the next open builds it.
+    let db = rusqlite::Connection::open(&file).unwrap();
+    db.execute("DROP INDEX conversations_by_expiry", [])
+        .unwrap();
+    drop(db);
+    drop(store);
+    assert!(!has_index());
+    drop(Store::open(&location, Policy::bundled()).unwrap());
+    assert!(has_index(), "an open builds a missing deferred index");
+}

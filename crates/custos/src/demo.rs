@@ -149,42 +149,62 @@ pub fn run(
         .progress_chars("=> "),
     );
     let history_start = plus(policy.effective, -90 * DAY);
-    let mut random = Random(seed);
-    let mut made_conversations = 0u64;
     // Whole account histories, loaded in large transactions through the bulk path (the core
-    // admits every event in memory; each account is written once). Making the histories costs
-    // little beside writing them, so one thread does both.
-    let mut pending: Vec<Vec<(Timestamp, Command)>> = Vec::new();
-    let mut pending_events = 0;
-    for index in 0..accounts {
-        let mut events = Vec::new();
-        events_of_account(
-            &policy,
-            &mut random,
-            index,
-            accounts,
-            conversations,
-            &mut made_conversations,
-            history_start,
-            now,
-            &mut events,
-        );
-        pending_events += events.len();
-        pending.push(events);
-        report.accounts += 1;
-        if pending_events >= EVENTS_PER_TRANSACTION || index + 1 == accounts {
-            for outcome in store.load_new_accounts(&pending, "demo")?.iter().flatten() {
-                match outcome {
-                    Ok(()) => report.events += 1,
-                    Err(_) => report.refused += 1,
+    // admits every event in memory; each account is written once). One thread makes and admits
+    // the next histories while this one writes the last: the database's work and ours overlap.
+    let (admitted_tx, admitted_rx) = std::sync::mpsc::sync_channel(1);
+    let made_conversations = store.load_into_empty(|store| {
+        std::thread::scope(|scope| {
+            let maker = scope.spawn(move || {
+                let mut random = Random(seed);
+                let mut made_conversations = 0u64;
+                let mut pending: Vec<Vec<(Timestamp, Command)>> = Vec::new();
+                let mut pending_events = 0;
+                for index in 0..accounts {
+                    let mut events = Vec::new();
+                    events_of_account(
+                        &policy,
+                        &mut random,
+                        index,
+                        accounts,
+                        conversations,
+                        &mut made_conversations,
+                        history_start,
+                        now,
+                        &mut events,
+                    );
+                    pending_events += events.len();
+                    pending.push(events);
+                    if pending_events >= EVENTS_PER_TRANSACTION || index + 1 == accounts {
+                        let admitted = store.admit_new_accounts(&pending, "demo");
+                        let stop = admitted.is_err();
+                        let sent = (admitted, pending.len() as u64, made_conversations);
+                        if admitted_tx.send(sent).is_err() || stop {
+                            break;
+                        }
+                        pending.clear();
+                        pending_events = 0;
+                    }
                 }
+                made_conversations
+            });
+            for (admitted, accounts_in_it, made_so_far) in admitted_rx {
+                // An error drops the receiver, which stops the maker at its next send.
+                for outcome in store.write_new_accounts(admitted?)?.iter().flatten() {
+                    match outcome {
+                        Ok(()) => report.events += 1,
+                        Err(_) => report.refused += 1,
+                    }
+                }
+                report.accounts += accounts_in_it;
+                progress.set_position(made_so_far);
+                progress.set_message(format!("{} accounts", report.accounts));
             }
-            pending.clear();
-            pending_events = 0;
-            progress.set_position(made_conversations);
-            progress.set_message(format!("{} accounts", report.accounts));
-        }
-    }
+            maker.join().map_err(|_| {
+                custos_store::StoreError::Database("the demo's generator failed".into())
+            })
+        })
+    })?;
     report.conversations = made_conversations;
     progress.finish_and_clear();
     store.checkpoint(now)?;
