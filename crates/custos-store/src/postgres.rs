@@ -53,8 +53,14 @@ impl r2d2::ManageConnection for Connections {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Connection, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        // Every statement of the store reads or writes a few rows by key. JIT compilation
+        // pays only for long analytic queries, and a row estimate that is off (a table not
+        // yet analyzed after a load) made each 10 ms range query of an export compile for
+        // 750 ms; so it is off for the store's sessions, whatever the server's default.
+        client.batch_execute("SET jit = off")?;
         Ok(Connection {
-            client: self.config.connect(NoTls)?,
+            client,
             prepared: HashMap::new(),
         })
     }
@@ -230,6 +236,20 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError>
     })
 }
 
+/// A text value's bytes as the server sent them: [`crate::sql::Rows`] checks a whole buffer of
+/// them for UTF-8 at once, so each value needs no check (nor a `String`) of its own.
+struct RawText<'a>(&'a [u8]);
+
+impl<'a> postgres::types::FromSql<'a> for RawText<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        Ok(RawText(raw))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT | Type::VARCHAR | Type::NAME)
+    }
+}
+
 struct PostgresTx<'a, 'b> {
     read_only: bool,
     transaction: &'a mut postgres::Transaction<'b>,
@@ -390,7 +410,71 @@ impl Tx for PostgresTx<'_, '_> {
         Ok(())
     }
 
-    /// Rows are read into memory first; a streaming `query_raw` is left for large scans later.
+    /// A chunk's rows straight into the flat buffers. They are fetched in one call: the
+    /// synchronous client enters its runtime once per call, and per row (as `query_each`
+    /// reads) that was most of an export's time. A chunk is small by design (see `scan`).
+    fn query_rows(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        rows: &mut crate::sql::Rows,
+    ) -> Result<(), StoreError> {
+        let statement = self.statement(sql)?;
+        let boxed: Vec<_> = params.iter().map(to_postgres).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = boxed.iter().map(AsRef::as_ref).collect();
+        let fetched = self
+            .transaction
+            .query(&statement, &refs)
+            .map_err(|e| map_error(&e))?;
+        let types: Vec<Type> = statement
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
+        rows.start(types.len());
+        for row in &fetched {
+            for (index, column_type) in types.iter().enumerate() {
+                let error =
+                    |e: postgres::Error| StoreError::corrupt(format!("column {index}: {e}"));
+                match *column_type {
+                    Type::INT8 => match row.try_get::<_, Option<i64>>(index).map_err(error)? {
+                        Some(value) => rows.push_int(value),
+                        None => rows.push_null(),
+                    },
+                    Type::INT4 => match row.try_get::<_, Option<i32>>(index).map_err(error)? {
+                        Some(value) => rows.push_int(i64::from(value)),
+                        None => rows.push_null(),
+                    },
+                    Type::TEXT | Type::VARCHAR | Type::NAME => {
+                        match row
+                            .try_get::<_, Option<RawText<'_>>>(index)
+                            .map_err(error)?
+                        {
+                            Some(RawText(text)) => rows.push_unchecked_text(text),
+                            None => rows.push_null(),
+                        }
+                    }
+                    Type::BYTEA => match row.try_get::<_, Option<&[u8]>>(index).map_err(error)? {
+                        Some(bytes) => rows.push_bytes(bytes),
+                        None => rows.push_null(),
+                    },
+                    Type::BOOL => match row.try_get::<_, Option<bool>>(index).map_err(error)? {
+                        Some(value) => rows.push_bool(value),
+                        None => rows.push_null(),
+                    },
+                    ref other => {
+                        return Err(StoreError::corrupt(format!(
+                            "column {index} has an unexpected type {other:?}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows are read as they arrive, through a portal: a query of many rows never holds them
+    /// all.
     fn query_each(
         &mut self,
         sql: &str,
