@@ -3,7 +3,9 @@
 # the same tables (join on the consent state, filter, aggregate each conversation's messages and
 # feedback, write Parquet), in the same run; with each one's wall time and peak memory.
 #
-# Usage: bench/export.sh [ACCOUNTS] [CONVERSATIONS]   (default 1000000 10000000)
+# Usage: bench/export.sh [ACCOUNTS] [CONVERSATIONS] [--database SERVER]   (default 1000000 10000000)
+# With --database, custos exports from a demo store in that PostgreSQL server (kept for later
+# runs, see demo_store in bench/lib.sh), and DuckDB reads Parquet copies of its tables.
 # Goals: custos at least as fast as DuckDB (ratio >= 1.0x); custos's memory under 1 GiB
 # whatever the data size (measured as its peak RssAnon; see watch_anon below).
 #
@@ -14,16 +16,16 @@
 # a manifest; so its row count may be lower, never higher.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+choose_backend "$@"
+set -- "${args[@]}"
 accounts="${1:-1000000}"
 conversations="${2:-10000000}"
 cutoff=2026-11-28T00:00:00Z
-
-. bench/lib.sh
 need /usr/bin/time time
 
 prepare
-demo="$work/demo-$accounts-$conversations"
-demo_folder "$demo" "$accounts" "$conversations"
+demo_store "$accounts" "$conversations"
 
 # DuckDB and pyarrow from PyPI, in a virtual environment of the bench's own.
 venv="$work/venv"
@@ -38,16 +40,31 @@ tables="$demo-parquet"
 if [ ! -f "$tables/done" ]; then
   echo "== copying the tables to Parquet for DuckDB (once, kept in $tables)"
   rm -rf "$tables"; mkdir -p "$tables"
-  "$python" - "$demo/custos.sqlite3" "$tables" <<'PY'
-import sqlite3, sys
-import pyarrow as pa, pyarrow.parquet as pq
-db = sqlite3.connect(sys.argv[1]); out = sys.argv[2]
+  "$python" - "$demo/custos.sqlite3" "$tables" "${demo_database:+$server dbname=$demo_database}" <<'PY'
+import sqlite3, subprocess, sys
+import pyarrow as pa, pyarrow.csv as pacsv, pyarrow.parquet as pq
+out, server = sys.argv[2], sys.argv[3]
+db = None if server else sqlite3.connect(sys.argv[1])
 for table, columns in [
     ("accounts", "account_id, plan, preference, erased_at"),
     ("conversations", "account_id, conversation_id, surface, incognito, deleted_at, purged_at, expires_at"),
     ("messages", "account_id, conversation_id, seq, at, role, text"),
     ("feedback", "account_id, conversation_id, seq, at, rating, comment"),
 ]:
+    if server:
+        # Streamed out of PostgreSQL as CSV (booleans as 0/1, as SQLite stores them).
+        select = f"SELECT {columns.replace('incognito', 'incognito::int AS incognito')} FROM {table}"
+        psql = subprocess.Popen(["psql", server, "-Atqc", f"COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER)"],
+                                stdout=subprocess.PIPE)
+        reader = pacsv.open_csv(psql.stdout, read_options=pacsv.ReadOptions(block_size=64 << 20),
+                                convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        writer = pq.ParquetWriter(f"{out}/{table}.parquet", reader.schema, compression="snappy")
+        for batch in reader:
+            writer.write_batch(batch)
+        writer.close()
+        assert psql.wait() == 0, f"psql failed on {table}"
+        print(f"{table}: {pq.ParquetFile(f'{out}/{table}.parquet').metadata.num_rows} rows")
+        continue
     cursor = db.execute(f"SELECT {columns} FROM {table}")
     names = [d[0] for d in cursor.description]
     writer = None
@@ -88,8 +105,8 @@ root="$work/export-root"
 rm -rf "$root"; mkdir -p "$root"
 echo "== custos export --cutoff $cutoff (Parquet; core decisions, redaction, keyed rows, signed manifest)"
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-cat "$demo/custos.sqlite3" >/dev/null   # both start with their input in the page cache
-"$custos" export --data "$demo" --cutoff "$cutoff" --now "$cutoff" --export-root "$root" \
+[ "$backend" = sqlite ] && cat "$demo/custos.sqlite3" >/dev/null   # both start with their input in the page cache
+"$custos" export "${store[@]}" --cutoff "$cutoff" --now "$cutoff" --export-root "$root" \
   --out "$root/custos" --format parquet >"$work/export-custos.out" 2>&1 &
 custos_pid=$!
 custos_anon=$(watch_anon "$custos_pid")
@@ -97,7 +114,7 @@ wait "$custos_pid"
 tail -1 "$work/export-custos.out"
 # Again under /usr/bin/time for the wall time and peak RSS (the sampling above costs a little).
 rm -rf "$root/custos"
-/usr/bin/time -v -o "$work/export-custos.time" "$custos" export --data "$demo" --cutoff "$cutoff" \
+/usr/bin/time -v -o "$work/export-custos.time" "$custos" export "${store[@]}" --cutoff "$cutoff" \
   --now "$cutoff" --export-root "$root" --out "$root/custos" --format parquet 2>&1 | tail -1
 custos_s=$(wall "$work/export-custos.time")
 custos_mb=$(peak "$work/export-custos.time")
@@ -144,7 +161,7 @@ duck_s=$(wall "$work/export-duckdb.time")
 duck_mb=$(peak "$work/export-duckdb.time")
 duck_rows=$("$python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$root/duckdb.parquet'\").fetchall()[0][0])")
 
-echo "== result ($conversations conversations of $accounts accounts, cutoff $cutoff)"
+echo "== result ($conversations conversations of $accounts accounts on $backend, cutoff $cutoff)"
 echo "custos: ${custos_s} s, peak RSS ${custos_mb} MiB (its own memory, RssAnon, at most ${custos_anon} MiB), ${custos_rows} conversations, $((custos_bytes / 1048576)) MiB written"
 echo "duckdb: ${duck_s} s, peak RSS ${duck_mb} MiB, ${duck_rows} conversations"
 echo "ratio (DuckDB time / custos time): $("$python" -c "print(f'{$duck_s / $custos_s:.2f}')")x (goal >= 1.0x); custos's own memory at most $custos_anon MiB (goal < 1024)"

@@ -2,23 +2,26 @@
 # The gate's hot path against nginx serving a static 60-byte JSON file, with the same wrk
 # settings in the same run; then the gate index's memory per account and the time to start.
 #
-# Usage: bench/gate.sh [ACCOUNTS] [DURATION] [CONNECTIONS]   (default 1000000 10s 64)
+# Usage: bench/gate.sh [ACCOUNTS] [DURATION] [CONNECTIONS] [--database SERVER]   (default 1000000 10s 64)
+# With --database, the accounts live in that PostgreSQL server (a demo store kept for later
+# runs, see demo_store in bench/lib.sh), and the empty server's store is a fresh database.
 # Goals: gate >= 0.5x nginx requests/s; p99 <= 5 ms at 64 connections;
 # <= 64 resident bytes per account in the index; ready (serving) with 10M accounts in <= 5 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+choose_backend "$@"
+set -- "${args[@]}"
 accounts="${1:-1000000}"
 duration="${2:-10s}"
 connections="${3:-64}"
-
-. bench/lib.sh
 need wrk wrk
 need nginx nginx
 
 prepare
-data="$work/gate-$accounts"
-demo_folder "$data" "$accounts" 0
-token=$("$custos" token create --data "$data" --role service)
+demo_store "$accounts" 0
+full=("${store[@]}")
+token=$("$custos" token create "${full[@]}" --role service)
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # The process's own memory (heap and stacks), and the file pages it holds mapped (SQLite's
@@ -35,10 +38,10 @@ wait_loaded() { # address t0
   python3 -c "import time; print(f'{time.time() - $2:.2f}')"
 }
 
-start_custos() { # data-folder → prints "pid address seconds-to-serve seconds-to-loaded"
+start_custos() { # store arguments → prints "pid address seconds-to-serve seconds-to-loaded"
   local out; out=$(mktemp)
   local t0; t0=$(date +%s.%N)
-  "$custos" serve --data "$1" --listen 127.0.0.1:0 >"$out" 2>/dev/null &
+  "$custos" serve "$@" --listen 127.0.0.1:0 >"$out" 2>/dev/null &
   local pid=$!
   for _ in $(seq 1 6000); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
   local t1; t1=$(date +%s.%N)
@@ -48,16 +51,17 @@ start_custos() { # data-folder → prints "pid address seconds-to-serve seconds-
 
 echo "== memory and start-up"
 empty="$work/empty"; rm -rf "$empty"
-read -r empty_pid _ _ _ < <(start_custos "$empty")
+fresh_database
+read -r empty_pid _ _ _ < <(start_custos --data "$empty" ${database:+--database "$database"})
 sleep 0.5; empty_rss=$(rss_kb "$empty_pid"); empty_anon=$(anon_kb "$empty_pid"); empty_file=$(file_kb "$empty_pid"); kill "$empty_pid"; wait "$empty_pid" 2>/dev/null || true
 # The first start may read the database from disk (cold page cache); the second is the
 # restart of a server whose files the OS still caches. Both are reported. A server answers
 # from its first second (an account its index does not hold yet is looked up in the store);
 # "loaded" is when its index holds every account.
-read -r first_pid _ first_start first_loaded < <(start_custos "$data")
+read -r first_pid _ first_start first_loaded < <(start_custos "${full[@]}")
 kill -TERM "$first_pid"; wait "$first_pid" 2>/dev/null || true
 echo "first start (page cache as found), $accounts accounts: serving after ${first_start} s, index loaded after ${first_loaded} s"
-read -r pid address started loaded < <(start_custos "$data")
+read -r pid address started loaded < <(start_custos "${full[@]}")
 on_exit 'kill "$pid" 2>/dev/null || true'  # never leave a server behind, even on failure
 sleep 0.5; full_rss=$(rss_kb "$pid"); full_anon=$(anon_kb "$pid"); full_file=$(file_kb "$pid")
 per_account=$(python3 -c "print(f'{($full_rss - $empty_rss) * 1024 / $accounts:.1f}')")

@@ -52,15 +52,15 @@ on_exit() {
 }
 
 # Takes `--database SERVER` out of the arguments (a PostgreSQL server in key=value form, e.g.
-# "host=127.0.0.1 port=5432 user=postgres"): then $database names a fresh database on it, made
-# for this run and dropped when the script exits, and $backend is "postgresql". Without it,
-# $database is empty and $backend "sqlite" (the data folder's own file). The other arguments
-# are left in $args. Pass the store on with ${database:+--database "$database"}.
+# "host=127.0.0.1 port=5432 user=postgres"): then $server names it and $backend is
+# "postgresql"; without it, $server is empty and $backend "sqlite" (the data folder's own
+# file). The other arguments are left in $args. A bench then opens its store through
+# fresh_database or demo_store.
 choose_backend() {
-  database=""
   backend=sqlite
+  server=""
+  database=""
   args=()
-  local server=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --database) server="${2:?--database needs a server}"; shift 2 ;;
@@ -70,11 +70,42 @@ choose_backend() {
   done
   if [ -n "$server" ]; then
     need psql postgresql-client
-    bench_database="custos_bench_$$"
-    bench_server="$server"
-    psql "$server dbname=postgres" -qc "CREATE DATABASE $bench_database"
-    on_exit 'psql "$bench_server dbname=postgres" -qc "DROP DATABASE IF EXISTS $bench_database WITH (FORCE)" >/dev/null 2>&1 || true'
-    database="$server dbname=$bench_database"
     backend=postgresql
+  fi
+}
+
+# On PostgreSQL, sets $database to a fresh database on $server, made for this run and dropped
+# when the script exits; on SQLite leaves it empty. Pass it on with
+# ${database:+--database "$database"}.
+fresh_database() {
+  [ "$backend" = postgresql ] || return 0
+  bench_database="custos_bench_$$"
+  psql "$server dbname=postgres" -qc "CREATE DATABASE $bench_database"
+  on_exit 'psql "$server dbname=postgres" -qc "DROP DATABASE IF EXISTS $bench_database WITH (FORCE)" >/dev/null 2>&1 || true'
+  database="$server dbname=$bench_database"
+}
+
+# A demo store, generated once and kept for later runs: demo_store ACCOUNTS CONVERSATIONS.
+# Sets $demo (its data folder: the keys, and on SQLite the database) and the array $store
+# (the arguments that open it). On PostgreSQL the store is the database
+# custos_demo_ACCOUNTS_CONVERSATIONS on $server, kept with its folder; $demo_database names it.
+demo_store() {
+  if [ "$backend" = postgresql ]; then
+    demo="$work/demo-pg-$1-$2"
+    demo_database="custos_demo_$1_$2"
+    if [ ! -f "$demo/loaded" ]; then
+      echo "== generating $1 demo accounts with $2 conversations in PostgreSQL database $demo_database (kept for later runs)"
+      psql "$server dbname=postgres" -qc "DROP DATABASE IF EXISTS $demo_database WITH (FORCE)" \
+        -c "CREATE DATABASE $demo_database"
+      rm -rf "$demo"
+      "$custos" demo --data "$demo" --database "$server dbname=$demo_database" --accounts "$1" \
+        --conversations "$2" --now 2026-11-28T00:00:00Z
+      touch "$demo/loaded"
+    fi
+    store=(--data "$demo" --database "$server dbname=$demo_database")
+  else
+    demo="$work/demo-$1-$2"
+    demo_folder "$demo" "$1" "$2"
+    store=(--data "$demo")
   fi
 }

@@ -1,7 +1,9 @@
 //! Ledger appends per second: through the store, and through raw rusqlite writing the same rows
-//! with the same durability (WAL, `synchronous=FULL`, one commit per append), in one run.
+//! with the same durability (WAL, `synchronous=FULL`, one commit per append), in one run. With
+//! a PostgreSQL URL (of an empty database), the store writes there and the baseline writes the
+//! same rows through the `postgres` driver with prepared statements, in a schema of its own.
 //!
-//! `cargo run --release -p custos-store --example ledger_bench -- [APPENDS] [FOLDER]`
+//! `cargo run --release -p custos-store --example ledger_bench -- [APPENDS] [FOLDER] [URL]`
 
 #![allow(
     clippy::unwrap_used,
@@ -27,6 +29,7 @@ fn main() {
     let folder = std::env::args()
         .nth(2)
         .map_or_else(std::env::temp_dir, PathBuf::from);
+    let url = std::env::args().nth(3).filter(|url| !url.is_empty());
     let root = folder.join(format!("custos-ledger-bench-{}", std::process::id()));
     let accounts: Vec<AccountId> = (0..ACCOUNTS)
         .map(|i| AccountId::parse(&format!("bench-{i}")).unwrap())
@@ -38,9 +41,7 @@ fn main() {
 
     // custos: every append is a choice through the store (admission, ledger chain, commit).
     let store = Store::open(
-        &Location::Sqlite {
-            data: root.join("custos"),
-        },
+        &Location::new(root.join("custos"), url.clone()),
         Policy::bundled(),
     )
     .unwrap();
@@ -64,7 +65,42 @@ fn main() {
     let custos_rate = appends as f64 / timer.elapsed().as_secs_f64();
     assert_eq!(store.verify_ledger().unwrap().problem, None);
 
-    // Baseline: the same rows (with the same SHA-256 chain) inserted by hand.
+    let raw_rate = match &url {
+        Some(url) => postgres_rate(url, &accounts, appends, at),
+        None => sqlite_rate(&root, &accounts, appends, at),
+    };
+    drop(store);
+    std::fs::remove_dir_all(&root).unwrap();
+
+    let (durability, baseline) = match url {
+        Some(_) => ("PostgreSQL as configured", "postgres driver"),
+        None => ("WAL, synchronous=FULL", "raw rusqlite "),
+    };
+    println!("ledger appends, {appends} each, one durable commit per append ({durability})");
+    println!("  custos store    : {custos_rate:>9.0} appends/s");
+    println!("  {baseline} : {raw_rate:>9.0} appends/s");
+    println!(
+        "  ratio           : {:.2}x (goal >= 0.70x)",
+        custos_rate / raw_rate
+    );
+}
+
+/// The SHA-256 chain entry the baseline writes for append `i`, after `prev`.
+fn chain_hash(prev: [u8; 32], account: &str, idx: i64, at: i64, preference: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(prev)
+        .chain_update(format!("{account}{idx}{at}{preference}settings"))
+        .finalize()
+        .into()
+}
+
+/// Baseline: the same rows (with the same SHA-256 chain) inserted by hand into SQLite.
+fn sqlite_rate(
+    root: &std::path::Path,
+    accounts: &[AccountId],
+    appends: usize,
+    at: impl Fn(usize) -> Timestamp,
+) -> f64 {
     std::fs::create_dir_all(root.join("raw")).unwrap();
     let mut db = rusqlite::Connection::open(root.join("raw/raw.sqlite3")).unwrap();
     let _: String = db
@@ -79,7 +115,7 @@ fn main() {
     )
     .unwrap();
     let mut heads = vec![([0u8; 32], 1i64); ACCOUNTS];
-    for account in &accounts {
+    for account in accounts {
         db.execute(
             "INSERT INTO accounts VALUES (?1, 1, zeroblob(32))",
             [account.as_str()],
@@ -91,14 +127,7 @@ fn main() {
         let (prev, idx) = heads[i % ACCOUNTS];
         let account = accounts[i % ACCOUNTS].as_str();
         let preference = if i % 3 != 0 { "allowed" } else { "declined" };
-        let hash: [u8; 32] = Sha256::new()
-            .chain_update(prev)
-            .chain_update(format!(
-                "{account}{idx}{}{preference}settings",
-                at(i + 1).unix_millis()
-            ))
-            .finalize()
-            .into();
+        let hash = chain_hash(prev, account, idx, at(i + 1).unix_millis(), preference);
         let tx = db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .unwrap();
@@ -115,18 +144,69 @@ fn main() {
         tx.commit().unwrap();
         heads[i % ACCOUNTS] = (hash, idx + 1);
     }
-    let raw_rate = appends as f64 / timer.elapsed().as_secs_f64();
-    drop(store);
-    drop(db);
-    std::fs::remove_dir_all(&root).unwrap();
+    appends as f64 / timer.elapsed().as_secs_f64()
+}
 
-    println!(
-        "ledger appends, {appends} each, one durable commit per append (WAL, synchronous=FULL)"
-    );
-    println!("  custos store : {custos_rate:>9.0} appends/s");
-    println!("  raw rusqlite : {raw_rate:>9.0} appends/s");
-    println!(
-        "  ratio        : {:.2}x (goal >= 0.70x)",
-        custos_rate / raw_rate
-    );
+/// Baseline: the same rows through the `postgres` driver, prepared statements, one transaction
+/// per append, in a schema of its own that is dropped after.
+fn postgres_rate(
+    url: &str,
+    accounts: &[AccountId],
+    appends: usize,
+    at: impl Fn(usize) -> Timestamp,
+) -> f64 {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let schema = format!("ledger_baseline_{}", std::process::id());
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema};
+         CREATE TABLE accounts (account_id TEXT PRIMARY KEY, ledger_len BIGINT NOT NULL, ledger_head BYTEA NOT NULL);
+         CREATE TABLE ledger (account_id TEXT NOT NULL, idx BIGINT NOT NULL, at BIGINT NOT NULL, seq BIGINT NOT NULL,
+             kind TEXT NOT NULL, plan TEXT, preference TEXT, channel TEXT, notice_id TEXT NOT NULL, policy_id TEXT NOT NULL,
+             actor TEXT NOT NULL, prev_hash BYTEA NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (account_id, idx));"
+    ))
+    .unwrap();
+    for account in accounts {
+        db.execute(
+            "INSERT INTO accounts VALUES ($1, 1, '\\x')",
+            &[&account.as_str()],
+        )
+        .unwrap();
+    }
+    let entry = db
+        .prepare("INSERT INTO ledger VALUES ($1, $2, $3, $4, 'choice', NULL, $5, 'settings', 'consumer-terms-2025', 'consumer-terms-2025', 'bench', $6, $7)")
+        .unwrap();
+    let head = db
+        .prepare("UPDATE accounts SET ledger_len = $1, ledger_head = $2 WHERE account_id = $3")
+        .unwrap();
+    let mut heads = vec![([0u8; 32], 1i64); accounts.len()];
+    let timer = Instant::now();
+    for i in 0..appends {
+        let (prev, idx) = heads[i % accounts.len()];
+        let account = accounts[i % accounts.len()].as_str();
+        let preference = if i % 3 != 0 { "allowed" } else { "declined" };
+        let millis = at(i + 1).unix_millis();
+        let hash = chain_hash(prev, account, idx, millis, preference);
+        let mut tx = db.transaction().unwrap();
+        tx.execute(
+            &entry,
+            &[
+                &account,
+                &idx,
+                &millis,
+                &idx,
+                &preference,
+                &prev.as_slice(),
+                &hash.as_slice(),
+            ],
+        )
+        .unwrap();
+        tx.execute(&head, &[&(idx + 1), &hash.as_slice(), &account])
+            .unwrap();
+        tx.commit().unwrap();
+        heads[i % accounts.len()] = (hash, idx + 1);
+    }
+    let rate = appends as f64 / timer.elapsed().as_secs_f64();
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    rate
 }
