@@ -52,7 +52,7 @@ pub struct AdmittedAccounts {
     rows: TableRows,
     pub(crate) written: WrittenHistories,
     /// Each command's outcome, in the order given.
-    pub outcomes: Vec<Vec<Result<(), Refusal>>>,
+    pub(crate) outcomes: Vec<Vec<Result<(), Refusal>>>,
     /// The time of the latest command.
     pub(crate) last: Timestamp,
 }

@@ -23,7 +23,7 @@ use crate::sql::{Row, Tx};
 /// stored under its pseudonym only, and found again from its id by recomputing it.
 #[derive(Debug)]
 pub struct Histories {
-    cache: std::sync::Mutex<std::collections::HashMap<AccountId, (i64, AccountHistory)>>,
+    cache: std::sync::Mutex<HashMap<AccountId, (i64, AccountHistory)>>,
     pseudonyms: Hmac,
 }
 
@@ -269,14 +269,7 @@ pub(crate) fn accounts_by_stored_id(
         }
     }
     for (id, account) in unread {
-        let mut history = read
-            .remove(&account.id)
-            .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
-        // Answers name the account as it was asked for (see `history_of`).
-        history.id = id.clone();
-        if tx.read_only() {
-            histories.keep(account.ledger_len, &history);
-        }
+        let history = adopt(tx, histories, &id, &account, read.remove(&account.id))?;
         found.insert(id, (account, history));
     }
     Ok(found)
@@ -315,9 +308,20 @@ fn history_of(
         return Ok(history);
     }
     let entries = ledger_entries(tx, account.id.as_str())?;
-    let mut history = history_from(&entries)?
-        .ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
-    // Answers name the account as it was asked for, not by its pseudonym.
+    adopt(tx, histories, id, account, history_from(&entries)?)
+}
+
+/// A history just read from `account`'s ledger, as the answers want it: named as the account
+/// was asked for (not by its pseudonym), and cached if the transaction read committed rows.
+fn adopt(
+    tx: &dyn Tx,
+    histories: &Histories,
+    id: &AccountId,
+    account: &AccountRow,
+    history: Option<AccountHistory>,
+) -> Result<AccountHistory, StoreError> {
+    let mut history =
+        history.ok_or_else(|| StoreError::corrupt(format!("account `{id}` has no ledger")))?;
     history.id = id.clone();
     // Only a read-only transaction is sure to have read committed rows; a write transaction
     // may have read its own uncommitted writes (an earlier event of a batch). Writes reach
@@ -378,9 +382,9 @@ pub fn load_conversation(
 pub(crate) fn load_conversations(
     tx: &mut dyn Tx,
     ids: &[&str],
-) -> Result<std::collections::HashMap<ConversationId, Conversation>, StoreError> {
+) -> Result<HashMap<ConversationId, Conversation>, StoreError> {
     let keys = crate::sql::key_list();
-    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    let mut found = HashMap::with_capacity(ids.len());
     let by_id = format!(
         "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id IN ({keys})"
     );
@@ -396,7 +400,7 @@ pub(crate) fn load_conversations(
         .filter(|c| c.purged.is_none())
         .map(|c| (c.owner.as_str().to_owned(), c.id.as_str().to_owned()))
         .collect();
-    let pairs = crate::sql::pair_list();
+    let pairs = crate::sql::tuple_list(2);
     let activity = |table: &str, columns: &str| {
         format!(
             "SELECT conversation_id, {columns} FROM {table} \
@@ -406,9 +410,7 @@ pub(crate) fn load_conversations(
     let messages = activity("messages", message_columns(false));
     let feedback = activity("feedback", feedback_columns(false));
     for chunk in live.chunks(crate::sql::KEYS_PER_LOOKUP) {
-        // Padded to a whole list by repeating the last pair: one statement text.
-        let params: Vec<crate::sql::Value> = (0..crate::sql::KEYS_PER_LOOKUP)
-            .filter_map(|i| chunk.get(i).or(chunk.last()))
+        let params: Vec<crate::sql::Value> = crate::sql::padded(chunk)
             .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
             .collect();
         tx.query_each(&messages, &params, &mut |row| {
@@ -430,7 +432,7 @@ pub(crate) fn load_conversations(
 
 /// The conversation a row of activity (its first column the conversation id) belongs to.
 fn owned_by<'c>(
-    found: &'c mut std::collections::HashMap<ConversationId, Conversation>,
+    found: &'c mut HashMap<ConversationId, Conversation>,
     row: &Row,
 ) -> Result<&'c mut Conversation, StoreError> {
     let id = conversation_id(row.text(0)?)?;

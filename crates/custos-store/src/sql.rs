@@ -342,22 +342,25 @@ pub(crate) fn key_list() -> String {
     vec!["?"; KEYS_PER_LOOKUP].join(", ")
 }
 
-/// `(?, ?), (?, ?), …`: the placeholders of one lookup by [`KEYS_PER_LOOKUP`] pairs of keys,
-/// as in `(account_id, conversation_id) IN (…)`: each pair one index lookup (a pair of
-/// `IN` lists instead would make PostgreSQL 15 try every combination of the two).
-pub(crate) fn pair_list() -> String {
-    vec!["(?, ?)"; KEYS_PER_LOOKUP].join(", ")
+/// `(?, ?), (?, ?), …`: [`KEYS_PER_LOOKUP`] tuples of `width` placeholders, as in
+/// `(account_id, conversation_id) IN (…)` (each pair one index lookup: a pair of `IN` lists
+/// instead would make PostgreSQL 15 try every combination of the two) or a multi-row `VALUES`.
+pub(crate) fn tuple_list(width: usize) -> String {
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    vec![tuple; KEYS_PER_LOOKUP].join(", ")
+}
+
+/// One chunk of at most [`KEYS_PER_LOOKUP`] items as exactly that many, the last repeated:
+/// every lookup or write by a list then has one statement text, prepared once.
+pub(crate) fn padded<T>(chunk: &[T]) -> impl Iterator<Item = &T> {
+    (0..KEYS_PER_LOOKUP).filter_map(move |i| chunk.get(i).or(chunk.last()))
 }
 
 /// `keys` as the parameters of lookups by [`key_list`]: chunks of [`KEYS_PER_LOOKUP`], the
 /// last padded by repeating its last key.
 pub(crate) fn padded_chunks<'k>(keys: &'k [&str]) -> impl Iterator<Item = Vec<Value>> + 'k {
-    keys.chunks(KEYS_PER_LOOKUP).map(|chunk| {
-        let last = chunk.last().copied().unwrap_or_default();
-        (0..KEYS_PER_LOOKUP)
-            .map(|i| chunk.get(i).copied().unwrap_or(last).into())
-            .collect()
-    })
+    keys.chunks(KEYS_PER_LOOKUP)
+        .map(|chunk| padded(chunk).map(|key| Value::from(*key)).collect())
 }
 
 /// Which of `keys` appear in `column` of `table` (a unique text column).

@@ -141,26 +141,20 @@ fn purge(
     purged: &[(&Conversation, &str)],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let pairs = crate::sql::pair_list();
+    let pairs = crate::sql::tuple_list(2);
+    let triples = crate::sql::tuple_list(3);
     let now_ms: Value = now.unix_millis().into();
     for chunk in purged.chunks(KEYS_PER_LOOKUP) {
-        // Padded to a whole chunk by repeating the last conversation: one statement text.
-        let padded = |i: usize| {
-            chunk
-                .get(i)
-                .or(chunk.last())
-                .map(|(c, reason)| (*c, *reason))
-        };
         let mut keys = Vec::with_capacity(2 * KEYS_PER_LOOKUP);
         let mut ids = Vec::with_capacity(KEYS_PER_LOOKUP + 1);
         ids.push(now_ms.clone());
         let mut tombstones = Vec::with_capacity(3 * KEYS_PER_LOOKUP);
-        for (conversation, reason) in (0..KEYS_PER_LOOKUP).filter_map(padded) {
+        for (conversation, reason) in crate::sql::padded(chunk) {
             keys.push(conversation.owner.as_str().into());
             keys.push(conversation.id.as_str().into());
             ids.push(conversation.id.as_str().into());
             let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
-            tombstones.extend([hash.as_slice().into(), now_ms.clone(), reason.into()]);
+            tombstones.extend([hash.as_slice().into(), now_ms.clone(), (*reason).into()]);
         }
         for table in ["messages", "feedback"] {
             tx.execute(
@@ -175,10 +169,6 @@ fn purge(
             ),
             &ids,
         )?;
-        let triples = (0..KEYS_PER_LOOKUP)
-            .map(|_| "(?, ?, ?)")
-            .collect::<Vec<_>>()
-            .join(", ");
         tx.execute(
             &format!(
                 "INSERT INTO tombstones (conversation_hash, purged_at, reason) VALUES {triples} ON CONFLICT DO NOTHING"
