@@ -204,35 +204,60 @@ fn to_postgres(value: &Value) -> Box<dyn ToSql + Sync> {
     }
 }
 
-fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError> {
-    let column_type = row.columns().get(index).map(|c| c.type_().clone());
+/// One value of a row as the server sent it, borrowed from the row: the one place that maps
+/// PostgreSQL's column types to the store's values.
+enum Cell<'r> {
+    Null,
+    Int(i64),
+    Bool(bool),
+    /// Not yet checked for UTF-8.
+    Text(&'r [u8]),
+    Bytes(&'r [u8]),
+}
+
+fn cell(row: &postgres::Row, index: usize) -> Result<Cell<'_>, StoreError> {
+    let column_type = row.columns().get(index).map(|c| c.type_());
     let error = |e: postgres::Error| StoreError::corrupt(format!("column {index}: {e}"));
     Ok(match column_type {
-        Some(Type::INT8) => row
+        Some(&Type::INT8) => row
             .try_get::<_, Option<i64>>(index)
             .map_err(error)?
-            .map_or(Value::Null, Value::Int),
-        Some(Type::INT4) => row
+            .map_or(Cell::Null, Cell::Int),
+        Some(&Type::INT4) => row
             .try_get::<_, Option<i32>>(index)
             .map_err(error)?
-            .map_or(Value::Null, |v| Value::Int(i64::from(v))),
-        Some(Type::TEXT | Type::VARCHAR | Type::NAME) => row
-            .try_get::<_, Option<String>>(index)
+            .map_or(Cell::Null, |v| Cell::Int(i64::from(v))),
+        Some(&(Type::TEXT | Type::VARCHAR | Type::NAME)) => row
+            .try_get::<_, Option<RawText<'_>>>(index)
             .map_err(error)?
-            .map_or(Value::Null, Value::Text),
-        Some(Type::BYTEA) => row
-            .try_get::<_, Option<Vec<u8>>>(index)
+            .map_or(Cell::Null, |RawText(text)| Cell::Text(text)),
+        Some(&Type::BYTEA) => row
+            .try_get::<_, Option<&[u8]>>(index)
             .map_err(error)?
-            .map_or(Value::Null, Value::Bytes),
-        Some(Type::BOOL) => row
+            .map_or(Cell::Null, Cell::Bytes),
+        Some(&Type::BOOL) => row
             .try_get::<_, Option<bool>>(index)
             .map_err(error)?
-            .map_or(Value::Null, Value::Bool),
+            .map_or(Cell::Null, Cell::Bool),
         other => {
             return Err(StoreError::corrupt(format!(
                 "column {index} has an unexpected type {other:?}"
             )));
         }
+    })
+}
+
+fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError> {
+    Ok(match cell(row, index)? {
+        Cell::Null => Value::Null,
+        Cell::Int(value) => Value::Int(value),
+        Cell::Bool(value) => Value::Bool(value),
+        Cell::Text(text) => Value::Text(
+            std::str::from_utf8(text)
+                .map_err(|e| StoreError::corrupt(format!("column {index}: {e}")))?
+                .to_owned(),
+        ),
+        Cell::Bytes(bytes) => Value::Bytes(bytes.to_vec()),
     })
 }
 
@@ -426,47 +451,15 @@ impl Tx for PostgresTx<'_, '_> {
             .transaction
             .query(&statement, &refs)
             .map_err(|e| map_error(&e))?;
-        let types: Vec<Type> = statement
-            .columns()
-            .iter()
-            .map(|c| c.type_().clone())
-            .collect();
-        rows.start(types.len());
+        rows.start(statement.columns().len());
         for row in &fetched {
-            for (index, column_type) in types.iter().enumerate() {
-                let error =
-                    |e: postgres::Error| StoreError::corrupt(format!("column {index}: {e}"));
-                match *column_type {
-                    Type::INT8 => match row.try_get::<_, Option<i64>>(index).map_err(error)? {
-                        Some(value) => rows.push_int(value),
-                        None => rows.push_null(),
-                    },
-                    Type::INT4 => match row.try_get::<_, Option<i32>>(index).map_err(error)? {
-                        Some(value) => rows.push_int(i64::from(value)),
-                        None => rows.push_null(),
-                    },
-                    Type::TEXT | Type::VARCHAR | Type::NAME => {
-                        match row
-                            .try_get::<_, Option<RawText<'_>>>(index)
-                            .map_err(error)?
-                        {
-                            Some(RawText(text)) => rows.push_unchecked_text(text),
-                            None => rows.push_null(),
-                        }
-                    }
-                    Type::BYTEA => match row.try_get::<_, Option<&[u8]>>(index).map_err(error)? {
-                        Some(bytes) => rows.push_bytes(bytes),
-                        None => rows.push_null(),
-                    },
-                    Type::BOOL => match row.try_get::<_, Option<bool>>(index).map_err(error)? {
-                        Some(value) => rows.push_bool(value),
-                        None => rows.push_null(),
-                    },
-                    ref other => {
-                        return Err(StoreError::corrupt(format!(
-                            "column {index} has an unexpected type {other:?}"
-                        )));
-                    }
+            for index in 0..row.len() {
+                match cell(row, index)? {
+                    Cell::Null => rows.push_null(),
+                    Cell::Int(value) => rows.push_int(value),
+                    Cell::Bool(value) => rows.push_bool(value),
+                    Cell::Text(text) => rows.push_unchecked_text(text),
+                    Cell::Bytes(bytes) => rows.push_bytes(bytes),
                 }
             }
         }
