@@ -35,6 +35,16 @@ struct Entry {
     state: u8,
 }
 
+impl Entry {
+    fn new(key: AccountKey, state: GateState, ledger_len: u64) -> Entry {
+        Entry {
+            key: key.0,
+            version: version_of(ledger_len),
+            state: pack(state),
+        }
+    }
+}
+
 fn version_of(ledger_len: u64) -> u32 {
     u32::try_from(ledger_len).unwrap_or(u32::MAX)
 }
@@ -119,16 +129,6 @@ impl Table {
         }
     }
 
-    /// Adds an entry for a key known to be new, without a slot: for the load at start, which
-    /// reads each account once and then builds the slots in one pass ([`Table::index`]).
-    fn push_new(&mut self, key: AccountKey, state: GateState, version: u64) {
-        self.entries.push(Entry {
-            key: key.0,
-            version: version_of(version),
-            state: pack(state),
-        });
-    }
-
     /// Sizes the slots for the entries (at most 70% full) and fills them.
     fn index(&mut self) {
         let capacity = (self.entries.len() * 10 / 7 + 1)
@@ -144,25 +144,20 @@ impl Table {
         if (self.entries.len() + 1) * 10 > self.slots.len() * 7 {
             self.grow();
         }
-        let version = version_of(version);
+        let new = Entry::new(key, state, version);
         match self.find(&key.0) {
             Some((_, Some(number))) => {
                 if let Some(entry) = self.entries.get_mut(number)
-                    && version >= entry.version
+                    && new.version >= entry.version
                 {
-                    entry.state = pack(state);
-                    entry.version = version;
+                    *entry = new;
                 }
             }
             Some((slot, None)) => {
                 let Ok(number) = u32::try_from(self.entries.len()) else {
                     return;
                 };
-                self.entries.push(Entry {
-                    key: key.0,
-                    version,
-                    state: pack(state),
-                });
+                self.entries.push(new);
                 if let Some(free) = self.slots.get_mut(slot) {
                     *free = number;
                 }
@@ -191,13 +186,30 @@ impl GateIndex {
     /// the index learned meanwhile (writes, the feed, look-ups) is kept where it is newer: each
     /// state carries its version.
     pub fn load(&self, store: &custos_store::Store) -> Result<(), custos_store::StoreError> {
-        let mut loaded = Table::default();
         // Accounts are unique in the store, so each row is appended without a lookup and the
-        // hash slots are built once at the end, at their final size.
-        store.for_each_gate_state(&mut |key, state, version| {
-            loaded.push_new(key, state, version);
+        // hash slots are built once at the end, at their final size. Batches come from
+        // several reading threads: each makes its batch's entries on its own and takes the
+        // lock once to hand them in; they are put together once, at their final size.
+        let batches = std::sync::Mutex::new(Vec::new());
+        store.for_each_gate_state(&|batch| {
+            let entries: Vec<Entry> = batch
+                .iter()
+                .map(|(key, state, version)| Entry::new(*key, *state, *version))
+                .collect();
+            if let Ok(mut batches) = batches.lock() {
+                batches.push(entries);
+            }
         })?;
-        loaded.entries.shrink_to_fit();
+        let batches = batches
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut loaded = Table {
+            entries: Vec::with_capacity(batches.iter().map(Vec::len).sum()),
+            ..Table::default()
+        };
+        for batch in batches {
+            loaded.entries.extend(batch);
+        }
         loaded.index();
         if let Ok(mut table) = self.table.write() {
             for entry in &table.entries {
@@ -371,7 +383,9 @@ mod tests {
         assert_eq!(table.get(&key("account-50000").0), None);
         let mut loaded = Table::default();
         for i in 0..50_000 {
-            loaded.push_new(key(&format!("account-{i}")), state(i), 1);
+            loaded
+                .entries
+                .push(Entry::new(key(&format!("account-{i}")), state(i), 1));
         }
         loaded.index();
         for i in (0..50_000).step_by(7) {

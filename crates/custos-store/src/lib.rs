@@ -56,7 +56,7 @@ pub use views::{
 
 use crate::postgres::PostgresBackend;
 use crate::records::Histories;
-use crate::sql::Backend;
+use crate::sql::{Backend, Rows, Tx};
 use crate::sqlite::SqliteBackend;
 
 /// The store signs a checkpoint by itself after this many ledger appends (per process).
@@ -129,6 +129,17 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+/// An account's gate inputs as the index keeps them: its key, its state, and the ledger length
+/// the state is as of.
+pub type AccountGateState = (AccountKey, GateState, u64);
+
+/// Connections that read an export's chunks at once on PostgreSQL
+/// ([`Store::scan_training_chunks`]).
+const SCAN_READERS: usize = 2;
+
+/// Accounts decoded at a time by the gate index's load ([`Store::for_each_gate_state`]).
+const GATE_STATES_PER_BATCH: usize = 16_384;
 
 macro_rules! with_backend {
     ($store:expr, $method:ident, $work:expr) => {
@@ -311,9 +322,15 @@ impl Store {
     }
 
     /// Like [`Store::scan_training`], handing over chunks as read (a few hundred accounts'
-    /// worth each), so that the caller can parse and decide on other threads while the next
-    /// chunk is read; `each` may hand back a chunk it is done with, whose buffers are reused. (Two readers sharing one snapshot were measured too, on two cores: slower,
-    /// see BENCHMARKS.md.)
+    /// worth each, in key order), so that the caller can parse and decide on other threads
+    /// while the next chunk is read; `each` may hand back a chunk it is done with, whose
+    /// buffers are reused.
+    ///
+    /// On PostgreSQL, where reading a chunk is the server's work (its pages found and sent),
+    /// [`SCAN_READERS`] connections that share the snapshot read alternate chunks, so that the
+    /// server works on two at once; `each` still takes them in key order. On SQLite the
+    /// reading is this process's own work, and two readers were slower on two cores (see
+    /// BENCHMARKS.md).
     pub fn scan_training_chunks(
         &self,
         cutoff: Timestamp,
@@ -321,11 +338,71 @@ impl Store {
         begin: &mut dyn FnMut(Option<Checkpoint>, u64),
         each: &mut dyn FnMut(scan::RawChunk) -> Result<Option<scan::RawChunk>, StoreError>,
     ) -> Result<(), StoreError> {
-        self.read(&mut |tx| {
-            let (checkpoint, conversations) = snapshot_start(tx)?;
-            begin(checkpoint, conversations);
-            scan::scan_chunks(tx, cutoff, now, true, each)
-        })
+        let AnyBackend::Postgres(backend) = &self.backend else {
+            return self.read(&mut |tx| {
+                let (checkpoint, conversations) = snapshot_start(tx)?;
+                begin(checkpoint, conversations);
+                scan::scan_chunks(tx, cutoff, now, true, each)
+            });
+        };
+        // Reader i reads chunks i, i + SCAN_READERS, …, each into a channel of its own; taking
+        // from the channels in turn gives the chunks in key order. A reader's sender is its
+        // own (taken out of `senders`), and the receivers are dropped with `meanwhile`: when
+        // either side stops, the other one's next send or receive fails instead of waiting.
+        type Chunks = (
+            std::sync::mpsc::SyncSender<scan::RawChunk>,
+            std::sync::mpsc::Receiver<scan::RawChunk>,
+        );
+        let (to_consumer, from_readers): (Vec<_>, Vec<_>) = (0..SCAN_READERS)
+            .map(|_| std::sync::mpsc::sync_channel::<scan::RawChunk>(1))
+            .unzip();
+        let (to_readers, spares): (Vec<_>, Vec<_>) = (0..SCAN_READERS)
+            .map(|_| std::sync::mpsc::sync_channel::<scan::RawChunk>(1))
+            .unzip();
+        let senders: std::sync::Mutex<Vec<Option<Chunks>>> =
+            std::sync::Mutex::new(to_consumer.into_iter().zip(spares).map(Some).collect());
+        let mut receivers = Some((from_readers, to_readers));
+        backend.read_shared(
+            SCAN_READERS,
+            &mut |tx| {
+                let (checkpoint, conversations) = snapshot_start(tx)?;
+                begin(checkpoint, conversations);
+                scan::chunk_bounds(tx)
+            },
+            &|reader, bounds, tx| {
+                let taken = senders
+                    .lock()
+                    .ok()
+                    .and_then(|mut senders| senders.get_mut(reader).and_then(Option::take));
+                let Some((to_consumer, spares)) = taken else {
+                    return Err(StoreError::corrupt("a reader without its channel"));
+                };
+                for index in (reader..bounds.len()).step_by(SCAN_READERS) {
+                    let spare = spares.try_recv().ok();
+                    let chunk = scan::read_chunk(tx, bounds, index, cutoff, now, spare)?;
+                    to_consumer.send(chunk).map_err(|_| StoreError::Stopped)?;
+                }
+                Ok(())
+            },
+            &mut |bounds| {
+                let Some((from_readers, to_readers)) = receivers.take() else {
+                    return Ok(());
+                };
+                for index in 0..bounds.len() {
+                    let reader = index % SCAN_READERS;
+                    let chunk = from_readers
+                        .get(reader)
+                        .and_then(|from| from.recv().ok())
+                        .ok_or(StoreError::Stopped)?;
+                    if let (Some(spare), Some(to)) = (each(chunk)?, to_readers.get(reader)) {
+                        // A reader with a spare already makes do with that one.
+                        let _ = to.try_send(spare);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
     }
 
     /// Signs `message` with the store's current key (Ed25519), e.g. an export's manifest;
@@ -784,15 +861,37 @@ impl Store {
         self.read(&mut |tx| views::gate_state(tx, &self.histories, &self.policy, account))
     }
 
-    /// Calls `each` with every account's gate inputs, streamed (for the index built at start);
-    /// answers where the change feed goes on from (see [`Store::gate_changes`]).
+    /// Calls `each` with every account's gate inputs, a batch at a time, from one snapshot (for
+    /// the index built at start); answers where the change feed goes on from, in that
+    /// snapshot (see [`Store::gate_changes`]). `each` may be called from several threads at
+    /// once: on PostgreSQL the accounts table is read by a connection per core.
     pub fn for_each_gate_state(
         &self,
-        each: &mut dyn FnMut(AccountKey, GateState, u64),
+        each: &(dyn Fn(&[AccountGateState]) + Sync),
     ) -> Result<FeedPosition, StoreError> {
-        with_backend!(self, read_once, &mut |tx| {
-            views::gate_states(tx, &self.histories, &self.policy, None, each)
-        })
+        let decode = |rows: &Rows| -> Result<(), StoreError> {
+            let mut states = Vec::with_capacity(GATE_STATES_PER_BATCH);
+            rows.replay(&mut |row| {
+                states.push(views::gate_state_of_row(
+                    &self.histories,
+                    &self.policy,
+                    row,
+                )?);
+                Ok(())
+            })?;
+            each(&states);
+            Ok(())
+        };
+        let (table, columns) = ("accounts", views::GATE_STATE_COLUMNS);
+        let position = &mut |tx: &mut dyn Tx| views::feed_position(tx);
+        match &self.backend {
+            AnyBackend::Sqlite(backend) => {
+                backend.stream_table(table, columns, GATE_STATES_PER_BATCH, position, &decode)
+            }
+            AnyBackend::Postgres(backend) => {
+                backend.stream_table(table, columns, GATE_STATES_PER_BATCH, position, &decode)
+            }
+        }
     }
 
     /// The change feed: calls `each` with the gate inputs of every account whose gate facts a
@@ -803,9 +902,7 @@ impl Store {
         since: FeedPosition,
         each: &mut dyn FnMut(AccountKey, GateState, u64),
     ) -> Result<FeedPosition, StoreError> {
-        self.read(&mut |tx| {
-            views::gate_states(tx, &self.histories, &self.policy, Some(since), each)
-        })
+        self.read(&mut |tx| views::gate_changes(tx, &self.histories, &self.policy, since, each))
     }
 
     /// Where the change feed stands now: reading from here misses nothing committed after

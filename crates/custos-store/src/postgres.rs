@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use postgres::{IsolationLevel, NoTls, Statement};
 
 use crate::error::StoreError;
@@ -217,28 +217,30 @@ enum Cell<'r> {
 
 fn cell(row: &postgres::Row, index: usize) -> Result<Cell<'_>, StoreError> {
     let column_type = row.columns().get(index).map(|c| c.type_());
-    let error = |e: postgres::Error| StoreError::corrupt(format!("column {index}: {e}"));
+    let raw = row
+        .try_get::<_, Option<Raw<'_>>>(index)
+        .map_err(|e| StoreError::corrupt(format!("column {index}: {e}")))?;
+    decode(column_type, raw.map(|Raw(bytes)| bytes), index)
+}
+
+/// A value of column `index` of type `column_type` from its bytes in the binary wire format
+/// (`None` for NULL): what a row and a binary `COPY` both carry.
+fn decode<'r>(
+    column_type: Option<&Type>,
+    raw: Option<&'r [u8]>,
+    index: usize,
+) -> Result<Cell<'r>, StoreError> {
+    let Some(raw) = raw else {
+        return Ok(Cell::Null);
+    };
+    let error =
+        |e: Box<dyn Error + Sync + Send>| StoreError::corrupt(format!("column {index}: {e}"));
     Ok(match column_type {
-        Some(&Type::INT8) => row
-            .try_get::<_, Option<i64>>(index)
-            .map_err(error)?
-            .map_or(Cell::Null, Cell::Int),
-        Some(&Type::INT4) => row
-            .try_get::<_, Option<i32>>(index)
-            .map_err(error)?
-            .map_or(Cell::Null, |v| Cell::Int(i64::from(v))),
-        Some(&(Type::TEXT | Type::VARCHAR | Type::NAME)) => row
-            .try_get::<_, Option<RawText<'_>>>(index)
-            .map_err(error)?
-            .map_or(Cell::Null, |RawText(text)| Cell::Text(text)),
-        Some(&Type::BYTEA) => row
-            .try_get::<_, Option<&[u8]>>(index)
-            .map_err(error)?
-            .map_or(Cell::Null, Cell::Bytes),
-        Some(&Type::BOOL) => row
-            .try_get::<_, Option<bool>>(index)
-            .map_err(error)?
-            .map_or(Cell::Null, Cell::Bool),
+        Some(ty @ &Type::INT8) => Cell::Int(i64::from_sql(ty, raw).map_err(error)?),
+        Some(ty @ &Type::INT4) => Cell::Int(i64::from(i32::from_sql(ty, raw).map_err(error)?)),
+        Some(&(Type::TEXT | Type::VARCHAR | Type::NAME)) => Cell::Text(raw),
+        Some(&Type::BYTEA) => Cell::Bytes(raw),
+        Some(ty @ &Type::BOOL) => Cell::Bool(bool::from_sql(ty, raw).map_err(error)?),
         other => {
             return Err(StoreError::corrupt(format!(
                 "column {index} has an unexpected type {other:?}"
@@ -261,21 +263,103 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError>
     })
 }
 
-/// A text value's bytes as the server sent them: [`crate::sql::Rows`] checks a whole buffer of
-/// them for UTF-8 at once, so each value needs no check (nor a `String`) of its own.
-struct RawText<'a>(&'a [u8]);
-
-impl<'a> postgres::types::FromSql<'a> for RawText<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-        Ok(RawText(raw))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::TEXT | Type::VARCHAR | Type::NAME)
+impl Cell<'_> {
+    /// Appends this value to flat buffers (a text unchecked: [`crate::sql::Rows`] checks a
+    /// whole buffer of them for UTF-8 at once, so each value needs no check of its own).
+    fn push_to(self, rows: &mut crate::sql::Rows) {
+        match self {
+            Cell::Null => rows.push_null(),
+            Cell::Int(value) => rows.push_int(value),
+            Cell::Bool(value) => rows.push_bool(value),
+            Cell::Text(text) => rows.push_unchecked_text(text),
+            Cell::Bytes(bytes) => rows.push_bytes(bytes),
+        }
     }
 }
 
-struct PostgresTx<'a, 'b> {
+/// A value's bytes as the server sent them, whatever its type: [`decode`] reads them.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Reads the rows of a binary `COPY … TO STDOUT` (the format of PostgreSQL's `COPY` page: a
+/// signature, flags and an extension area, then per row a field count and per field a length,
+/// -1 for NULL, and the value's bytes; a count of -1 ends it) into flat buffers, `batch` rows
+/// at a time.
+fn read_binary_copy(
+    input: &mut impl std::io::BufRead,
+    types: &[Type],
+    batch: usize,
+    rows: &mut crate::sql::Rows,
+    each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+    let broken = |what: &str| StoreError::corrupt(format!("a binary COPY stream {what}"));
+    let io =
+        |e: std::io::Error| StoreError::Unavailable(format!("a binary COPY stream broke off: {e}"));
+    let mut header = [0u8; 19];
+    input.read_exact(&mut header).map_err(io)?;
+    if header.get(..11) != Some(SIGNATURE.as_slice()) {
+        return Err(broken("has no PGCOPY signature"));
+    }
+    let extension = header
+        .get(15..19)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes);
+    let mut extension_area = std::io::Read::take(&mut *input, u64::from(extension));
+    std::io::copy(&mut extension_area, &mut std::io::sink()).map_err(io)?;
+    let mut value = Vec::new();
+    let mut in_batch = 0;
+    rows.clear();
+    rows.start(types.len());
+    loop {
+        let mut count = [0u8; 2];
+        input.read_exact(&mut count).map_err(io)?;
+        match i16::from_be_bytes(count) {
+            -1 => break,
+            n if usize::try_from(n).ok() == Some(types.len()) => {}
+            n => {
+                return Err(broken(&format!(
+                    "has a row of {n} fields, not {}",
+                    types.len()
+                )));
+            }
+        }
+        for (index, column_type) in types.iter().enumerate() {
+            let mut length = [0u8; 4];
+            input.read_exact(&mut length).map_err(io)?;
+            let raw = match usize::try_from(i32::from_be_bytes(length)) {
+                Ok(length) => {
+                    value.resize(length, 0);
+                    input.read_exact(&mut value).map_err(io)?;
+                    Some(value.as_slice())
+                }
+                Err(_) => None,
+            };
+            decode(Some(column_type), raw, index)?.push_to(rows);
+        }
+        in_batch += 1;
+        if in_batch == batch {
+            each(rows)?;
+            rows.clear();
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        each(rows)?;
+    }
+    Ok(())
+}
+
+pub(crate) struct PostgresTx<'a, 'b> {
     read_only: bool,
     transaction: &'a mut postgres::Transaction<'b>,
     prepared: &'a mut HashMap<String, Statement>,
@@ -296,6 +380,34 @@ impl PostgresTx<'_, '_> {
         }
         self.prepared.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    /// The rows of `query` by one binary `COPY … TO STDOUT`, typed by the columns of
+    /// `typed_as` (a query of the same columns, prepared once per connection), `batch` rows
+    /// at a time.
+    pub(crate) fn copy_rows(
+        &mut self,
+        typed_as: &str,
+        query: &str,
+        batch: usize,
+        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let types: Vec<Type> = self
+            .statement(typed_as)?
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
+        let copy = format!(
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            Dialect::Postgres.rewrite(query)
+        );
+        let mut input = self
+            .transaction
+            .copy_out(copy.as_str())
+            .map_err(|e| map_error(&e))?;
+        let mut rows = crate::sql::Rows::default();
+        read_binary_copy(&mut input, &types, batch, &mut rows, each)
     }
 }
 
@@ -454,16 +566,21 @@ impl Tx for PostgresTx<'_, '_> {
         rows.start(statement.columns().len());
         for row in &fetched {
             for index in 0..row.len() {
-                match cell(row, index)? {
-                    Cell::Null => rows.push_null(),
-                    Cell::Int(value) => rows.push_int(value),
-                    Cell::Bool(value) => rows.push_bool(value),
-                    Cell::Text(text) => rows.push_unchecked_text(text),
-                    Cell::Bytes(bytes) => rows.push_bytes(bytes),
-                }
+                cell(row, index)?.push_to(rows);
             }
         }
         Ok(())
+    }
+
+    /// The whole result as one binary `COPY … TO STDOUT`: the rows stream in the server's
+    /// wire format, with no statement portal and no row object per row.
+    fn stream_rows(
+        &mut self,
+        sql: &str,
+        batch: usize,
+        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.copy_rows(sql, sql, batch, each)
     }
 
     /// Rows are read as they arrive, through a portal: a query of many rows never holds them
@@ -505,5 +622,265 @@ impl Backend for PostgresBackend {
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.run(true, work)
+    }
+
+    /// The table's pages are split between a connection per core, all in one snapshot
+    /// ([`PostgresBackend::read_shared`]), each streaming its range of pages (a TID range
+    /// scan) by binary `COPY`: one connection alone is bound by the one server process that
+    /// sends its rows.
+    fn stream_table<R>(
+        &self,
+        table: &str,
+        columns: &str,
+        batch: usize,
+        first: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+        each: &(dyn Fn(&crate::sql::Rows) -> Result<(), StoreError> + Sync),
+    ) -> Result<R, StoreError> {
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        let all = format!("SELECT {columns} FROM {table}");
+        let mut before = None;
+        self.read_shared(
+            parts,
+            &mut |tx| {
+                before = Some(first(tx)?);
+                tx.query_one(
+                    &format!(
+                        "SELECT pg_relation_size('{table}') / current_setting('block_size')::INT8"
+                    ),
+                    &[],
+                )?
+                .map_or(Ok(0), |row| row.int(0))
+            },
+            &|part, pages, tx| {
+                // Part i reads pages [pages·i/parts, pages·(i+1)/parts); the last has no
+                // end, so that a page added since the count is read too.
+                let bound = |i: usize| {
+                    pages * i64::try_from(i).unwrap_or(0) / i64::try_from(parts).unwrap_or(1)
+                };
+                let from = format!("ctid >= '({},0)'::tid", bound(part));
+                let until = format!("ctid < '({},0)'::tid", bound(part + 1));
+                let query = match (part == 0, part + 1 == parts) {
+                    (true, true) => all.clone(),
+                    (false, true) => format!("{all} WHERE {from}"),
+                    (true, false) => format!("{all} WHERE {until}"),
+                    (false, false) => format!("{all} WHERE {from} AND {until}"),
+                };
+                tx.copy_rows(&all, &query, batch, &mut |rows| each(rows))
+            },
+            &mut |_| Ok(()),
+        )?;
+        before.ok_or_else(|| StoreError::corrupt("a shared read that did not begin"))
+    }
+}
+
+/// The first of `errors` that is not [`StoreError::Stopped`], or the first.
+fn cause(mut errors: Vec<StoreError>) -> StoreError {
+    let at = errors
+        .iter()
+        .position(|e| !matches!(e, StoreError::Stopped))
+        .unwrap_or(0);
+    errors.swap_remove(at)
+}
+
+/// A connection's transaction for one of the parts of [`PostgresBackend::read_shared`].
+fn shared_snapshot_transaction<'c>(
+    client: &'c mut postgres::Client,
+    snapshot: Option<&str>,
+) -> Result<postgres::Transaction<'c>, StoreError> {
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(|e| map_error(&e))?;
+    if let Some(snapshot) = snapshot {
+        transaction
+            .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+            .map_err(|e| map_error(&e))?;
+    }
+    Ok(transaction)
+}
+
+impl PostgresBackend {
+    /// Reads one snapshot on several connections at once: `lead` runs first, in a read-only
+    /// transaction that exports its snapshot (`pg_export_snapshot`); then `part(i, &led, tx)`
+    /// runs for each of `parts` on a connection and a thread of its own, in a transaction
+    /// that imports it (`SET TRANSACTION SNAPSHOT`), while `meanwhile(&led)` runs on the
+    /// calling thread. Answers what `lead` made and what `meanwhile` did. Of several errors,
+    /// one that is not [`StoreError::Stopped`] (what a part sees when its consumer has gone)
+    /// is the cause.
+    pub(crate) fn read_shared<L: Sync, M>(
+        &self,
+        parts: usize,
+        lead: &mut dyn FnMut(&mut dyn Tx) -> Result<L, StoreError>,
+        part: &(dyn Fn(usize, &L, &mut PostgresTx<'_, '_>) -> Result<(), StoreError> + Sync),
+        meanwhile: &mut dyn FnMut(&L) -> Result<M, StoreError>,
+    ) -> Result<(L, M), StoreError> {
+        let unavailable =
+            |e: r2d2::Error| StoreError::Unavailable(format!("no PostgreSQL connection: {e}"));
+        let mut lead_connection = self.pool.get().map_err(unavailable)?;
+        let mut part_connections = (0..parts)
+            .map(|_| self.pool.get().map_err(unavailable))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Connection { client, prepared } = &mut *lead_connection;
+        let mut transaction = shared_snapshot_transaction(client, None)?;
+        let mut tx = PostgresTx {
+            read_only: true,
+            transaction: &mut transaction,
+            prepared,
+        };
+        let led = lead(&mut tx)?;
+        let snapshot = match tx.query_one("SELECT pg_export_snapshot()", &[])? {
+            Some(row) => row.text(0)?,
+            None => return Err(StoreError::corrupt("no snapshot to share")),
+        };
+        let (parted, done) = std::thread::scope(|scope| {
+            let workers: Vec<_> = part_connections
+                .iter_mut()
+                .enumerate()
+                .map(|(i, connection)| {
+                    let (led, snapshot) = (&led, snapshot.as_str());
+                    scope.spawn(move || {
+                        let Connection { client, prepared } = &mut **connection;
+                        let mut transaction = shared_snapshot_transaction(client, Some(snapshot))?;
+                        part(
+                            i,
+                            led,
+                            &mut PostgresTx {
+                                read_only: true,
+                                transaction: &mut transaction,
+                                prepared,
+                            },
+                        )?;
+                        transaction.commit().map_err(|e| map_error(&e))
+                    })
+                })
+                .collect();
+            let done = meanwhile(&led);
+            let parted: Vec<Result<(), StoreError>> = workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|_| Err(StoreError::corrupt("a reading thread panicked")))
+                })
+                .collect();
+            (parted, done)
+        });
+        let mut errors: Vec<StoreError> = parted.into_iter().filter_map(Result::err).collect();
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                errors.insert(0, error);
+                return Err(cause(errors));
+            }
+        };
+        if !errors.is_empty() {
+            return Err(cause(errors));
+        }
+        transaction.commit().map_err(|e| map_error(&e))?;
+        Ok((led, done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary `COPY` stream of `rows`, each a list of fields (`None` for NULL), as the
+    /// server writes it.
+    fn stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
+        out.extend(0i32.to_be_bytes());
+        out.extend(4u32.to_be_bytes());
+        out.extend(b"ext!");
+        for row in rows {
+            out.extend(i16::try_from(row.len()).unwrap_or(0).to_be_bytes());
+            for field in row {
+                match field {
+                    Some(bytes) => {
+                        out.extend(i32::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
+                        out.extend(*bytes);
+                    }
+                    None => out.extend((-1i32).to_be_bytes()),
+                }
+            }
+        }
+        out.extend((-1i16).to_be_bytes());
+        out
+    }
+
+    /// A row of the streams these tests read: a text and a number, either of them NULL.
+    type TextAndNumber = (Option<String>, Option<i64>);
+
+    fn read(input: &[u8], batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
+        let mut seen = Vec::new();
+        let mut rows = crate::sql::Rows::default();
+        read_binary_copy(
+            &mut &input[..],
+            &[Type::TEXT, Type::INT8],
+            batch,
+            &mut rows,
+            &mut |rows| {
+                rows.replay(&mut |row| {
+                    use crate::sql::Columns;
+                    seen.push((row.optional_text(0)?, row.optional_int(1)?));
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn a_binary_copy_is_read_whole_in_batches() {
+        let seven = 7i64.to_be_bytes();
+        let input = stream(&[
+            vec![Some(b"demo-1"), Some(&seven)],
+            vec![None, None],
+            vec![Some("é".as_bytes()), Some(&seven)],
+        ]);
+        for batch in [1, 2, 3, 100] {
+            assert_eq!(
+                read(&input, batch).ok(),
+                Some(vec![
+                    (Some("demo-1".to_owned()), Some(7)),
+                    (None, None),
+                    (Some("é".to_owned()), Some(7)),
+                ]),
+                "batch {batch}"
+            );
+        }
+    }
+
+    /// A stream cut short, of the wrong shape or with a bad value is refused with what was
+    /// wrong, never read as fewer rows.
+    #[test]
+    fn a_broken_binary_copy_is_refused() {
+        let seven = 7i64.to_be_bytes();
+        let whole = stream(&[vec![Some(b"demo-1"), Some(&seven)]]);
+        for cut in 0..whole.len() {
+            assert!(
+                read(whole.get(..cut).unwrap_or_default(), 10).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut unsigned = whole.clone();
+        unsigned[0] = b'X';
+        let error = read(&unsigned, 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("signature"), "{error}");
+        let three = stream(&[vec![Some(b"a"), Some(&seven), None]]);
+        let error = read(&three, 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("3 fields"), "{error}");
+        let short_int = stream(&[vec![Some(b"a"), Some(b"123")]]);
+        assert!(read(&short_int, 10).is_err());
+        let not_utf8 = stream(&[vec![Some(b"\xff\xfe"), Some(&seven)]]);
+        assert!(read(&not_utf8, 10).is_err());
     }
 }

@@ -111,14 +111,10 @@ pub fn scan_chunks(
     // (fresh pages cost the reader a tenth of its time in the kernel, zeroing them).
     let mut spare = None;
     loop {
-        let mut accounts: Vec<(String, i64)> = Vec::new();
-        tx.query_each(
+        let accounts = chunk_accounts(
+            tx,
             "SELECT account_id, next_seq FROM accounts WHERE account_id > ? ORDER BY account_id LIMIT ?",
             &[after.as_str().into(), ACCOUNTS_PER_CHUNK.into()],
-            &mut |row| {
-                accounts.push((row.text(0)?, row.int(1)?));
-                Ok(())
-            },
         )?;
         let Some((last, _)) = accounts.last() else {
             return Ok(());
@@ -129,6 +125,65 @@ pub fn scan_chunks(
         spare = each(chunk)?;
         after = last;
     }
+}
+
+/// Where the chunks of [`scan_chunks`] end: the last account of every [`ACCOUNTS_PER_CHUNK`]
+/// accounts in key order, and the very last. Chunk i holds the accounts after bound i-1 up to
+/// bound i, so that readers of one snapshot can read chunks apart ([`read_chunk`]).
+pub fn chunk_bounds(tx: &mut dyn Tx) -> Result<Vec<String>, StoreError> {
+    let mut bounds = Vec::new();
+    tx.query_each(
+        "SELECT account_id FROM (SELECT account_id, ROW_NUMBER() OVER (ORDER BY account_id) AS n, \
+         COUNT(*) OVER () AS total FROM accounts) AS numbered \
+         WHERE n % ? = 0 OR n = total ORDER BY account_id",
+        &[ACCOUNTS_PER_CHUNK.into()],
+        &mut |row| {
+            bounds.push(row.text(0)?);
+            Ok(())
+        },
+    )?;
+    Ok(bounds)
+}
+
+/// Chunk `index` of [`chunk_bounds`]: the same rows [`scan_chunks`] hands over for it.
+/// `spare` is a chunk whose buffers are filled again.
+pub fn read_chunk(
+    tx: &mut dyn Tx,
+    bounds: &[String],
+    index: usize,
+    cutoff: Timestamp,
+    now: Timestamp,
+    spare: Option<RawChunk>,
+) -> Result<RawChunk, StoreError> {
+    let after = match index.checked_sub(1) {
+        Some(before) => bounds.get(before).map_or("", String::as_str),
+        None => "",
+    };
+    let last = bounds
+        .get(index)
+        .ok_or_else(|| StoreError::corrupt("a chunk past the last"))?;
+    let accounts = chunk_accounts(
+        tx,
+        "SELECT account_id, next_seq FROM accounts WHERE account_id > ? AND account_id <= ? ORDER BY account_id",
+        &[after.into(), last.as_str().into()],
+    )?;
+    let mut chunk = read_raw(tx, after, last, accounts, true, spare)?;
+    (chunk.cutoff, chunk.now) = (cutoff, now);
+    Ok(chunk)
+}
+
+/// A chunk's accounts, each with its event counter.
+fn chunk_accounts(
+    tx: &mut dyn Tx,
+    sql: &str,
+    params: &[crate::sql::Value],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut accounts = Vec::new();
+    tx.query_each(sql, params, &mut |row| {
+        accounts.push((row.text(0)?, row.int(1)?));
+        Ok(())
+    })?;
+    Ok(accounts)
 }
 
 /// The conversations of a range of accounts, with their owners' histories, as read in one

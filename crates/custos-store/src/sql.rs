@@ -300,6 +300,34 @@ pub trait Tx {
         })
     }
 
+    /// Streams every row of `sql`, a query without parameters over a whole table, into flat
+    /// buffers, and calls `each` with every `batch` rows (and the last few): a pass over
+    /// millions of rows allocates per batch, not per row. PostgreSQL reads it as one binary
+    /// `COPY`.
+    fn stream_rows(
+        &mut self,
+        sql: &str,
+        batch: usize,
+        each: &mut dyn FnMut(&Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut rows = Rows::default();
+        let mut in_batch = 0;
+        self.query_each(sql, &[], &mut |row| {
+            rows.push(row);
+            in_batch += 1;
+            if in_batch == batch {
+                each(&rows)?;
+                rows.clear();
+                in_batch = 0;
+            }
+            Ok(())
+        })?;
+        if in_batch > 0 {
+            each(&rows)?;
+        }
+        Ok(())
+    }
+
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let mut rows = Vec::new();
         self.query_each(sql, params, &mut |row| {
@@ -579,6 +607,30 @@ pub trait Backend: Send + Sync {
         work: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.read(work)
+    }
+
+    /// One pass over every row of `columns` of `table` in one snapshot (through
+    /// [`Backend::read_once`]): `first` runs in that snapshot before the rows are read, and
+    /// `each` takes them a batch of `batch` at a time. `each` may be called from several
+    /// threads at once, in no set order: PostgreSQL splits the table's pages between
+    /// connections that share the snapshot, so that the pass uses every core.
+    fn stream_table<R>(
+        &self,
+        table: &str,
+        columns: &str,
+        batch: usize,
+        first: &mut dyn FnMut(&mut dyn Tx) -> Result<R, StoreError>,
+        each: &(dyn Fn(&Rows) -> Result<(), StoreError> + Sync),
+    ) -> Result<R, StoreError> {
+        self.read_once(&mut |tx| {
+            let before = first(tx)?;
+            tx.stream_rows(
+                &format!("SELECT {columns} FROM {table}"),
+                batch,
+                &mut |rows| each(rows),
+            )?;
+            Ok(before)
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use crate::records::{
     END, Histories, conversations_of, ledger_entries, load_account, load_conversation, next_key,
 };
 use crate::scan::scan_conversations;
-use crate::sql::Tx;
+use crate::sql::{Columns, Tx};
 
 /// Gate(a, t) for a live account.
 pub fn gate_of(
@@ -161,46 +161,58 @@ pub fn feed_position(tx: &mut dyn Tx) -> Result<FeedPosition, StoreError> {
     ))
 }
 
-/// The gate states of accounts, each with its index key and the ledger length it is as of,
-/// streamed from one snapshot of the accounts table: every account (`since: None`, for the
-/// index built at start), or those marked at or after `since`. Answers the position to read
-/// from next, fixed in the same snapshot, so that a write committing at any moment is read by
-/// this call or the next one; a row may be read twice, which the index's versions make
-/// harmless.
-pub fn gate_states(
+/// The columns of `accounts` a gate state is read from ([`gate_state_of_row`]).
+pub const GATE_STATE_COLUMNS: &str = "account_id, plan, preference, erased_at, ledger_len";
+
+/// An account's gate state from a row of [`GATE_STATE_COLUMNS`], with its index key and the
+/// ledger length it is as of.
+pub fn gate_state_of_row(
+    histories: &Histories,
+    policy: &Policy,
+    row: &dyn Columns,
+) -> Result<(AccountKey, GateState, u64), StoreError> {
+    let plan = row.optional_str(1)?.unwrap_or_default();
+    let preference = match row.optional_str(2)? {
+        Some(text) => parse_or_corrupt(text, Preference::parse)?,
+        None => Preference::Unset,
+    };
+    let state = GateState {
+        consumer_plan: policy.is_consumer_plan_named(plan),
+        preference,
+        erased: row.optional_int(3)?.is_some(),
+    };
+    let id = row
+        .optional_str(0)?
+        .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
+    Ok((
+        histories.account_key(id),
+        state,
+        u64::try_from(row.int(4)?).unwrap_or(0),
+    ))
+}
+
+/// The gate states of the accounts marked at or after `since`, streamed from one snapshot of
+/// the accounts table. Answers the position to read from next, fixed in the same snapshot, so
+/// that a write committing at any moment is read by this call or the next one; a row may be
+/// read twice, which the index's versions make harmless. (The index built at start reads
+/// every account instead: `Store::for_each_gate_state`.)
+pub fn gate_changes(
     tx: &mut dyn Tx,
     histories: &Histories,
     policy: &Policy,
-    since: Option<FeedPosition>,
+    since: FeedPosition,
     each: &mut dyn FnMut(AccountKey, GateState, u64),
 ) -> Result<FeedPosition, StoreError> {
     let position = feed_position(tx)?;
-    let columns = "SELECT account_id, plan, preference, erased_at, ledger_len FROM accounts";
-    let (sql, params) = match since {
-        None => (columns.to_owned(), vec![]),
-        Some(FeedPosition(from)) => (format!("{columns} WHERE changed >= ?"), vec![from.into()]),
-    };
-    tx.query_each(&sql, &params, &mut |row| {
-        let plan = row.optional_str(1)?.unwrap_or_default();
-        let preference = match row.optional_str(2)? {
-            Some(text) => parse_or_corrupt(text, Preference::parse)?,
-            None => Preference::Unset,
-        };
-        let state = GateState {
-            consumer_plan: policy.is_consumer_plan_named(plan),
-            preference,
-            erased: row.optional_int(3)?.is_some(),
-        };
-        let id = row
-            .optional_str(0)?
-            .ok_or_else(|| StoreError::corrupt("an account has no id"))?;
-        each(
-            histories.account_key(id),
-            state,
-            u64::try_from(row.int(4)?).unwrap_or(0),
-        );
-        Ok(())
-    })?;
+    tx.query_each(
+        &format!("SELECT {GATE_STATE_COLUMNS} FROM accounts WHERE changed >= ?"),
+        &[since.0.into()],
+        &mut |row| {
+            let (key, state, version) = gate_state_of_row(histories, policy, row)?;
+            each(key, state, version);
+            Ok(())
+        },
+    )?;
     Ok(position)
 }
 

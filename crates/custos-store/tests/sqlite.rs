@@ -236,10 +236,18 @@ fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained
     .unwrap();
     drop(db);
     let store = Store::open(&location, Policy::bundled()).unwrap();
-    let mut states = Vec::new();
+    let states = std::sync::Mutex::new(Vec::new());
     store
-        .for_each_gate_state(&mut |id, state, _version| states.push((id.to_owned(), state)))
+        .for_each_gate_state(&|batch| {
+            let mut states = states.lock().unwrap();
+            states.extend(
+                batch
+                    .iter()
+                    .map(|(id, state, _version)| (id.to_owned(), *state)),
+            );
+        })
         .unwrap();
+    let states = states.into_inner().unwrap();
     assert_eq!(states.len(), 1);
     let (_, state) = &states[0];
     assert!(

@@ -55,6 +55,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     every_concurrent_writer_is_answered_with_its_own_write,
     the_change_feed_misses_no_committed_change,
     one_sweep_runs_at_a_time_and_every_one_is_recorded,
+    whole_store_reads_in_parts_read_every_row_once,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -961,6 +962,18 @@ fn follow(
     }
 }
 
+/// The index's full read, batches from any thread, into `followed`; answers the feed's position.
+fn read_every_gate_state(store: &Store, followed: &mut Followed) -> custos_store::FeedPosition {
+    let read = std::sync::Mutex::new(Vec::new());
+    let position = store
+        .for_each_gate_state(&|batch| read.lock().unwrap().extend_from_slice(batch))
+        .unwrap();
+    for (key, state, version) in read.into_inner().unwrap() {
+        follow(followed, key, state, version);
+    }
+    position
+}
+
 /// Many writers commit creations, choices, plan changes and erasures at once (commits finish in
 /// any order), while a reader follows the change feed; what the reader ends with equals a
 /// full read of the store, account by account.
@@ -968,9 +981,7 @@ pub fn the_change_feed_misses_no_committed_change(open: Factory<'_>) {
     let store = open();
     let start = ts("2025-10-01T00:00:00Z");
     let mut followed = Followed::new();
-    let mut position = store
-        .for_each_gate_state(&mut |key, state, version| follow(&mut followed, key, state, version))
-        .unwrap();
+    let mut position = read_every_gate_state(&store, &mut followed);
     const WRITERS: usize = 6;
     const ACCOUNTS: usize = 12;
     const EACH: usize = 40;
@@ -1023,9 +1034,7 @@ pub fn the_change_feed_misses_no_committed_change(open: Factory<'_>) {
         })
         .unwrap();
     let mut stored = Followed::new();
-    store
-        .for_each_gate_state(&mut |key, state, version| follow(&mut stored, key, state, version))
-        .unwrap();
+    read_every_gate_state(&store, &mut stored);
     assert!(!stored.is_empty());
     assert_eq!(
         followed, stored,
@@ -1117,5 +1126,126 @@ pub fn one_sweep_runs_at_a_time_and_every_one_is_recorded(open: Factory<'_>) {
         recorded.iter().map(|s| s.purged).sum::<u64>(),
         DUE as u64,
         "the records say what the sweeps did"
+    );
+}
+
+/// The reads of a whole store that PostgreSQL splits between connections sharing one snapshot
+/// (the gate index's load by ranges of pages, an export's chunks by turns) read every row once:
+/// the gate states equal each account's own, each once, and the chunks an export takes, in
+/// order, hold what one reader's scan holds, text for text.
+pub fn whole_store_reads_in_parts_read_every_row_once(open: Factory<'_>) {
+    const ACCOUNTS: usize = 1_500;
+    let store = open();
+    let start = ts("2025-10-01T00:00:00Z");
+    let lists: Vec<Vec<(Timestamp, Command)>> = (0..ACCOUNTS)
+        .map(|i| {
+            let id = account(&format!("parts-{i:05}"));
+            let at = |minutes: i64| {
+                Timestamp::from_unix_millis(start.unix_millis() + minutes * 60_000).unwrap()
+            };
+            let mut list = vec![(
+                at(0),
+                Command::CreateAccount {
+                    account: id.clone(),
+                    plan: if i % 7 == 0 { "team" } else { "pro" }.into(),
+                    choice: (i % 7 != 0).then_some((i % 2 == 0, Channel::Signup)),
+                },
+            )];
+            for c in 0..(i % 3) {
+                for m in 0..2 {
+                    list.push((
+                        at(1 + m),
+                        Command::Message {
+                            account: id.clone(),
+                            conversation: ConversationId::parse(&format!("parts-{i:05}-{c}"))
+                                .unwrap(),
+                            surface: Surface::Chat,
+                            role: Role::User,
+                            text: format!("text {m} of conversation {c} of account {i}"),
+                            incognito: false,
+                        },
+                    ));
+                }
+            }
+            list
+        })
+        .collect();
+    let outcomes = store
+        .load_into_empty(|store| store.load_new_accounts(&lists, "conformance"))
+        .unwrap();
+    for (list, outcomes) in lists.iter().zip(&outcomes) {
+        for outcome in outcomes {
+            assert!(outcome.is_ok(), "{:?}: {outcome:?}", list[0]);
+        }
+    }
+
+    let mut read = Followed::new();
+    read_every_gate_state(&store, &mut read);
+    let batches = std::sync::Mutex::new(0usize);
+    store
+        .for_each_gate_state(&|batch| *batches.lock().unwrap() += batch.len())
+        .unwrap();
+    assert_eq!(
+        batches.into_inner().unwrap(),
+        ACCOUNTS,
+        "each account read once"
+    );
+    assert_eq!(read.len(), ACCOUNTS);
+    for list in &lists {
+        let Command::CreateAccount { account, .. } = &list[0].1 else {
+            unreachable!()
+        };
+        let alone = store.gate_state(account).unwrap().unwrap();
+        assert_eq!(
+            read.get(&store.account_key(account)),
+            Some(&alone),
+            "{account}"
+        );
+    }
+
+    let now = ts("2025-10-02T00:00:00Z");
+    let seen = |scanned: custos_store::Scanned<'_>, out: &mut Vec<String>| {
+        let texts: Vec<&str> = scanned
+            .conversation
+            .messages
+            .iter()
+            .map(|m| scanned.message_text(m).unwrap())
+            .collect();
+        out.push(format!(
+            "{} {} {}",
+            scanned.owner.id,
+            scanned.conversation.id,
+            texts.join("|")
+        ));
+    };
+    let mut alone = Vec::new();
+    store
+        .scan_training(now, now, true, &mut |_, _| Ok(()), &mut |scanned| {
+            seen(scanned, &mut alone);
+            Ok(())
+        })
+        .unwrap();
+    let mut chunked = Vec::new();
+    let mut conversations = None;
+    store
+        .scan_training_chunks(
+            now,
+            now,
+            &mut |_, total| conversations = Some(total),
+            &mut |raw| {
+                raw.parse()?.visit(&mut |scanned| {
+                    seen(scanned, &mut chunked);
+                    Ok(())
+                })?;
+                Ok(Some(raw))
+            },
+        )
+        .unwrap();
+    let expected: usize = (0..ACCOUNTS).map(|i| i % 3).sum();
+    assert_eq!(alone.len(), expected);
+    assert_eq!(conversations, Some(expected as u64));
+    assert_eq!(
+        chunked, alone,
+        "the chunks, in order, hold what one scan holds"
     );
 }
