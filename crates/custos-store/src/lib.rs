@@ -134,12 +134,15 @@ impl std::fmt::Debug for Store {
 /// the state is as of.
 pub type AccountGateState = (AccountKey, GateState, u64);
 
+/// Batches of a sweep purged at once on PostgreSQL ([`Store::sweep`]).
+const SWEEP_WORKERS: usize = 4;
+
 /// Connections that read an export's chunks at once on PostgreSQL
 /// ([`Store::scan_training_chunks`]).
 const SCAN_READERS: usize = 2;
 
 /// Accounts decoded at a time by the gate index's load ([`Store::for_each_gate_state`]).
-const GATE_STATES_PER_BATCH: usize = 16_384;
+const GATE_STATES_PER_BATCH: usize = 2_048;
 
 macro_rules! with_backend {
     ($store:expr, $method:ident, $work:expr) => {
@@ -657,46 +660,131 @@ impl Store {
                 by: holder.by,
                 instance: holder.instance,
             })?;
-        let mut report = SweepReport::default();
-        let mut cursor: Option<sweep::SweepCursor> = None;
-        let mut looked_at = 0u64;
-        loop {
-            let after = cursor.clone();
-            let batch_result = self.write(&mut |tx| {
-                let (part, next, visited) = sweep::sweep_batch(
-                    tx,
-                    &self.histories,
-                    &self.policy,
-                    now,
-                    after.as_ref(),
-                    batch,
-                )?;
-                let mut so_far = report.clone();
-                so_far.add(&part);
-                sweep::record_progress(tx, &id, &so_far, wall_millis(), next.is_none())?;
-                Ok((part, next, visited))
-            });
-            let (part, next, visited) = match batch_result {
-                Ok(done) => done,
-                Err(error) => {
-                    // Let the next sweep start at once rather than when the lease lapses.
-                    let _ = self.write(&mut |tx| {
-                        tx.execute(
-                            "UPDATE sweeps SET lease_until = ? WHERE id = ?",
-                            &[wall_millis().into(), id.as_str().into()],
-                        )
-                    });
-                    return Err(error);
-                }
-            };
-            report.add(&part);
-            looked_at += u64::try_from(visited).unwrap_or(u64::MAX);
-            progress(looked_at, &report);
-            match next {
-                Some(next) => cursor = Some(next),
-                None => return Ok(report),
+        match self.sweep_batches(&id, now, batch, progress) {
+            Ok(report) => {
+                self.write(&mut |tx| sweep::record_end(tx, &id, wall_millis()))?;
+                Ok(report)
+            }
+            Err(error) => {
+                // Let the next sweep start at once rather than when the lease lapses.
+                let _ = self.write(&mut |tx| {
+                    tx.execute(
+                        "UPDATE sweeps SET lease_until = ? WHERE id = ?",
+                        &[wall_millis().into(), id.as_str().into()],
+                    )
+                });
+                Err(error)
             }
         }
+    }
+
+    /// The batches of sweep `id`: this thread nominates each batch's due conversations in
+    /// expiry order ([`sweep::nominate`]), and [`SWEEP_WORKERS`] threads purge them
+    /// ([`sweep::purge_nominated`]), each batch in a write transaction of its own that also
+    /// adds its counts to the sweep's record. On PostgreSQL several batches are in the server
+    /// at once: a batch mostly waits for the pages it reads and deletes, and the server reads
+    /// them for several transactions at a time. SQLite has one writer, and one worker: it
+    /// purges a batch while the next is nominated.
+    fn sweep_batches(
+        &self,
+        id: &str,
+        now: Timestamp,
+        batch: usize,
+        progress: &mut dyn FnMut(u64, &SweepReport),
+    ) -> Result<SweepReport, StoreError> {
+        let workers = match &self.backend {
+            AnyBackend::Sqlite(_) => 1,
+            AnyBackend::Postgres(_) => SWEEP_WORKERS,
+        };
+        let (to_workers, nominated) =
+            std::sync::mpsc::sync_channel::<Vec<custos_core::ConversationId>>(workers);
+        // The workers share the receiving end, and the last to stop drops it: a nominator
+        // whose every worker has stopped (each on an error) is then refused, not kept waiting.
+        let nominated = std::sync::Arc::new(std::sync::Mutex::new(nominated));
+        let (to_nominator, purged) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (to_nominator, nominated) = (to_nominator.clone(), nominated.clone());
+                scope.spawn(move || {
+                    loop {
+                        let next = nominated
+                            .lock()
+                            .map_err(|_| ())
+                            .and_then(|n| n.recv().map_err(|_| ()));
+                        let Ok(due) = next else {
+                            return;
+                        };
+                        let purged = self.write(&mut |tx| {
+                            let part = sweep::purge_nominated(
+                                tx,
+                                &self.histories,
+                                &self.policy,
+                                now,
+                                &due,
+                            )?;
+                            sweep::record_progress(tx, id, &part, wall_millis())?;
+                            Ok(part)
+                        });
+                        let failed = purged.is_err();
+                        if to_nominator
+                            .send(purged.map(|part| (part, due.len())))
+                            .is_err()
+                            || failed
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop((to_nominator, nominated));
+            let mut report = SweepReport::default();
+            let mut looked_at = 0u64;
+            let mut failure = None;
+            // Takes in a batch's outcome; answers whether the sweep goes on.
+            let mut take = |purged: Result<(SweepReport, usize), StoreError>| match purged {
+                Ok((part, due)) => {
+                    report.add(&part);
+                    looked_at += u64::try_from(due).unwrap_or(u64::MAX);
+                    progress(looked_at, &report);
+                    true
+                }
+                Err(error) => {
+                    failure.get_or_insert(error);
+                    false
+                }
+            };
+            let mut cursor: Option<sweep::SweepCursor> = None;
+            let nominating = loop {
+                let mut going_on = true;
+                while let Ok(done) = purged.try_recv() {
+                    going_on &= take(done);
+                }
+                if !going_on {
+                    break Ok(());
+                }
+                let (due, next) =
+                    match self.read(&mut |tx| sweep::nominate(tx, now, cursor.as_ref(), batch)) {
+                        Ok(nominated) => nominated,
+                        Err(error) => break Err(error),
+                    };
+                // A failed send means every worker stopped: their results say why.
+                if due.is_empty() || to_workers.send(due).is_err() {
+                    break Ok(());
+                }
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break Ok(()),
+                }
+            };
+            drop(to_workers);
+            for done in purged {
+                take(done);
+            }
+            match (failure, nominating) {
+                (Some(error), _) | (None, Err(error)) => Err(error),
+                (None, Ok(())) => Ok(report),
+            }
+        })
     }
 
     /// Records that export `id` (a snapshot as of `snapshot_at`) started on this instance.

@@ -34,6 +34,9 @@ const PREPARED_PER_CONNECTION: usize = 512;
 
 pub struct PostgresBackend {
     pool: r2d2::Pool<Connections>,
+    /// For the readers that stream a whole table, each on a connection of its own
+    /// ([`copy_in_snapshot`]).
+    config: tokio_postgres::Config,
 }
 
 /// A client with the statements prepared on it, keyed by their portable text.
@@ -78,15 +81,19 @@ impl r2d2::ManageConnection for Connections {
 
 impl PostgresBackend {
     pub fn open(url: &str) -> Result<PostgresBackend, StoreError> {
-        let config: postgres::Config = url.parse().map_err(|e| {
+        let not_a_url = |e: postgres::Error| {
             StoreError::Database(format!("`--database` is not a PostgreSQL URL: {e}"))
-        })?;
+        };
+        let config: postgres::Config = url.parse().map_err(not_a_url)?;
         let pool = r2d2::Pool::builder()
             .max_size(8)
             .connection_timeout(std::time::Duration::from_secs(2))
             .build(Connections { config })
             .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
-        Ok(PostgresBackend { pool })
+        Ok(PostgresBackend {
+            pool,
+            config: url.parse().map_err(not_a_url)?,
+        })
     }
 
     fn run<R>(
@@ -290,73 +297,222 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
-/// Reads the rows of a binary `COPY … TO STDOUT` (the format of PostgreSQL's `COPY` page: a
-/// signature, flags and an extension area, then per row a field count and per field a length,
-/// -1 for NULL, and the value's bytes; a count of -1 ends it) into flat buffers, `batch` rows
-/// at a time.
-fn read_binary_copy(
-    input: &mut impl std::io::BufRead,
-    types: &[Type],
+/// Reads the rows of a binary `COPY … TO STDOUT` stream fed to it in pieces of any size (the
+/// format of PostgreSQL's `COPY` page: a signature, flags and an extension area, then per row
+/// a field count and per field a length, -1 for NULL, and the value's bytes; a count of -1
+/// ends it) into flat buffers, and hands them on `batch` rows at a time.
+struct BinaryCopy<'t> {
+    types: &'t [Type],
     batch: usize,
-    rows: &mut crate::sql::Rows,
-    each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-    let broken = |what: &str| StoreError::corrupt(format!("a binary COPY stream {what}"));
-    let io =
-        |e: std::io::Error| StoreError::Unavailable(format!("a binary COPY stream broke off: {e}"));
-    let mut header = [0u8; 19];
-    input.read_exact(&mut header).map_err(io)?;
-    if header.get(..11) != Some(SIGNATURE.as_slice()) {
-        return Err(broken("has no PGCOPY signature"));
+    /// Bytes fed and not yet read: at most one row cut short, once a piece has been read.
+    pending: Vec<u8>,
+    started: bool,
+    ended: bool,
+    rows: crate::sql::Rows,
+    in_batch: usize,
+}
+
+/// How many bytes [`BinaryCopy`] gathers before it reads them (each piece is one row or so).
+const COPY_READ_AT: usize = 256 * 1024;
+
+impl<'t> BinaryCopy<'t> {
+    fn new(types: &'t [Type], batch: usize) -> BinaryCopy<'t> {
+        let mut rows = crate::sql::Rows::default();
+        rows.start(types.len());
+        BinaryCopy {
+            types,
+            batch: batch.max(1),
+            pending: Vec::with_capacity(COPY_READ_AT * 2),
+            started: false,
+            ended: false,
+            rows,
+            in_batch: 0,
+        }
     }
-    let extension = header
-        .get(15..19)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(0, u32::from_be_bytes);
-    let mut extension_area = std::io::Read::take(&mut *input, u64::from(extension));
-    std::io::copy(&mut extension_area, &mut std::io::sink()).map_err(io)?;
-    let mut value = Vec::new();
-    let mut in_batch = 0;
-    rows.clear();
-    rows.start(types.len());
-    loop {
-        let mut count = [0u8; 2];
-        input.read_exact(&mut count).map_err(io)?;
-        match i16::from_be_bytes(count) {
-            -1 => break,
-            n if usize::try_from(n).ok() == Some(types.len()) => {}
-            n => {
-                return Err(broken(&format!(
-                    "has a row of {n} fields, not {}",
-                    types.len()
+
+    fn feed(
+        &mut self,
+        piece: &[u8],
+        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.pending.extend_from_slice(piece);
+        if self.pending.len() >= COPY_READ_AT {
+            self.read(each)?;
+        }
+        Ok(())
+    }
+
+    /// The stream has ended: it must have ended whole.
+    fn finish(
+        mut self,
+        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.read(each)?;
+        if !self.ended {
+            return Err(copy_broken("ends before its last row"));
+        }
+        if !self.pending.is_empty() {
+            return Err(copy_broken("goes on after its last row"));
+        }
+        if self.in_batch > 0 {
+            each(&self.rows)?;
+        }
+        Ok(())
+    }
+
+    /// Reads every whole row of `pending`, and keeps the rest.
+    fn read(
+        &mut self,
+        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+        let pending = std::mem::take(&mut self.pending);
+        let mut at = 0;
+        if !self.started {
+            let Some(extension) = pending.get(15..19) else {
+                self.pending = pending;
+                return Ok(());
+            };
+            if pending.get(..11) != Some(SIGNATURE.as_slice()) {
+                return Err(copy_broken("has no PGCOPY signature"));
+            }
+            let extension =
+                usize::try_from(u32::from_be_bytes(extension.try_into().unwrap_or_default()))
+                    .unwrap_or(usize::MAX);
+            if pending.len() < 19 + extension {
+                self.pending = pending;
+                return Ok(());
+            }
+            at = 19 + extension;
+            self.started = true;
+        }
+        while !self.ended {
+            let Some(count) = pending
+                .get(at..at + 2)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            else {
+                break;
+            };
+            let count = i16::from_be_bytes(count);
+            if count == -1 {
+                self.ended = true;
+                at += 2;
+                break;
+            }
+            if usize::try_from(count).ok() != Some(self.types.len()) {
+                return Err(copy_broken(&format!(
+                    "has a row of {count} fields, not {}",
+                    self.types.len()
                 )));
             }
-        }
-        for (index, column_type) in types.iter().enumerate() {
-            let mut length = [0u8; 4];
-            input.read_exact(&mut length).map_err(io)?;
-            let raw = match usize::try_from(i32::from_be_bytes(length)) {
-                Ok(length) => {
-                    value.resize(length, 0);
-                    input.read_exact(&mut value).map_err(io)?;
-                    Some(value.as_slice())
+            // The row's fields, found before any is kept: a row cut short waits whole.
+            let mut fields = [(0usize, 0usize, false); 16];
+            if self.types.len() > fields.len() {
+                return Err(copy_broken("has more fields than a row here holds"));
+            }
+            let mut end = at + 2;
+            let mut whole = true;
+            for field in fields.iter_mut().take(self.types.len()) {
+                let Some(length) = pending
+                    .get(end..end + 4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                else {
+                    whole = false;
+                    break;
+                };
+                let length = i32::from_be_bytes(length);
+                end += 4;
+                match usize::try_from(length) {
+                    Ok(length) if pending.len() >= end + length => {
+                        *field = (end, end + length, true);
+                        end += length;
+                    }
+                    Ok(_) => {
+                        whole = false;
+                        break;
+                    }
+                    Err(_) if length == -1 => *field = (end, end, false),
+                    Err(_) => return Err(copy_broken(&format!("has a field of length {length}"))),
                 }
-                Err(_) => None,
-            };
-            decode(Some(column_type), raw, index)?.push_to(rows);
+            }
+            if !whole {
+                break;
+            }
+            for (index, (column_type, &(from, until, present))) in
+                self.types.iter().zip(&fields).enumerate()
+            {
+                let raw = if present {
+                    pending.get(from..until)
+                } else {
+                    None
+                };
+                decode(Some(column_type), raw, index)?.push_to(&mut self.rows);
+            }
+            at = end;
+            self.in_batch += 1;
+            if self.in_batch == self.batch {
+                each(&self.rows)?;
+                self.rows.clear();
+                self.in_batch = 0;
+            }
         }
-        in_batch += 1;
-        if in_batch == batch {
-            each(rows)?;
-            rows.clear();
-            in_batch = 0;
+        self.pending = pending;
+        self.pending.drain(..at);
+        Ok(())
+    }
+}
+
+fn copy_broken(what: &str) -> StoreError {
+    StoreError::corrupt(format!("a binary COPY stream {what}"))
+}
+
+/// Streams the rows of `query` by binary `COPY … TO STDOUT` on a connection of its own, in
+/// the snapshot `snapshot` (exported by another transaction), typed by `types`, `batch` rows at
+/// a time. The connection is driven by tokio-postgres directly, so the whole stream is read in
+/// one pass of its runtime: the blocking client enters its runtime once per message, and a
+/// COPY sends a message per row.
+fn copy_in_snapshot(
+    config: &tokio_postgres::Config,
+    snapshot: &str,
+    types: &[Type],
+    query: &str,
+    batch: usize,
+    each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("no runtime for a PostgreSQL reader: {e}")))?;
+    runtime.block_on(async {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| map_error(&e))?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "SET jit = off; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                 SET TRANSACTION SNAPSHOT '{snapshot}'"
+            ))
+            .await
+            .map_err(|e| map_error(&e))?;
+        let stream = client
+            .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+            .await
+            .map_err(|e| map_error(&e))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut reader = BinaryCopy::new(types, batch);
+        while let Some(piece) = stream.next().await {
+            reader.feed(&piece.map_err(|e| map_error(&e))?, each)?;
         }
-    }
-    if in_batch > 0 {
-        each(rows)?;
-    }
-    Ok(())
+        reader.finish(each)?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| map_error(&e))?;
+        drop(client);
+        // The connection ends once its client has gone.
+        let _ = connection.await;
+        Ok(())
+    })
 }
 
 pub(crate) struct PostgresTx<'a, 'b> {
@@ -382,45 +538,24 @@ impl PostgresTx<'_, '_> {
         Ok(statement)
     }
 
-    /// The rows of `query` by one binary `COPY … TO STDOUT`, typed by the columns of
-    /// `typed_as` (a query of the same columns, prepared once per connection), `batch` rows
-    /// at a time.
-    pub(crate) fn copy_rows(
-        &mut self,
-        typed_as: &str,
-        query: &str,
-        batch: usize,
-        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let types: Vec<Type> = self
-            .statement(typed_as)?
+    /// The types of the columns `query` answers, as the server has them.
+    fn types_of(&mut self, query: &str) -> Result<Vec<Type>, StoreError> {
+        Ok(self
+            .statement(query)?
             .columns()
             .iter()
-            .map(|c| c.type_().clone())
-            .collect();
-        let copy = format!(
-            "COPY ({}) TO STDOUT (FORMAT binary)",
-            Dialect::Postgres.rewrite(query)
-        );
-        let mut input = self
-            .transaction
-            .copy_out(copy.as_str())
-            .map_err(|e| map_error(&e))?;
-        let mut rows = crate::sql::Rows::default();
-        read_binary_copy(&mut input, &types, batch, &mut rows, each)
+            .map(|column| column.type_().clone())
+            .collect())
     }
 }
 
 impl PostgresTx<'_, '_> {
     /// The types of `columns` of `table`, as the server has them.
     fn column_types(&mut self, table: &str, columns: &[&str]) -> Result<Vec<Type>, StoreError> {
-        let sql = format!("SELECT {} FROM {table} LIMIT 0", columns.join(", "));
-        Ok(self
-            .statement(&sql)?
-            .columns()
-            .iter()
-            .map(|column| column.type_().clone())
-            .collect())
+        self.types_of(&format!(
+            "SELECT {} FROM {table} LIMIT 0",
+            columns.join(", ")
+        ))
     }
 }
 
@@ -572,17 +707,6 @@ impl Tx for PostgresTx<'_, '_> {
         Ok(())
     }
 
-    /// The whole result as one binary `COPY … TO STDOUT`: the rows stream in the server's
-    /// wire format, with no statement portal and no row object per row.
-    fn stream_rows(
-        &mut self,
-        sql: &str,
-        batch: usize,
-        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.copy_rows(sql, sql, batch, each)
-    }
-
     /// Rows are read as they arrive, through a portal: a query of many rows never holds them
     /// all.
     fn query_each(
@@ -624,10 +748,10 @@ impl Backend for PostgresBackend {
         self.run(true, work)
     }
 
-    /// The table's pages are split between a connection per core, all in one snapshot
-    /// ([`PostgresBackend::read_shared`]), each streaming its range of pages (a TID range
-    /// scan) by binary `COPY`: one connection alone is bound by the one server process that
-    /// sends its rows.
+    /// The table's pages are split between a connection per core, all in one snapshot (the
+    /// first transaction exports it, `pg_export_snapshot`, and each reader imports it), each
+    /// streaming its range of pages (a TID range scan) by binary `COPY` ([`copy_in_snapshot`]):
+    /// one connection alone is bound by the one server process that sends its rows.
     fn stream_table<R>(
         &self,
         table: &str,
@@ -638,38 +762,75 @@ impl Backend for PostgresBackend {
     ) -> Result<R, StoreError> {
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
         let all = format!("SELECT {columns} FROM {table}");
-        let mut before = None;
-        self.read_shared(
-            parts,
-            &mut |tx| {
-                before = Some(first(tx)?);
-                tx.query_one(
-                    &format!(
-                        "SELECT pg_relation_size('{table}') / current_setting('block_size')::INT8"
-                    ),
-                    &[],
-                )?
-                .map_or(Ok(0), |row| row.int(0))
-            },
-            &|part, pages, tx| {
-                // Part i reads pages [pages·i/parts, pages·(i+1)/parts); the last has no
-                // end, so that a page added since the count is read too.
-                let bound = |i: usize| {
-                    pages * i64::try_from(i).unwrap_or(0) / i64::try_from(parts).unwrap_or(1)
-                };
-                let from = format!("ctid >= '({},0)'::tid", bound(part));
-                let until = format!("ctid < '({},0)'::tid", bound(part + 1));
-                let query = match (part == 0, part + 1 == parts) {
-                    (true, true) => all.clone(),
-                    (false, true) => format!("{all} WHERE {from}"),
-                    (true, false) => format!("{all} WHERE {until}"),
-                    (false, false) => format!("{all} WHERE {from} AND {until}"),
-                };
-                tx.copy_rows(&all, &query, batch, &mut |rows| each(rows))
-            },
-            &mut |_| Ok(()),
+        let mut lead = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))?;
+        let Connection { client, prepared } = &mut *lead;
+        let mut transaction = shared_snapshot_transaction(client, None)?;
+        let mut tx = PostgresTx {
+            read_only: true,
+            transaction: &mut transaction,
+            prepared,
+        };
+        let before = first(&mut tx)?;
+        let types = tx.types_of(&all)?;
+        let shared = tx.query_one(
+            &format!(
+                "SELECT pg_export_snapshot(), pg_relation_size('{table}') / current_setting('block_size')::INT8"
+            ),
+            &[],
         )?;
-        before.ok_or_else(|| StoreError::corrupt("a shared read that did not begin"))
+        let (snapshot, pages) = match &shared {
+            Some(row) => (row.text(0)?, row.int(1)?),
+            None => return Err(StoreError::corrupt("no snapshot to share")),
+        };
+        // Part i reads pages [pages·i/parts, pages·(i+1)/parts); the last has no end, so that
+        // a page added since the count is read too.
+        let bound =
+            |i: usize| pages * i64::try_from(i).unwrap_or(0) / i64::try_from(parts).unwrap_or(1);
+        let part = |i: usize| {
+            let from = format!("ctid >= '({},0)'::tid", bound(i));
+            let until = format!("ctid < '({},0)'::tid", bound(i + 1));
+            match (i == 0, i + 1 == parts) {
+                (true, true) => all.clone(),
+                (false, true) => format!("{all} WHERE {from}"),
+                (true, false) => format!("{all} WHERE {until}"),
+                (false, false) => format!("{all} WHERE {from} AND {until}"),
+            }
+        };
+        let read = std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..parts)
+                .map(|i| {
+                    let (query, types, snapshot) = (part(i), &types, &snapshot);
+                    scope.spawn(move || {
+                        copy_in_snapshot(
+                            &self.config,
+                            snapshot,
+                            types,
+                            &query,
+                            batch,
+                            &mut |rows| each(rows),
+                        )
+                    })
+                })
+                .collect();
+            let read: Vec<_> = readers
+                .into_iter()
+                .map(|reader| {
+                    reader
+                        .join()
+                        .unwrap_or_else(|_| Err(StoreError::corrupt("a reading thread panicked")))
+                })
+                .collect();
+            read
+        });
+        let errors: Vec<StoreError> = read.into_iter().filter_map(Result::err).collect();
+        if !errors.is_empty() {
+            return Err(cause(errors));
+        }
+        transaction.commit().map_err(|e| map_error(&e))?;
+        Ok(before)
     }
 }
 
@@ -813,23 +974,27 @@ mod tests {
     /// A row of the streams these tests read: a text and a number, either of them NULL.
     type TextAndNumber = (Option<String>, Option<i64>);
 
-    fn read(input: &[u8], batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
+    /// Reads `input` fed in pieces of `piece` bytes, handed on `batch` rows at a time.
+    fn read_in(input: &[u8], piece: usize, batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
         let mut seen = Vec::new();
-        let mut rows = crate::sql::Rows::default();
-        read_binary_copy(
-            &mut &input[..],
-            &[Type::TEXT, Type::INT8],
-            batch,
-            &mut rows,
-            &mut |rows| {
-                rows.replay(&mut |row| {
-                    use crate::sql::Columns;
-                    seen.push((row.optional_text(0)?, row.optional_int(1)?));
-                    Ok(())
-                })
-            },
-        )?;
+        let types = [Type::TEXT, Type::INT8];
+        let mut reader = BinaryCopy::new(&types, batch);
+        let mut each = |rows: &crate::sql::Rows| {
+            rows.replay(&mut |row| {
+                use crate::sql::Columns;
+                seen.push((row.optional_text(0)?, row.optional_int(1)?));
+                Ok(())
+            })
+        };
+        for part in input.chunks(piece.max(1)) {
+            reader.feed(part, &mut each)?;
+        }
+        reader.finish(&mut each)?;
         Ok(seen)
+    }
+
+    fn read(input: &[u8], batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
+        read_in(input, input.len(), batch)
     }
 
     #[test]
@@ -840,15 +1005,15 @@ mod tests {
             vec![None, None],
             vec![Some("é".as_bytes()), Some(&seven)],
         ]);
-        for batch in [1, 2, 3, 100] {
+        for (batch, piece) in [(1, 1), (2, 3), (3, 7), (100, 1_000_000)] {
             assert_eq!(
-                read(&input, batch).ok(),
+                read_in(&input, piece, batch).ok(),
                 Some(vec![
                     (Some("demo-1".to_owned()), Some(7)),
                     (None, None),
                     (Some("é".to_owned()), Some(7)),
                 ]),
-                "batch {batch}"
+                "batch {batch}, pieces of {piece} bytes"
             );
         }
     }
@@ -882,5 +1047,17 @@ mod tests {
         assert!(read(&short_int, 10).is_err());
         let not_utf8 = stream(&[vec![Some(b"\xff\xfe"), Some(&seven)]]);
         assert!(read(&not_utf8, 10).is_err());
+        let mut trailing = whole.clone();
+        trailing.push(0);
+        let error = read(&trailing, 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("goes on after"), "{error}");
+        let negative = stream(&[vec![Some(b"a"), Some(&seven)]]);
+        let mut negative = negative.clone();
+        let at = negative.len() - 2 - 8 - 4;
+        negative[at..at + 4].copy_from_slice(&(-2i32).to_be_bytes());
+        assert!(read(&negative, 10).is_err());
     }
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use custos_core::{
-    Conversation, Policy, SweepAction, SweepReport, Timestamp, expiry, sweep_decision,
+    Conversation, ConversationId, Policy, SweepAction, SweepReport, Timestamp, expiry,
+    sweep_decision,
 };
 use sha2::{Digest, Sha256};
 
@@ -59,10 +60,9 @@ pub fn count_due(tx: &mut dyn Tx, now: Timestamp) -> Result<u64, StoreError> {
 }
 
 /// Looks at up to `limit` due conversations after `after`, in (expiry, id) order, through the
-/// expiry index, and purges each that no hold covers, whole. The stored expiry only nominates
-/// candidates: the core decides each one again as of `now`. Returns what it did, where the
-/// next batch starts (`None` when no due conversation is left) and how many it looked at. Held conversations stay in the
-/// index, so the cursor, not the purges, moves the sweep on.
+/// expiry index, and purges each that no hold covers, whole ([`nominate`], then
+/// [`purge_nominated`]). Returns what it did, where the next batch starts (`None` when no due
+/// conversation is left) and how many it looked at.
 pub fn sweep_batch(
     tx: &mut dyn Tx,
     histories: &Histories,
@@ -71,6 +71,22 @@ pub fn sweep_batch(
     after: Option<&SweepCursor>,
     limit: usize,
 ) -> Result<(SweepReport, Option<SweepCursor>, usize), StoreError> {
+    let (due, next) = nominate(tx, now, after, limit)?;
+    let report = purge_nominated(tx, histories, policy, now, &due)?;
+    Ok((report, next, due.len()))
+}
+
+/// Up to `limit` conversations due at `now` after `after`, in (expiry, id) order, through the
+/// expiry index, and where the next batch starts (`None` when no due conversation is left).
+/// The stored expiry only nominates them: [`purge_nominated`] has the core decide each one
+/// again. Held conversations stay in the index, so the cursor, not the purges, moves the
+/// sweep on.
+pub fn nominate(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    after: Option<&SweepCursor>,
+    limit: usize,
+) -> Result<(Vec<ConversationId>, Option<SweepCursor>), StoreError> {
     let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
     let due = match after {
         None => tx.query(
@@ -95,8 +111,6 @@ pub fn sweep_batch(
             ],
         )?,
     };
-    // Active holds are few: read once per batch, not once per conversation.
-    let active = active_holds(tx)?;
     let mut due_ids = Vec::with_capacity(due.len());
     for row in &due {
         due_ids.push(conversation_id(row.text(0)?)?);
@@ -108,6 +122,21 @@ pub fn sweep_batch(
         }),
         _ => None,
     };
+    let next = if due.len() == limit { last } else { None };
+    Ok((due_ids, next))
+}
+
+/// Reads the nominated conversations and their owners as they are now, asks the core about
+/// each as of `now`, and purges, whole, each the core says to purge.
+pub fn purge_nominated(
+    tx: &mut dyn Tx,
+    histories: &Histories,
+    policy: &Policy,
+    now: Timestamp,
+    due_ids: &[ConversationId],
+) -> Result<SweepReport, StoreError> {
+    // Active holds are few: read once per batch, not once per conversation.
+    let active = active_holds(tx)?;
     // The batch's conversations and their owners, read a few dozen per query.
     let ids: Vec<&str> = due_ids.iter().map(|id| id.as_str()).collect();
     let conversations = load_conversations(tx, &ids)?;
@@ -115,7 +144,7 @@ pub fn sweep_batch(
     let owners = accounts_by_stored_id(tx, histories, &owner_ids, false)?;
     let mut report = SweepReport::default();
     let mut purged = Vec::new();
-    for id in &due_ids {
+    for id in due_ids {
         let Some(conversation) = conversations.get(id) else {
             continue;
         };
@@ -130,8 +159,7 @@ pub fn sweep_batch(
         report.count(action);
     }
     purge(tx, &purged, now)?;
-    let next = if due.len() == limit { last } else { None };
-    Ok((report, next, due.len()))
+    Ok(report)
 }
 
 /// Purged = content gone; a tombstone (id hash, time, reason) remains (docs/POLICY.md, The
@@ -363,26 +391,33 @@ pub(crate) fn begin_sweep(
     Ok(Ok(()))
 }
 
-/// Records a batch's progress and renews the lease, in the batch's own transaction; the last
-/// batch also records the end.
+/// Adds a batch's counts to its sweep's record and renews the lease, in the batch's own
+/// transaction (batches may commit in any order).
 pub(crate) fn record_progress(
     tx: &mut dyn Tx,
     id: &str,
-    report: &SweepReport,
+    part: &SweepReport,
     wall: i64,
-    finished: bool,
 ) -> Result<(), StoreError> {
-    let purged = i64::try_from(report.purged_total()).unwrap_or(i64::MAX);
-    let held_back = i64::try_from(report.held_back).unwrap_or(i64::MAX);
+    let purged = i64::try_from(part.purged_total()).unwrap_or(i64::MAX);
+    let held_back = i64::try_from(part.held_back).unwrap_or(i64::MAX);
     tx.execute(
-        "UPDATE sweeps SET purged = ?, held_back = ?, lease_until = ?, finished = ? WHERE id = ?",
+        "UPDATE sweeps SET purged = purged + ?, held_back = held_back + ?, lease_until = ? WHERE id = ?",
         &[
             purged.into(),
             held_back.into(),
             (wall + SWEEP_LEASE_MS).into(),
-            finished.then_some(wall).into(),
             id.into(),
         ],
+    )?;
+    Ok(())
+}
+
+/// Records the end of a sweep whose every batch has committed.
+pub(crate) fn record_end(tx: &mut dyn Tx, id: &str, wall: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE sweeps SET finished = ? WHERE id = ?",
+        &[wall.into(), id.into()],
     )?;
     Ok(())
 }
