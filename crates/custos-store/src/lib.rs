@@ -23,6 +23,7 @@ mod records;
 mod reports;
 mod scan;
 mod schema;
+mod snapshot_reader;
 mod sql;
 mod sqlite;
 mod sweep;

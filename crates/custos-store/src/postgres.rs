@@ -24,6 +24,7 @@ use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use postgres::{IsolationLevel, NoTls, Statement};
 
 use crate::error::StoreError;
+use crate::snapshot_reader::SnapshotReader;
 use crate::sql::{Backend, Dialect, Row, Tx, Value};
 
 const ATTEMPTS: u32 = 8;
@@ -148,7 +149,7 @@ fn is_retryable(error: &postgres::Error) -> bool {
     )
 }
 
-fn map_error(error: &postgres::Error) -> StoreError {
+pub(crate) fn map_error(error: &postgres::Error) -> StoreError {
     if is_retryable(error) {
         return StoreError::Conflict(1);
     }
@@ -201,7 +202,7 @@ impl ToSql for SqlNull {
     to_sql_checked!();
 }
 
-fn to_postgres(value: &Value) -> Box<dyn ToSql + Sync> {
+pub(crate) fn to_postgres(value: &Value) -> Box<dyn ToSql + Sync> {
     match value {
         Value::Null => Box::new(SqlNull),
         Value::Int(v) => Box::new(*v),
@@ -213,7 +214,7 @@ fn to_postgres(value: &Value) -> Box<dyn ToSql + Sync> {
 
 /// One value of a row as the server sent it, borrowed from the row: the one place that maps
 /// PostgreSQL's column types to the store's values.
-enum Cell<'r> {
+pub(crate) enum Cell<'r> {
     Null,
     Int(i64),
     Bool(bool),
@@ -232,7 +233,7 @@ fn cell(row: &postgres::Row, index: usize) -> Result<Cell<'_>, StoreError> {
 
 /// A value of column `index` of type `column_type` from its bytes in the binary wire format
 /// (`None` for NULL): what a row and a binary `COPY` both carry.
-fn decode<'r>(
+pub(crate) fn decode<'r>(
     column_type: Option<&Type>,
     raw: Option<&'r [u8]>,
     index: usize,
@@ -256,7 +257,7 @@ fn decode<'r>(
     })
 }
 
-fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError> {
+pub(crate) fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError> {
     Ok(match cell(row, index)? {
         Cell::Null => Value::Null,
         Cell::Int(value) => Value::Int(value),
@@ -273,7 +274,7 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value, StoreError>
 impl Cell<'_> {
     /// Appends this value to flat buffers (a text unchecked: [`crate::sql::Rows`] checks a
     /// whole buffer of them for UTF-8 at once, so each value needs no check of its own).
-    fn push_to(self, rows: &mut crate::sql::Rows) {
+    pub(crate) fn push_to(self, rows: &mut crate::sql::Rows) {
         match self {
             Cell::Null => rows.push_null(),
             Cell::Int(value) => rows.push_int(value),
@@ -295,224 +296,6 @@ impl<'a> FromSql<'a> for Raw<'a> {
     fn accepts(_: &Type) -> bool {
         true
     }
-}
-
-/// Reads the rows of a binary `COPY … TO STDOUT` stream fed to it in pieces of any size (the
-/// format of PostgreSQL's `COPY` page: a signature, flags and an extension area, then per row
-/// a field count and per field a length, -1 for NULL, and the value's bytes; a count of -1
-/// ends it) into flat buffers, and hands them on `batch` rows at a time.
-struct BinaryCopy<'t> {
-    types: &'t [Type],
-    batch: usize,
-    /// Bytes fed and not yet read: at most one row cut short, once a piece has been read.
-    pending: Vec<u8>,
-    started: bool,
-    ended: bool,
-    rows: crate::sql::Rows,
-    in_batch: usize,
-}
-
-/// How many bytes [`BinaryCopy`] gathers before it reads them (each piece is one row or so).
-const COPY_READ_AT: usize = 256 * 1024;
-
-impl<'t> BinaryCopy<'t> {
-    fn new(types: &'t [Type], batch: usize) -> BinaryCopy<'t> {
-        let mut rows = crate::sql::Rows::default();
-        rows.start(types.len());
-        BinaryCopy {
-            types,
-            batch: batch.max(1),
-            pending: Vec::with_capacity(COPY_READ_AT * 2),
-            started: false,
-            ended: false,
-            rows,
-            in_batch: 0,
-        }
-    }
-
-    fn feed(
-        &mut self,
-        piece: &[u8],
-        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.pending.extend_from_slice(piece);
-        if self.pending.len() >= COPY_READ_AT {
-            self.read(each)?;
-        }
-        Ok(())
-    }
-
-    /// The stream has ended: it must have ended whole.
-    fn finish(
-        mut self,
-        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.read(each)?;
-        if !self.ended {
-            return Err(copy_broken("ends before its last row"));
-        }
-        if !self.pending.is_empty() {
-            return Err(copy_broken("goes on after its last row"));
-        }
-        if self.in_batch > 0 {
-            each(&self.rows)?;
-        }
-        Ok(())
-    }
-
-    /// Reads every whole row of `pending`, and keeps the rest.
-    fn read(
-        &mut self,
-        each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-        let pending = std::mem::take(&mut self.pending);
-        let mut at = 0;
-        if !self.started {
-            let Some(extension) = pending.get(15..19) else {
-                self.pending = pending;
-                return Ok(());
-            };
-            if pending.get(..11) != Some(SIGNATURE.as_slice()) {
-                return Err(copy_broken("has no PGCOPY signature"));
-            }
-            let extension =
-                usize::try_from(u32::from_be_bytes(extension.try_into().unwrap_or_default()))
-                    .unwrap_or(usize::MAX);
-            if pending.len() < 19 + extension {
-                self.pending = pending;
-                return Ok(());
-            }
-            at = 19 + extension;
-            self.started = true;
-        }
-        while !self.ended {
-            let Some(count) = pending
-                .get(at..at + 2)
-                .and_then(|b| <[u8; 2]>::try_from(b).ok())
-            else {
-                break;
-            };
-            let count = i16::from_be_bytes(count);
-            if count == -1 {
-                self.ended = true;
-                at += 2;
-                break;
-            }
-            if usize::try_from(count).ok() != Some(self.types.len()) {
-                return Err(copy_broken(&format!(
-                    "has a row of {count} fields, not {}",
-                    self.types.len()
-                )));
-            }
-            // The row's fields, found before any is kept: a row cut short waits whole.
-            let mut fields = [(0usize, 0usize, false); 16];
-            if self.types.len() > fields.len() {
-                return Err(copy_broken("has more fields than a row here holds"));
-            }
-            let mut end = at + 2;
-            let mut whole = true;
-            for field in fields.iter_mut().take(self.types.len()) {
-                let Some(length) = pending
-                    .get(end..end + 4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                else {
-                    whole = false;
-                    break;
-                };
-                let length = i32::from_be_bytes(length);
-                end += 4;
-                match usize::try_from(length) {
-                    Ok(length) if pending.len() >= end + length => {
-                        *field = (end, end + length, true);
-                        end += length;
-                    }
-                    Ok(_) => {
-                        whole = false;
-                        break;
-                    }
-                    Err(_) if length == -1 => *field = (end, end, false),
-                    Err(_) => return Err(copy_broken(&format!("has a field of length {length}"))),
-                }
-            }
-            if !whole {
-                break;
-            }
-            for (index, (column_type, &(from, until, present))) in
-                self.types.iter().zip(&fields).enumerate()
-            {
-                let raw = if present {
-                    pending.get(from..until)
-                } else {
-                    None
-                };
-                decode(Some(column_type), raw, index)?.push_to(&mut self.rows);
-            }
-            at = end;
-            self.in_batch += 1;
-            if self.in_batch == self.batch {
-                each(&self.rows)?;
-                self.rows.clear();
-                self.in_batch = 0;
-            }
-        }
-        self.pending = pending;
-        self.pending.drain(..at);
-        Ok(())
-    }
-}
-
-fn copy_broken(what: &str) -> StoreError {
-    StoreError::corrupt(format!("a binary COPY stream {what}"))
-}
-
-/// Streams the rows of `query` by binary `COPY … TO STDOUT` on a connection of its own, in
-/// the snapshot `snapshot` (exported by another transaction), typed by `types`, `batch` rows at
-/// a time. The connection is driven by tokio-postgres directly, so the whole stream is read in
-/// one pass of its runtime: the blocking client enters its runtime once per message, and a
-/// COPY sends a message per row.
-fn copy_in_snapshot(
-    config: &tokio_postgres::Config,
-    snapshot: &str,
-    types: &[Type],
-    query: &str,
-    batch: usize,
-    each: &mut dyn FnMut(&crate::sql::Rows) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    use futures_util::StreamExt;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::Unavailable(format!("no runtime for a PostgreSQL reader: {e}")))?;
-    runtime.block_on(async {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| map_error(&e))?;
-        let connection = tokio::spawn(connection);
-        client
-            .batch_execute(&format!(
-                "SET jit = off; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-                 SET TRANSACTION SNAPSHOT '{snapshot}'"
-            ))
-            .await
-            .map_err(|e| map_error(&e))?;
-        let stream = client
-            .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
-            .await
-            .map_err(|e| map_error(&e))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut reader = BinaryCopy::new(types, batch);
-        while let Some(piece) = stream.next().await {
-            reader.feed(&piece.map_err(|e| map_error(&e))?, each)?;
-        }
-        reader.finish(each)?;
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| map_error(&e))?;
-        drop(client);
-        // The connection ends once its client has gone.
-        let _ = connection.await;
-        Ok(())
-    })
 }
 
 pub(crate) struct PostgresTx<'a, 'b> {
@@ -748,10 +531,10 @@ impl Backend for PostgresBackend {
         self.run(true, work)
     }
 
-    /// The table's pages are split between a connection per core, all in one snapshot (the
-    /// first transaction exports it, `pg_export_snapshot`, and each reader imports it), each
-    /// streaming its range of pages (a TID range scan) by binary `COPY` ([`copy_in_snapshot`]):
-    /// one connection alone is bound by the one server process that sends its rows.
+    /// The table's pages are split between a reader per core, all in one snapshot
+    /// ([`PostgresBackend::read_shared`]), each streaming its range of pages (a TID range
+    /// scan) by binary `COPY`: one connection alone is bound by the one server process that
+    /// sends its rows.
     fn stream_table<R>(
         &self,
         table: &str,
@@ -762,77 +545,44 @@ impl Backend for PostgresBackend {
     ) -> Result<R, StoreError> {
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
         let all = format!("SELECT {columns} FROM {table}");
-        let mut lead = self
-            .pool
-            .get()
-            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))?;
-        let Connection { client, prepared } = &mut *lead;
-        let mut transaction = shared_snapshot_transaction(client, None)?;
-        let mut tx = PostgresTx {
-            read_only: true,
-            transaction: &mut transaction,
-            prepared,
-        };
-        let before = first(&mut tx)?;
-        let types = tx.types_of(&all)?;
-        let shared = tx.query_one(
-            &format!(
-                "SELECT pg_export_snapshot(), pg_relation_size('{table}') / current_setting('block_size')::INT8"
-            ),
-            &[],
+        let mut before = None;
+        self.read_shared(
+            parts,
+            &mut |tx| {
+                before = Some(first(tx)?);
+                tx.query_one(
+                    &format!(
+                        "SELECT pg_relation_size('{table}') / current_setting('block_size')::INT8"
+                    ),
+                    &[],
+                )?
+                .map_or(Ok(0), |row| row.int(0))
+            },
+            &|part, pages, tx| {
+                // Part i reads pages [pages·i/parts, pages·(i+1)/parts); the last has no
+                // end, so that a page added since the count is read too.
+                let bound = |i: usize| {
+                    pages * i64::try_from(i).unwrap_or(0) / i64::try_from(parts).unwrap_or(1)
+                };
+                let from = format!("ctid >= '({},0)'::tid", bound(part));
+                let until = format!("ctid < '({},0)'::tid", bound(part + 1));
+                let query = match (part == 0, part + 1 == parts) {
+                    (true, true) => all.clone(),
+                    (false, true) => format!("{all} WHERE {from}"),
+                    (true, false) => format!("{all} WHERE {until}"),
+                    (false, false) => format!("{all} WHERE {from} AND {until}"),
+                };
+                tx.stream_rows(&query, batch, &mut |rows| each(rows))
+            },
+            &mut |_| Ok(()),
         )?;
-        let (snapshot, pages) = match &shared {
-            Some(row) => (row.text(0)?, row.int(1)?),
-            None => return Err(StoreError::corrupt("no snapshot to share")),
-        };
-        // Part i reads pages [pages·i/parts, pages·(i+1)/parts); the last has no end, so that
-        // a page added since the count is read too.
-        let bound =
-            |i: usize| pages * i64::try_from(i).unwrap_or(0) / i64::try_from(parts).unwrap_or(1);
-        let part = |i: usize| {
-            let from = format!("ctid >= '({},0)'::tid", bound(i));
-            let until = format!("ctid < '({},0)'::tid", bound(i + 1));
-            match (i == 0, i + 1 == parts) {
-                (true, true) => all.clone(),
-                (false, true) => format!("{all} WHERE {from}"),
-                (true, false) => format!("{all} WHERE {until}"),
-                (false, false) => format!("{all} WHERE {from} AND {until}"),
-            }
-        };
-        let read = std::thread::scope(|scope| {
-            let readers: Vec<_> = (0..parts)
-                .map(|i| {
-                    let (query, types, snapshot) = (part(i), &types, &snapshot);
-                    scope.spawn(move || {
-                        copy_in_snapshot(
-                            &self.config,
-                            snapshot,
-                            types,
-                            &query,
-                            batch,
-                            &mut |rows| each(rows),
-                        )
-                    })
-                })
-                .collect();
-            let read: Vec<_> = readers
-                .into_iter()
-                .map(|reader| {
-                    reader
-                        .join()
-                        .unwrap_or_else(|_| Err(StoreError::corrupt("a reading thread panicked")))
-                })
-                .collect();
-            read
-        });
-        let errors: Vec<StoreError> = read.into_iter().filter_map(Result::err).collect();
-        if !errors.is_empty() {
-            return Err(cause(errors));
-        }
-        transaction.commit().map_err(|e| map_error(&e))?;
-        Ok(before)
+        before.ok_or_else(|| StoreError::corrupt("a shared read that did not begin"))
     }
 }
+
+/// One part of a read of a shared snapshot: its number, what the lead transaction made, and
+/// the part's reader ([`PostgresBackend::read_shared`]).
+type SnapshotPart<'a, L> = dyn Fn(usize, &L, &mut dyn Tx) -> Result<(), StoreError> + Sync + 'a;
 
 /// The first of `errors` that is not [`StoreError::Stopped`], or the first.
 fn cause(mut errors: Vec<StoreError>) -> StoreError {
@@ -843,48 +593,32 @@ fn cause(mut errors: Vec<StoreError>) -> StoreError {
     errors.swap_remove(at)
 }
 
-/// A connection's transaction for one of the parts of [`PostgresBackend::read_shared`].
-fn shared_snapshot_transaction<'c>(
-    client: &'c mut postgres::Client,
-    snapshot: Option<&str>,
-) -> Result<postgres::Transaction<'c>, StoreError> {
-    let mut transaction = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(|e| map_error(&e))?;
-    if let Some(snapshot) = snapshot {
-        transaction
-            .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
-            .map_err(|e| map_error(&e))?;
-    }
-    Ok(transaction)
-}
-
 impl PostgresBackend {
     /// Reads one snapshot on several connections at once: `lead` runs first, in a read-only
     /// transaction that exports its snapshot (`pg_export_snapshot`); then `part(i, &led, tx)`
-    /// runs for each of `parts` on a connection and a thread of its own, in a transaction
-    /// that imports it (`SET TRANSACTION SNAPSHOT`), while `meanwhile(&led)` runs on the
-    /// calling thread. Answers what `lead` made and what `meanwhile` did. Of several errors,
-    /// one that is not [`StoreError::Stopped`] (what a part sees when its consumer has gone)
-    /// is the cause.
+    /// runs for each of `parts` on a thread and a connection of its own, a
+    /// [`SnapshotReader`] in that snapshot, while `meanwhile(&led)` runs on the calling
+    /// thread. Answers what `lead` made and what `meanwhile` did. Of several errors, one that
+    /// is not [`StoreError::Stopped`] (what a part sees when its consumer has gone) is the
+    /// cause.
     pub(crate) fn read_shared<L: Sync, M>(
         &self,
         parts: usize,
         lead: &mut dyn FnMut(&mut dyn Tx) -> Result<L, StoreError>,
-        part: &(dyn Fn(usize, &L, &mut PostgresTx<'_, '_>) -> Result<(), StoreError> + Sync),
+        part: &SnapshotPart<'_, L>,
         meanwhile: &mut dyn FnMut(&L) -> Result<M, StoreError>,
     ) -> Result<(L, M), StoreError> {
-        let unavailable =
-            |e: r2d2::Error| StoreError::Unavailable(format!("no PostgreSQL connection: {e}"));
-        let mut lead_connection = self.pool.get().map_err(unavailable)?;
-        let mut part_connections = (0..parts)
-            .map(|_| self.pool.get().map_err(unavailable))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut lead_connection = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no PostgreSQL connection: {e}")))?;
         let Connection { client, prepared } = &mut *lead_connection;
-        let mut transaction = shared_snapshot_transaction(client, None)?;
+        let mut transaction = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| map_error(&e))?;
         let mut tx = PostgresTx {
             read_only: true,
             transaction: &mut transaction,
@@ -896,24 +630,13 @@ impl PostgresBackend {
             None => return Err(StoreError::corrupt("no snapshot to share")),
         };
         let (parted, done) = std::thread::scope(|scope| {
-            let workers: Vec<_> = part_connections
-                .iter_mut()
-                .enumerate()
-                .map(|(i, connection)| {
+            let workers: Vec<_> = (0..parts)
+                .map(|i| {
                     let (led, snapshot) = (&led, snapshot.as_str());
                     scope.spawn(move || {
-                        let Connection { client, prepared } = &mut **connection;
-                        let mut transaction = shared_snapshot_transaction(client, Some(snapshot))?;
-                        part(
-                            i,
-                            led,
-                            &mut PostgresTx {
-                                read_only: true,
-                                transaction: &mut transaction,
-                                prepared,
-                            },
-                        )?;
-                        transaction.commit().map_err(|e| map_error(&e))
+                        let mut reader = SnapshotReader::open(&self.config, snapshot)?;
+                        part(i, led, &mut reader)?;
+                        reader.close()
                     })
                 })
                 .collect();
@@ -941,123 +664,5 @@ impl PostgresBackend {
         }
         transaction.commit().map_err(|e| map_error(&e))?;
         Ok((led, done))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A binary `COPY` stream of `rows`, each a list of fields (`None` for NULL), as the
-    /// server writes it.
-    fn stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
-        let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
-        out.extend(0i32.to_be_bytes());
-        out.extend(4u32.to_be_bytes());
-        out.extend(b"ext!");
-        for row in rows {
-            out.extend(i16::try_from(row.len()).unwrap_or(0).to_be_bytes());
-            for field in row {
-                match field {
-                    Some(bytes) => {
-                        out.extend(i32::try_from(bytes.len()).unwrap_or(0).to_be_bytes());
-                        out.extend(*bytes);
-                    }
-                    None => out.extend((-1i32).to_be_bytes()),
-                }
-            }
-        }
-        out.extend((-1i16).to_be_bytes());
-        out
-    }
-
-    /// A row of the streams these tests read: a text and a number, either of them NULL.
-    type TextAndNumber = (Option<String>, Option<i64>);
-
-    /// Reads `input` fed in pieces of `piece` bytes, handed on `batch` rows at a time.
-    fn read_in(input: &[u8], piece: usize, batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
-        let mut seen = Vec::new();
-        let types = [Type::TEXT, Type::INT8];
-        let mut reader = BinaryCopy::new(&types, batch);
-        let mut each = |rows: &crate::sql::Rows| {
-            rows.replay(&mut |row| {
-                use crate::sql::Columns;
-                seen.push((row.optional_text(0)?, row.optional_int(1)?));
-                Ok(())
-            })
-        };
-        for part in input.chunks(piece.max(1)) {
-            reader.feed(part, &mut each)?;
-        }
-        reader.finish(&mut each)?;
-        Ok(seen)
-    }
-
-    fn read(input: &[u8], batch: usize) -> Result<Vec<TextAndNumber>, StoreError> {
-        read_in(input, input.len(), batch)
-    }
-
-    #[test]
-    fn a_binary_copy_is_read_whole_in_batches() {
-        let seven = 7i64.to_be_bytes();
-        let input = stream(&[
-            vec![Some(b"demo-1"), Some(&seven)],
-            vec![None, None],
-            vec![Some("é".as_bytes()), Some(&seven)],
-        ]);
-        for (batch, piece) in [(1, 1), (2, 3), (3, 7), (100, 1_000_000)] {
-            assert_eq!(
-                read_in(&input, piece, batch).ok(),
-                Some(vec![
-                    (Some("demo-1".to_owned()), Some(7)),
-                    (None, None),
-                    (Some("é".to_owned()), Some(7)),
-                ]),
-                "batch {batch}, pieces of {piece} bytes"
-            );
-        }
-    }
-
-    /// A stream cut short, of the wrong shape or with a bad value is refused with what was
-    /// wrong, never read as fewer rows.
-    #[test]
-    fn a_broken_binary_copy_is_refused() {
-        let seven = 7i64.to_be_bytes();
-        let whole = stream(&[vec![Some(b"demo-1"), Some(&seven)]]);
-        for cut in 0..whole.len() {
-            assert!(
-                read(whole.get(..cut).unwrap_or_default(), 10).is_err(),
-                "cut at {cut}"
-            );
-        }
-        let mut unsigned = whole.clone();
-        unsigned[0] = b'X';
-        let error = read(&unsigned, 10)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(error.contains("signature"), "{error}");
-        let three = stream(&[vec![Some(b"a"), Some(&seven), None]]);
-        let error = read(&three, 10)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(error.contains("3 fields"), "{error}");
-        let short_int = stream(&[vec![Some(b"a"), Some(b"123")]]);
-        assert!(read(&short_int, 10).is_err());
-        let not_utf8 = stream(&[vec![Some(b"\xff\xfe"), Some(&seven)]]);
-        assert!(read(&not_utf8, 10).is_err());
-        let mut trailing = whole.clone();
-        trailing.push(0);
-        let error = read(&trailing, 10)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(error.contains("goes on after"), "{error}");
-        let negative = stream(&[vec![Some(b"a"), Some(&seven)]]);
-        let mut negative = negative.clone();
-        let at = negative.len() - 2 - 8 - 4;
-        negative[at..at + 4].copy_from_slice(&(-2i32).to_be_bytes());
-        assert!(read(&negative, 10).is_err());
     }
 }

@@ -196,15 +196,23 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The portable type names of `sql` in this dialect's words; placeholders are left.
+    pub fn rewrite_types(self, sql: &str) -> String {
+        match self {
+            Dialect::Sqlite => sql.replace("BYTES", "BLOB").replace("INT8", "INTEGER"),
+            Dialect::Postgres => sql
+                .replace("BYTES", "BYTEA")
+                .replace("INT8", "BIGINT")
+                .replace(" WITHOUT ROWID", ""),
+        }
+    }
+
     /// Turns portable SQL into this backend's: `?` → `$n` and the type names of the schema.
     pub fn rewrite(self, sql: &str) -> String {
         match self {
-            Dialect::Sqlite => sql.replace("BYTES", "BLOB").replace("INT8", "INTEGER"),
+            Dialect::Sqlite => self.rewrite_types(sql),
             Dialect::Postgres => {
-                let sql = sql
-                    .replace("BYTES", "BYTEA")
-                    .replace("INT8", "BIGINT")
-                    .replace(" WITHOUT ROWID", "");
+                let sql = self.rewrite_types(sql);
                 let mut out = String::with_capacity(sql.len() + 8);
                 let mut n = 0;
                 for c in sql.chars() {
