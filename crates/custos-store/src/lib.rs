@@ -18,6 +18,7 @@ mod holds;
 pub mod keys;
 pub mod ledger;
 mod postgres;
+mod postgres_wire;
 pub mod receipt;
 mod records;
 mod reports;

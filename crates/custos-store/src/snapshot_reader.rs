@@ -14,7 +14,7 @@ use postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
-use crate::postgres::{decode, from_postgres, map_error, to_postgres};
+use crate::postgres_wire::{decode, from_postgres, map_error, to_postgres};
 use crate::sql::{Dialect, Row, Rows, Tx, Value};
 
 /// A read-only transaction in a snapshot another transaction exported.

@@ -310,8 +310,8 @@ pub trait Tx {
 
     /// Streams every row of `sql`, a query without parameters over a whole table, into flat
     /// buffers, and calls `each` with every `batch` rows (and the last few): a pass over
-    /// millions of rows allocates per batch, not per row. PostgreSQL reads it as one binary
-    /// `COPY`.
+    /// millions of rows allocates per batch, not per row. A PostgreSQL snapshot reader reads
+    /// it as one binary `COPY`.
     fn stream_rows(
         &mut self,
         sql: &str,
