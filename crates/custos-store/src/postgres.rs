@@ -89,10 +89,12 @@ impl PostgresBackend {
             .connection_timeout(std::time::Duration::from_secs(2))
             .build(Connections { config })
             .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
-        Ok(PostgresBackend {
-            pool,
-            config: url.parse().map_err(not_a_url)?,
-        })
+        let mut config: tokio_postgres::Config = url.parse().map_err(not_a_url)?;
+        // A snapshot reader gives up on a server that does not answer as soon as the pool does.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(2));
+        }
+        Ok(PostgresBackend { pool, config })
     }
 
     fn run<R>(
