@@ -995,6 +995,27 @@ impl Store {
         self.read(&mut |tx| views::gate_changes(tx, &self.histories, &self.policy, since, each))
     }
 
+    /// About how many accounts the store holds, without counting them (for sizing the gate
+    /// index before its load): PostgreSQL's planner estimate, SQLite's highest row id (accounts
+    /// are never deleted). `None` where neither is known yet.
+    pub fn accounts_estimate(&self) -> Result<Option<u64>, StoreError> {
+        let sql = match self.backend {
+            AnyBackend::Sqlite(_) => "SELECT MAX(rowid) FROM accounts",
+            AnyBackend::Postgres(_) => {
+                "SELECT reltuples::INT8 FROM pg_class WHERE oid = 'accounts'::regclass"
+            }
+        };
+        self.read(&mut |tx| {
+            Ok(tx
+                .query_one(sql, &[])?
+                .map(|row| row.optional_int(0))
+                .transpose()?
+                .flatten()
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|&n| n > 0))
+        })
+    }
+
     /// Where the change feed stands now: reading from here misses nothing committed after
     /// this call (for a gate index that starts following before its load has finished).
     pub fn feed_position(&self) -> Result<FeedPosition, StoreError> {
