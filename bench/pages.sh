@@ -2,7 +2,9 @@
 # Each page's answer time on a large store, against nginx serving the same pages as static files
 # with the same wrk settings in the same run.
 #
-# Usage: bench/pages.sh [ACCOUNTS] [CONVERSATIONS] [DURATION]   (default 1000000 10000000 5s)
+# Usage: bench/pages.sh [ACCOUNTS] [CONVERSATIONS] [DURATION] [--database SERVER]
+#        (default 1000000 10000000 5s; with --database, the demo store in that PostgreSQL
+#        server, kept for later runs: see demo_store in bench/lib.sh)
 # Goal: every page answers within 50 ms on a demo folder of 1M accounts (p99, one
 # request at a time, so that each figure is one page's own time, not a queue's).
 #
@@ -10,27 +12,27 @@
 # replay of the ledger); the first visit waits for them, and that time is printed too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+choose_backend "$@"
+set -- "${args[@]}"
 accounts="${1:-1000000}"
 conversations="${2:-10000000}"
 duration="${3:-5s}"
-
-. bench/lib.sh
 need wrk wrk
 need nginx nginx
 
 prepare
-data="$work/demo-$accounts-$conversations"
-demo_folder "$data" "$accounts" "$conversations"
-user_token=$("$custos" token create --data "$data" --role user --account demo-00000042)
-admin_token=$("$custos" token create --data "$data" --role admin)
+demo_store "$accounts" "$conversations"
+user_token=$("$custos" token create "${store[@]}" --role user --account demo-00000042)
+admin_token=$("$custos" token create "${store[@]}" --role admin)
 
 out=$(mktemp)
-"$custos" serve --data "$data" --listen 127.0.0.1:0 --sweep-every off >"$out" 2>&1 &
+"$custos" serve "${store[@]}" --listen 127.0.0.1:0 --sweep-every off >"$out" 2>&1 &
 pid=$!
 on_exit 'kill "$pid" 2>/dev/null || true'  # never leave a server behind, even on failure
 for _ in $(seq 1 6000); do grep -q "custos: serving" "$out" && break; sleep 0.05; done
 address=$(grep -o 'http://[0-9.:]*' "$out" | head -1)
-echo "== custos serving $accounts accounts at $address"
+echo "== custos serving $accounts accounts on $backend at $address"
 
 # The dashboard's figures are counted in the background from the start (until then the page
 # says so and reloads itself); then the ledger is verified. Wait for both, so that neither
