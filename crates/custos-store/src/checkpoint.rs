@@ -183,8 +183,12 @@ fn verify_chains(
         chains.hashes.insert(account.clone(), hashes);
         chains.names.insert(account, name);
     }
+    // An anti-join: `NOT IN (SELECT …)` over a million accounts is a hashed subplan only while
+    // it fits PostgreSQL's work_mem, and past that a scan of the accounts per ledger row (ten
+    // minutes and counting on the 1M-account demo store).
     let orphans = tx.query(
-        "SELECT DISTINCT account_id FROM ledger WHERE account_id NOT IN (SELECT account_id FROM accounts)",
+        "SELECT l.account_id FROM ledger l WHERE NOT EXISTS \
+         (SELECT 1 FROM accounts a WHERE a.account_id = l.account_id) LIMIT 1",
         &[],
     )?;
     if let Some(row) = orphans.first() {

@@ -462,3 +462,40 @@ fn a_load_into_an_empty_store_builds_the_expiry_index_after_it() {
     drop(Store::open(&location, Policy::bundled()).unwrap());
     assert!(has_index(), "an open builds a missing deferred index");
 }
+
+/// A ledger whose account row was removed behind custos's back is found by `verify`, and named.
+#[test]
+fn ledger_entries_without_their_account_are_found() {
+    use custos_core::{AccountId, Channel, Command, Timestamp};
+    let folder = tempfile::tempdir().unwrap();
+    let location = Location::Sqlite {
+        data: folder.path().to_owned(),
+    };
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    let t = Timestamp::parse("2025-10-01T00:00:00Z").unwrap();
+    for id in ["kept", "orphaned"] {
+        store
+            .apply(
+                t,
+                &Command::CreateAccount {
+                    account: AccountId::parse(id).unwrap(),
+                    plan: "pro".into(),
+                    choice: Some((true, Channel::Signup)),
+                },
+                "test",
+            )
+            .unwrap();
+    }
+    assert_eq!(store.verify_ledger().unwrap().problem, None);
+    drop(store);
+    let db = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
+    db.execute("DELETE FROM accounts WHERE account_id = 'orphaned'", [])
+        .unwrap();
+    drop(db);
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    let problem = store.verify_ledger().unwrap().problem.unwrap_or_default();
+    assert!(
+        problem.contains("`orphaned`") && problem.contains("no account"),
+        "{problem}"
+    );
+}
