@@ -189,9 +189,9 @@ impl GateIndex {
         // Accounts are unique in the store, so each row is appended without a lookup and the
         // hash slots are built once at the end, at their final size. Batches come from
         // several reading threads, each taking the lock once per batch. The entries are
-        // allocated once, at about the store's size: fresh memory costs the kernel's zeroing
-        // of every page, a sixth of the load when the entries were gathered twice.
-        // An estimate is only that: room for an eighth more, never touched if not needed.
+        // allocated once, at the store's estimate of its accounts and an eighth more (pages
+        // never touched take no memory): fresh memory costs the kernel's zeroing of every
+        // page, a sixth of the load when the entries were gathered and then copied together.
         let expected = store.accounts_estimate().ok().flatten().unwrap_or(0);
         let room = usize::try_from(expected + expected / 8).unwrap_or(0);
         let entries = std::sync::Mutex::new(Vec::with_capacity(room));

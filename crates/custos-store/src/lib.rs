@@ -53,12 +53,13 @@ pub use schema::SCHEMA_VERSION;
 pub use sweep::{RetentionCheck, SWEEP_BATCH, SWEEP_LEASE_MS, SweepRecord, SweepRun};
 pub use tokens::{Principal, token_hash};
 pub use views::{
-    AccountView, ConversationSummary, FeedPosition, GateState, IncludedConversation, StoredSnapshot,
+    AccountGateState, AccountView, ConversationSummary, FeedPosition, GateState,
+    IncludedConversation, StoredSnapshot,
 };
 
 use crate::postgres::PostgresBackend;
 use crate::records::Histories;
-use crate::sql::{Backend, Rows, Tx};
+use crate::sql::{Backend, Dialect, Rows};
 use crate::sqlite::SqliteBackend;
 
 /// The store signs a checkpoint by itself after this many ledger appends (per process).
@@ -132,10 +133,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// An account's gate inputs as the index keeps them: its key, its state, and the ledger length
-/// the state is as of.
-pub type AccountGateState = (AccountKey, GateState, u64);
-
 /// Batches of a sweep purged at once on PostgreSQL ([`Store::sweep`]).
 const SWEEP_WORKERS: usize = 4;
 
@@ -147,10 +144,10 @@ const SCAN_READERS: usize = 2;
 const GATE_STATES_PER_BATCH: usize = 2_048;
 
 macro_rules! with_backend {
-    ($store:expr, $method:ident, $work:expr) => {
+    ($store:expr, $method:ident, $($argument:expr),+) => {
         match &$store.backend {
-            AnyBackend::Sqlite(backend) => backend.$method($work),
-            AnyBackend::Postgres(backend) => backend.$method($work),
+            AnyBackend::Sqlite(backend) => backend.$method($($argument),+),
+            AnyBackend::Postgres(backend) => backend.$method($($argument),+),
         }
     };
 }
@@ -972,16 +969,15 @@ impl Store {
             each(&states);
             Ok(())
         };
-        let (table, columns) = ("accounts", views::GATE_STATE_COLUMNS);
-        let position = &mut |tx: &mut dyn Tx| views::feed_position(tx);
-        match &self.backend {
-            AnyBackend::Sqlite(backend) => {
-                backend.stream_table(table, columns, GATE_STATES_PER_BATCH, position, &decode)
-            }
-            AnyBackend::Postgres(backend) => {
-                backend.stream_table(table, columns, GATE_STATES_PER_BATCH, position, &decode)
-            }
-        }
+        with_backend!(
+            self,
+            stream_table,
+            "accounts",
+            views::GATE_STATE_COLUMNS,
+            GATE_STATES_PER_BATCH,
+            &mut |tx| views::feed_position(tx),
+            &decode
+        )
     }
 
     /// The change feed: calls `each` with the gate inputs of every account whose gate facts a
@@ -999,13 +995,13 @@ impl Store {
     /// index before its load): PostgreSQL's planner estimate, SQLite's highest row id (accounts
     /// are never deleted). `None` where neither is known yet.
     pub fn accounts_estimate(&self) -> Result<Option<u64>, StoreError> {
-        let sql = match self.backend {
-            AnyBackend::Sqlite(_) => "SELECT MAX(rowid) FROM accounts",
-            AnyBackend::Postgres(_) => {
-                "SELECT reltuples::INT8 FROM pg_class WHERE oid = 'accounts'::regclass"
-            }
-        };
         self.read(&mut |tx| {
+            let sql = match tx.dialect() {
+                Dialect::Sqlite => "SELECT MAX(rowid) FROM accounts",
+                Dialect::Postgres => {
+                    "SELECT reltuples::INT8 FROM pg_class WHERE oid = 'accounts'::regclass"
+                }
+            };
             Ok(tx
                 .query_one(sql, &[])?
                 .map(|row| row.optional_int(0))

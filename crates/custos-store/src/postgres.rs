@@ -33,8 +33,8 @@ const PREPARED_PER_CONNECTION: usize = 512;
 
 pub struct PostgresBackend {
     pool: r2d2::Pool<Connections>,
-    /// For the readers that stream a whole table, each on a connection of its own
-    /// ([`copy_in_snapshot`]).
+    /// For the readers of a shared snapshot, each on a connection of its own
+    /// ([`SnapshotReader`]).
     config: tokio_postgres::Config,
 }
 
@@ -491,17 +491,14 @@ impl PostgresBackend {
                 .collect();
             (parted, done)
         });
-        let mut errors: Vec<StoreError> = parted.into_iter().filter_map(Result::err).collect();
-        let done = match done {
-            Ok(done) => done,
-            Err(error) => {
-                errors.insert(0, error);
-                return Err(cause(errors));
-            }
+        let (done, mut errors) = match done {
+            Ok(done) => (Some(done), Vec::new()),
+            Err(error) => (None, vec![error]),
         };
-        if !errors.is_empty() {
+        errors.extend(parted.into_iter().filter_map(Result::err));
+        let Some(done) = done.filter(|_| errors.is_empty()) else {
             return Err(cause(errors));
-        }
+        };
         transaction.commit().map_err(|e| map_error(&e))?;
         Ok((led, done))
     }

@@ -164,10 +164,7 @@ fn literal(value: &Value) -> Result<String, StoreError> {
             return Err(StoreError::Database("a text with a NUL in it".into()));
         }
         Value::Text(text) => format!("'{}'", text.replace('\'', "''")),
-        Value::Bytes(bytes) => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("'\\x{hex}'::BYTEA")
-        }
+        Value::Bytes(bytes) => format!("'\\x{}'::BYTEA", custos_core::policy::hex(bytes)),
     })
 }
 

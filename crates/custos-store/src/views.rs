@@ -161,6 +161,10 @@ pub fn feed_position(tx: &mut dyn Tx) -> Result<FeedPosition, StoreError> {
     ))
 }
 
+/// An account's gate inputs as the index keeps them: its key, its state, and the ledger length
+/// the state is as of.
+pub type AccountGateState = (AccountKey, GateState, u64);
+
 /// The columns of `accounts` a gate state is read from ([`gate_state_of_row`]).
 pub const GATE_STATE_COLUMNS: &str = "account_id, plan, preference, erased_at, ledger_len";
 
@@ -170,7 +174,7 @@ pub fn gate_state_of_row(
     histories: &Histories,
     policy: &Policy,
     row: &dyn Columns,
-) -> Result<(AccountKey, GateState, u64), StoreError> {
+) -> Result<AccountGateState, StoreError> {
     let plan = row.optional_str(1)?.unwrap_or_default();
     let preference = match row.optional_str(2)? {
         Some(text) => parse_or_corrupt(text, Preference::parse)?,
