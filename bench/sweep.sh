@@ -37,7 +37,7 @@ for row in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print("|".join(map
 # sweep that runs under wrk).
 cut_at() {
   local ms
-  ms=$(demo_sql "SELECT expires_at FROM conversations WHERE purged_at IS NULL ORDER BY expires_at LIMIT 1 OFFSET $(($1 - 1))")
+  ms=$(demo_sql "SELECT expires_at FROM conversation_expiry ORDER BY expires_at LIMIT 1 OFFSET $(($1 - 1))")
   python3 -c 'import datetime, sys
 ms = int(sys.argv[1]); t = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
 print(t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z {ms}")' "$ms"
@@ -71,12 +71,21 @@ custos_rate=$(python3 -c "print(f'{$purged / ($t1 - $t0):.0f}')")
 
 copy sweep_plain
 if [ "$backend" = postgresql ]; then
-  echo "== plain DELETE ... WHERE expires_at <= $cut_ms on a copy (one transaction, synchronous_commit as the server has it)"
+  echo "== plain DELETE ... WHERE expires_at <= $cut_ms on a copy with an ordinary expiry index (one transaction, synchronous_commit as the server has it)"
   # The rows the last DELETE removed are counted through RETURNING.
   plain=$(python3 - "$server dbname=custos_sweep_plain" "$cut_ms" <<'PY'
 import subprocess, sys, time
 cut = int(sys.argv[2])
 due = f"SELECT account_id, conversation_id FROM conversations WHERE purged_at IS NULL AND expires_at <= {cut}"
+# The baseline is a plain table with an ordinary expiry index: custos's trigger and the table
+# it keeps are replaced by that index before the clock starts.
+setup = """\\set ON_ERROR_STOP on
+DROP TRIGGER conversations_track_expiry ON conversations;
+DROP TABLE conversation_expiry;
+CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL;
+ANALYZE conversations;
+"""
+subprocess.run(["psql", sys.argv[1], "-Atq"], input=setup, check=True, capture_output=True, text=True)
 script = f"""\\set ON_ERROR_STOP on
 BEGIN;
 DELETE FROM messages WHERE (account_id, conversation_id) IN ({due});
@@ -92,7 +101,7 @@ print(int(out.split()[0]), time.time() - started)
 PY
 )
 else
-  echo "== plain DELETE ... WHERE expires_at <= $cut_ms on a copy (one transaction, WAL, synchronous=FULL)"
+  echo "== plain DELETE ... WHERE expires_at <= $cut_ms on a copy with an ordinary expiry index (one transaction, WAL, synchronous=FULL)"
   plain=$(python3 - "$work/sweep_plain/custos.sqlite3" "$cut_ms" <<'PY'
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -100,6 +109,11 @@ db.execute("PRAGMA journal_mode = WAL"); db.execute("PRAGMA synchronous = FULL")
 db.execute("PRAGMA cache_size = -65536")
 cut = int(sys.argv[2])
 due = "SELECT account_id, conversation_id FROM conversations WHERE purged_at IS NULL AND expires_at <= ?"
+# As on PostgreSQL: a plain table with an ordinary expiry index, made before the clock starts.
+for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'conversations'").fetchall():
+    db.execute(f"DROP TRIGGER {name}")
+db.execute("DROP TABLE conversation_expiry")
+db.execute("CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL")
 started = time.time()
 db.execute("BEGIN IMMEDIATE")
 db.execute(f"DELETE FROM messages WHERE (account_id, conversation_id) IN ({due})", (cut,))

@@ -510,10 +510,10 @@ impl Store {
         self.write_new_accounts(self.admit_new_accounts(accounts, actor)?)
     }
 
-    /// Runs `load` (calls of [`Store::load_new_accounts`] or its halves) with the indexes that
-    /// are faster built once than row by row (`schema::DEFERRED_INDEXES`) dropped while it runs,
-    /// if the store holds no conversation yet; they are built again after it, also when it
-    /// fails. In a store that holds data, `load` runs with every index in place. Either way the
+    /// Runs `load` (calls of [`Store::load_new_accounts`] or its halves) with the sweep's index
+    /// of expiries, faster filled once than row by row, suspended while it runs
+    /// (`schema::suspend_expiry_index`), if the store holds no conversation yet; it is filled
+    /// after it, also when it fails. In a store that holds data, `load` runs with every index in place. Either way the
     /// loaded tables are analyzed after it, so that the next query is planned for their size.
     pub fn load_into_empty<T>(
         &self,
@@ -529,10 +529,10 @@ impl Store {
             self.write(&mut |tx| schema::analyze_loaded_tables(tx))?;
             return Ok(loaded);
         }
-        self.write(&mut |tx| schema::drop_deferred_indexes(tx))?;
+        self.write(&mut |tx| schema::suspend_expiry_index(tx))?;
         let loaded = load(self);
         let rebuilt = self.write(&mut |tx| {
-            schema::create_deferred_indexes(tx)?;
+            schema::keep_expiry_index(tx)?;
             schema::analyze_loaded_tables(tx)
         });
         let loaded = loaded?;

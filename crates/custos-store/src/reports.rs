@@ -82,8 +82,8 @@ pub fn retention(tx: &mut dyn Tx, now: Timestamp) -> Result<RetentionReport, Sto
     let mut weeks = [0u64; WEEKS_AHEAD];
     let weeks_ms = i64::try_from(WEEKS_AHEAD).unwrap_or(0) * WEEK_MS;
     for row in tx.query(
-        "SELECT (expires_at - ?) / ?, COUNT(*) FROM conversations \
-         WHERE purged_at IS NULL AND expires_at > ? AND expires_at <= ? GROUP BY 1",
+        "SELECT (expires_at - ?) / ?, COUNT(*) FROM conversation_expiry \
+         WHERE expires_at > ? AND expires_at <= ? GROUP BY 1",
         &[
             now_ms.into(),
             WEEK_MS.into(),

@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::sql::{Dialect, Tx, Value};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// Migration N brings the schema from version N-1 to N. Types are written `INT8` and `BYTES`
 /// and rewritten per dialect.
@@ -273,6 +273,19 @@ CREATE TABLE export_row_keys (
     PRIMARY KEY (snapshot_id, chunk)
 )
 ",
+    // The sweep's index of expiries, moved out of the conversations table into a table of its
+    // own that a trigger keeps (`expiry_tracking`): a purge, a deletion or a moved expiry then
+    // changes no indexed column of a conversation, so PostgreSQL updates the row in place (a
+    // HOT update) instead of adding an entry to each of its indexes. Filled when the trigger is
+    // created, at the end of the migration.
+    r"
+CREATE TABLE conversation_expiry (
+    expires_at INT8 NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (expires_at, conversation_id)
+) WITHOUT ROWID;
+DROP INDEX IF EXISTS conversations_by_expiry
+",
 ];
 
 /// The trigger that marks a changed account, installed with migration 7. Whole statements (they
@@ -326,26 +339,121 @@ pub(crate) fn feed_position_query(dialect: Dialect) -> &'static str {
     }
 }
 
-/// Indexes that a load into an empty store builds once after its rows rather than row by row:
-/// expiries arrive in no order, and inserting them one by one into an index larger than the
-/// page cache is what slowed a large load. Every open creates any that is missing, so a load
-/// cut short leaves none missing past the next start.
-const DEFERRED_INDEXES: &[(&str, &str)] = &[(
-    "conversations_by_expiry",
-    "CREATE INDEX IF NOT EXISTS conversations_by_expiry ON conversations (expires_at) \
-     WHERE purged_at IS NULL",
-)];
-
-pub(crate) fn drop_deferred_indexes(tx: &mut dyn Tx) -> Result<(), StoreError> {
-    for (name, _) in DEFERRED_INDEXES {
-        tx.execute(&format!("DROP INDEX IF EXISTS {name}"), &[])?;
+/// The trigger that keeps `conversation_expiry` (migration 11) equal to the expiries of the
+/// conversations not yet purged: whatever writes a conversation, the sweep's index follows in
+/// the same transaction. Whole statements, one form per backend.
+fn expiry_triggers(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Sqlite => &[
+            r"CREATE TRIGGER conversations_expiry_inserted AFTER INSERT ON conversations
+WHEN NEW.expires_at IS NOT NULL AND NEW.purged_at IS NULL
+BEGIN
+    INSERT OR IGNORE INTO conversation_expiry (expires_at, conversation_id)
+        VALUES (NEW.expires_at, NEW.conversation_id);
+END",
+            r"CREATE TRIGGER conversations_expiry_moved
+AFTER UPDATE OF conversation_id, expires_at, purged_at ON conversations
+WHEN NEW.conversation_id IS NOT OLD.conversation_id OR NEW.expires_at IS NOT OLD.expires_at
+    OR NEW.purged_at IS NOT OLD.purged_at
+BEGIN
+    DELETE FROM conversation_expiry
+        WHERE expires_at = OLD.expires_at AND conversation_id = OLD.conversation_id;
+    INSERT OR IGNORE INTO conversation_expiry (expires_at, conversation_id)
+        SELECT NEW.expires_at, NEW.conversation_id
+        WHERE NEW.expires_at IS NOT NULL AND NEW.purged_at IS NULL;
+END",
+            r"CREATE TRIGGER conversations_expiry_deleted AFTER DELETE ON conversations
+BEGIN
+    DELETE FROM conversation_expiry
+        WHERE expires_at = OLD.expires_at AND conversation_id = OLD.conversation_id;
+END",
+        ],
+        Dialect::Postgres => &[
+            r"CREATE OR REPLACE FUNCTION custos_track_expiry() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' AND OLD.expires_at IS NOT NULL AND OLD.purged_at IS NULL THEN
+        IF TG_OP = 'UPDATE' AND NEW.conversation_id = OLD.conversation_id
+            AND NEW.expires_at IS NOT DISTINCT FROM OLD.expires_at AND NEW.purged_at IS NULL THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM conversation_expiry
+            WHERE expires_at = OLD.expires_at AND conversation_id = OLD.conversation_id;
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.expires_at IS NOT NULL AND NEW.purged_at IS NULL THEN
+        INSERT INTO conversation_expiry (expires_at, conversation_id)
+            VALUES (NEW.expires_at, NEW.conversation_id) ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$",
+            r"CREATE TRIGGER conversations_track_expiry
+AFTER INSERT OR UPDATE OF conversation_id, expires_at, purged_at OR DELETE ON conversations
+FOR EACH ROW EXECUTE FUNCTION custos_track_expiry()",
+        ],
     }
+}
+
+/// The name of the trigger whose presence says that `conversation_expiry` is kept.
+fn expiry_trigger_name(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "conversations_expiry_moved",
+        Dialect::Postgres => "conversations_track_expiry",
+    }
+}
+
+/// Stops keeping `conversation_expiry` for a load into an empty store: expiries arrive in no
+/// order, and inserting them one by one into an index larger than the page cache is what slowed
+/// a large load. [`keep_expiry_index`] fills it once after the load; every open calls it, so a
+/// load cut short leaves no conversation out of the index past the next start.
+pub(crate) fn suspend_expiry_index(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    let dialect = tx.dialect();
+    let drops: &[&str] = match dialect {
+        Dialect::Sqlite => &[
+            "DROP TRIGGER IF EXISTS conversations_expiry_inserted",
+            "DROP TRIGGER IF EXISTS conversations_expiry_moved",
+            "DROP TRIGGER IF EXISTS conversations_expiry_deleted",
+        ],
+        Dialect::Postgres => {
+            &["DROP TRIGGER IF EXISTS conversations_track_expiry ON conversations"]
+        }
+    };
+    for drop in drops {
+        tx.execute(drop, &[])?;
+    }
+    tx.execute("DELETE FROM conversation_expiry", &[])?;
     Ok(())
 }
 
-pub(crate) fn create_deferred_indexes(tx: &mut dyn Tx) -> Result<(), StoreError> {
-    for (_, create) in DEFERRED_INDEXES {
-        tx.execute(create, &[])?;
+/// Makes sure `conversation_expiry` is kept: if its trigger is missing (a new schema, or a load
+/// that suspended it), fills the index from the conversations, in its own order, and creates the
+/// trigger, with writers to conversations held off meanwhile so that none is missed.
+pub(crate) fn keep_expiry_index(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    let dialect = tx.dialect();
+    let present = match dialect {
+        Dialect::Sqlite => "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+        Dialect::Postgres => {
+            "SELECT 1 FROM pg_trigger WHERE tgname = ? AND tgrelid = 'conversations'::regclass"
+        }
+    };
+    let name = expiry_trigger_name(dialect);
+    if tx.query_one(present, &[name.into()])?.is_some() {
+        return Ok(());
+    }
+    if dialect == Dialect::Postgres {
+        tx.execute("LOCK TABLE conversations IN SHARE ROW EXCLUSIVE MODE", &[])?;
+        if tx.query_one(present, &[name.into()])?.is_some() {
+            return Ok(());
+        }
+    }
+    tx.execute("DELETE FROM conversation_expiry", &[])?;
+    tx.execute(
+        "INSERT INTO conversation_expiry (expires_at, conversation_id) \
+         SELECT expires_at, conversation_id FROM conversations \
+         WHERE expires_at IS NOT NULL AND purged_at IS NULL ORDER BY expires_at, conversation_id",
+        &[],
+    )?;
+    for trigger in expiry_triggers(dialect) {
+        tx.execute(trigger, &[])?;
     }
     Ok(())
 }
@@ -403,11 +511,16 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<i64, StoreError> {
                 tx.execute(trigger, &[])?;
             }
         }
+        if version == 11 && tx.dialect() == Dialect::Postgres {
+            // Room on each page of conversations for its row's next version, so that a purge
+            // or a moved expiry stays on the page (HOT); pages written before keep none.
+            tx.execute("ALTER TABLE conversations SET (fillfactor = 90)", &[])?;
+        }
         tx.execute(
             "UPDATE custos_schema SET version = ?",
             &[Value::Int(version)],
         )?;
     }
-    create_deferred_indexes(tx)?;
+    keep_expiry_index(tx)?;
     Ok(found)
 }

@@ -53,7 +53,7 @@ pub struct SweepCursor {
 /// How many conversations are due at `now` and not purged (for a sweep's progress).
 pub fn count_due(tx: &mut dyn Tx, now: Timestamp) -> Result<u64, StoreError> {
     let row = tx.query_one(
-        "SELECT COUNT(*) FROM conversations WHERE purged_at IS NULL AND expires_at <= ?",
+        "SELECT COUNT(*) FROM conversation_expiry WHERE expires_at <= ?",
         &[now.unix_millis().into()],
     )?;
     Ok(row.map_or(Ok(0), |r| r.int(0))?.try_into().unwrap_or(0))
@@ -90,7 +90,7 @@ pub fn nominate(
     let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
     let due = match after {
         None => tx.query(
-            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+            "SELECT conversation_id, expires_at FROM conversation_expiry WHERE expires_at <= ? \
              ORDER BY expires_at, conversation_id LIMIT ?",
             &[now.unix_millis().into(), limit_value.into()],
         )?,
@@ -98,7 +98,7 @@ pub fn nominate(
             // `expires_at >= cursor` bounds the index scan: the entries of the conversations
             // purged before it stay in the index until a vacuum, and a scan from the start
             // would walk past all of them in every batch.
-            "SELECT conversation_id, expires_at FROM conversations WHERE purged_at IS NULL AND expires_at <= ? \
+            "SELECT conversation_id, expires_at FROM conversation_expiry WHERE expires_at <= ? \
              AND expires_at >= ? AND (expires_at > ? OR (expires_at = ? AND conversation_id > ?)) \
              ORDER BY expires_at, conversation_id LIMIT ?",
             &[
@@ -231,6 +231,21 @@ pub fn check_retention(
          WHERE purged_at IS NULL AND conversation_id > ? ORDER BY conversation_id LIMIT ?",
         &[after.into(), i64::try_from(page).unwrap_or(i64::MAX).into()],
     )?;
+    // A stored expiry that the sweep's index lacks would never be swept.
+    let unindexed: std::collections::HashSet<String> = match rows.last() {
+        None => Default::default(),
+        Some(last) => tx
+            .query(
+                "SELECT c.conversation_id FROM conversations c WHERE c.purged_at IS NULL \
+                 AND c.expires_at IS NOT NULL AND c.conversation_id > ? AND c.conversation_id <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM conversation_expiry e \
+                     WHERE e.expires_at = c.expires_at AND e.conversation_id = c.conversation_id)",
+                &[after.into(), last.text(0)?.into()],
+            )?
+            .iter()
+            .map(|row| row.text(0))
+            .collect::<Result<_, _>>()?,
+    };
     let describe = |at: Option<i64>, class: Option<String>, bound: Option<String>| match (
         at.and_then(Timestamp::from_unix_millis),
         class,
@@ -245,11 +260,14 @@ pub fn check_retention(
         let id = conversation_id(row.text(0)?)?;
         last = Some(id.as_str().to_owned());
         check.checked += 1;
-        let stored = describe(
+        let mut stored = describe(
             row.optional_int(1)?,
             row.optional_text(2)?,
             row.optional_text(3)?,
         );
+        if unindexed.contains(id.as_str()) {
+            stored.push_str(", missing from the sweep's index");
+        }
         let conversation = load_conversation(tx, &id, false)?
             .ok_or_else(|| StoreError::corrupt(format!("conversation `{id}` vanished")))?;
         let (_, owner) = load_account(tx, histories, &conversation.owner, false)?

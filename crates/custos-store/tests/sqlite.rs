@@ -231,7 +231,10 @@ fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained
          DROP INDEX accounts_by_change; ALTER TABLE accounts DROP COLUMN changed;
          DROP INDEX accounts_unsealed; ALTER TABLE accounts DROP COLUMN plan; ALTER TABLE accounts DROP COLUMN preference;
          DROP TABLE tokens; DROP TABLE event_ids; UPDATE custos_schema SET version = 1;
-         ALTER TABLE holds DROP COLUMN reason; ALTER TABLE holds DROP COLUMN released_by;",
+         ALTER TABLE holds DROP COLUMN reason; ALTER TABLE holds DROP COLUMN released_by;
+         DROP TRIGGER conversations_expiry_inserted; DROP TRIGGER conversations_expiry_moved;
+         DROP TRIGGER conversations_expiry_deleted; DROP TABLE conversation_expiry;
+         CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL;",
     )
     .unwrap();
     drop(db);
@@ -419,48 +422,87 @@ fn a_dead_instances_sweep_lease_lapses_and_the_next_sweep_runs() {
     );
 }
 
-/// A load into an empty store drops the expiry index while it runs and builds it after, also
-/// when the load fails; an open builds it again if a load was cut short before that.
+/// A load into an empty store stops keeping the sweep's index of expiries while it runs and
+/// fills it after, also when the load fails; an open fills it again if a load was cut short
+/// before that, so that no conversation is left out of every sweep.
 #[test]
-fn a_load_into_an_empty_store_builds_the_expiry_index_after_it() {
+fn a_load_into_an_empty_store_fills_the_expiry_index_after_it() {
+    use custos_core::{AccountId, Channel, Command, ConversationId, Role, Surface, Timestamp};
     let folder = tempfile::tempdir().unwrap();
     let location = Location::Sqlite {
         data: folder.path().to_owned(),
     };
     let file = folder.path().join(SQLITE_FILE);
-    let has_index = || {
+    let count = |sql: &str| {
         let db = rusqlite::Connection::open(&file).unwrap();
-        db.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'conversations_by_expiry'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .unwrap()
-            == 1
+        db.query_row(sql, [], |row| row.get::<_, i64>(0)).unwrap()
+    };
+    let kept = || {
+        count(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'conversations_expiry_%'",
+        ) == 3
     };
     let store = Store::open(&location, Policy::bundled()).unwrap();
-    assert!(has_index());
-    let during = store.load_into_empty(|_| Ok(has_index())).unwrap();
+    assert!(kept());
+    let during = store.load_into_empty(|_| Ok(kept())).unwrap();
     assert!(
         !during,
-        "the index is dropped while an empty store is loaded"
+        "the index is not kept while an empty store is loaded"
     );
-    assert!(has_index(), "and built again after the load");
+    assert!(kept(), "and kept again after the load");
     let failed = store.load_into_empty(|_| -> Result<(), StoreError> {
         Err(StoreError::Database("the load failed".into()))
     });
     assert!(failed.is_err());
-    assert!(has_index(), "a failed load leaves the index built");
+    assert!(kept(), "a failed load leaves the index kept");
 
-    // Cut short between the drop and the build: the next open builds it.
+    let t = Timestamp::parse("2025-10-01T00:00:00Z").unwrap();
+    let who = AccountId::parse("u").unwrap();
+    let create = Command::CreateAccount {
+        account: who.clone(),
+        plan: "pro".into(),
+        choice: Some((true, Channel::Signup)),
+    };
+    store.apply(t, &create, "test").unwrap();
+    for id in ["c1", "c2"] {
+        let message = Command::Message {
+            account: who.clone(),
+            conversation: ConversationId::parse(id).unwrap(),
+            surface: Surface::Chat,
+            role: Role::User,
+            text: "hello".into(),
+            incognito: false,
+        };
+        store.apply(t, &message, "test").unwrap();
+    }
+    let indexed = "SELECT COUNT(*) FROM conversation_expiry e JOIN conversations c \
+                   ON c.conversation_id = e.conversation_id AND c.expires_at = e.expires_at";
+    assert_eq!(count(indexed), 2, "every write is indexed by the trigger");
+
+    // Cut short between the suspension and the fill: the next open fills it.
     let db = rusqlite::Connection::open(&file).unwrap();
-    db.execute("DROP INDEX conversations_by_expiry", [])
-        .unwrap();
+    for trigger in ["inserted", "moved", "deleted"] {
+        db.execute(&format!("DROP TRIGGER conversations_expiry_{trigger}"), [])
+            .unwrap();
+    }
+    db.execute("DELETE FROM conversation_expiry", []).unwrap();
     drop(db);
+    let check = store.check_retention(&mut |_| {}).unwrap();
+    assert_eq!(
+        check.different, 2,
+        "retention check finds the unindexed: {check:?}"
+    );
+    assert!(
+        check
+            .differences
+            .iter()
+            .all(|(_, stored, _)| stored.contains("missing from the sweep's index"))
+    );
     drop(store);
-    assert!(!has_index());
-    drop(Store::open(&location, Policy::bundled()).unwrap());
-    assert!(has_index(), "an open builds a missing deferred index");
+    let store = Store::open(&location, Policy::bundled()).unwrap();
+    assert!(kept(), "an open creates the missing trigger");
+    assert_eq!(count(indexed), 2, "and fills the index");
+    assert_eq!(store.check_retention(&mut |_| {}).unwrap().different, 0);
 }
 
 /// A ledger whose account row was removed behind custos's back is found by `verify`, and named.

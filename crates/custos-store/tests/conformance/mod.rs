@@ -56,6 +56,7 @@ pub const CHECKS: &[(&str, Check)] = checks![
     the_change_feed_misses_no_committed_change,
     one_sweep_runs_at_a_time_and_every_one_is_recorded,
     whole_store_reads_in_parts_read_every_row_once,
+    concurrent_batches_are_each_answered_with_their_own_outcomes,
 ];
 
 /// How many random timelines the differential check replays (each opens a fresh store).
@@ -171,6 +172,9 @@ fn replay_against_the_model(open: Factory<'_>, sweep_batches: Option<usize>) {
         }
         let report = store.verify_ledger().unwrap();
         assert_eq!(report.problem, None, "case {case}");
+        // Every stored expiry is the core's, and in the sweep's index.
+        let check = store.check_retention(&mut |_| {}).unwrap();
+        assert_eq!(check.different, 0, "case {case}: {:?}", check.differences);
     }
 }
 
@@ -835,7 +839,7 @@ pub fn bulk_loaded_accounts_answer_like_the_reference_model(open: Factory<'_>) {
             histories.entry(account).or_default().push((now, command));
         }
         let lists: Vec<_> = histories.values().cloned().collect();
-        // Into an empty store, as the demo loads: the expiry index is built after the load.
+        // Into an empty store, as the demo loads: the expiry index is filled after the load.
         let outcomes = store
             .load_into_empty(|store| store.load_new_accounts(&lists, "conformance"))
             .unwrap();
@@ -1248,4 +1252,115 @@ pub fn whole_store_reads_in_parts_read_every_row_once(open: Factory<'_>) {
         chunked, alone,
         "the chunks, in order, hold what one scan holds"
     );
+}
+
+/// Many writers send batches of events at once, naming the same accounts. Each writer is
+/// answered with its own events' outcomes, in its order; an
+/// event id sent by every writer is accepted for exactly one of them; a refused event is
+/// answered to the writer that sent it; and the store holds exactly what was accepted.
+pub fn concurrent_batches_are_each_answered_with_their_own_outcomes(open: Factory<'_>) {
+    const WRITERS: usize = 8;
+    const BATCHES: usize = 15;
+    const ACCOUNTS: usize = 10;
+    let store = open();
+    let at = ts("2025-10-01T00:00:00Z");
+    for a in 0..ACCOUNTS {
+        let create = Command::CreateAccount {
+            account: account(&format!("a{a}")),
+            plan: "pro".into(),
+            choice: Some((true, Channel::Signup)),
+        };
+        store.apply(at, &create, "service").unwrap();
+    }
+    let message = |who: &str, conversation: &str| Command::Message {
+        account: account(who),
+        conversation: ConversationId::parse(conversation).unwrap(),
+        surface: Surface::Chat,
+        role: Role::User,
+        text: "hello".into(),
+        incognito: false,
+    };
+    // Writer w's batch b: one message to each account, one to an unknown account, and one
+    // whose event id every writer sends (each naming a conversation of its own).
+    let batch = |w: usize, b: usize| {
+        let mut events: Vec<(String, Command)> = (0..ACCOUNTS)
+            .map(|a| {
+                (
+                    format!("e{w}-{b}-{a}"),
+                    message(&format!("a{a}"), &format!("c{w}-{b}-{a}")),
+                )
+            })
+            .collect();
+        events.push((
+            format!("e{w}-{b}-ghost"),
+            message("ghost", &format!("g{w}-{b}")),
+        ));
+        events.push((
+            format!("shared-{b}"),
+            message(&format!("a{}", b % ACCOUNTS), &format!("s{w}-{b}")),
+        ));
+        events
+    };
+    let barrier = std::sync::Barrier::new(WRITERS);
+    let answers = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let (store, barrier, answers) = (&store, &barrier, &answers);
+            scope.spawn(move || {
+                barrier.wait();
+                for b in 0..BATCHES {
+                    let events = batch(w, b);
+                    let refs: Vec<_> = events
+                        .iter()
+                        .map(|(id, command)| (Some(id.as_str()), at, command))
+                        .collect();
+                    let outcomes = store.apply_batch(&refs, "service").unwrap();
+                    answers.lock().unwrap().push((w, b, outcomes));
+                }
+            });
+        }
+    });
+    let mut shared_accepted = vec![0; BATCHES];
+    for (w, b, outcomes) in answers.into_inner().unwrap() {
+        assert_eq!(outcomes.len(), ACCOUNTS + 2, "writer {w} batch {b}");
+        for (a, outcome) in outcomes.iter().take(ACCOUNTS).enumerate() {
+            assert!(
+                matches!(outcome, Ok(custos_store::Applied::Accepted)),
+                "writer {w} batch {b} event {a}: {outcome:?}"
+            );
+            let c = ConversationId::parse(&format!("c{w}-{b}-{a}")).unwrap();
+            assert!(store.conversation_status(&c, at).unwrap().exists);
+        }
+        match &outcomes[ACCOUNTS] {
+            Err(StoreError::Refused(refusal)) => assert_eq!(refusal.slug(), "unknown-account"),
+            other => {
+                panic!("writer {w} batch {b}: the unknown account's event was answered {other:?}")
+            }
+        }
+        let shared = ConversationId::parse(&format!("s{w}-{b}")).unwrap();
+        let exists = match store.conversation_status(&shared, at) {
+            Ok(status) => status.exists,
+            Err(StoreError::Refused(refusal)) => {
+                assert_eq!(refusal.slug(), "unknown-conversation");
+                false
+            }
+            Err(error) => panic!("writer {w} batch {b}: {error}"),
+        };
+        match &outcomes[ACCOUNTS + 1] {
+            Ok(custos_store::Applied::Accepted) => {
+                assert!(exists, "writer {w}: an accepted event left nothing");
+                shared_accepted[b] += 1;
+            }
+            Ok(custos_store::Applied::Duplicate) => {
+                assert!(!exists, "writer {w}: a duplicate was written")
+            }
+            other => panic!("writer {w} batch {b}: the shared event was answered {other:?}"),
+        }
+    }
+    assert_eq!(
+        shared_accepted,
+        vec![1; BATCHES],
+        "each shared id accepted exactly once"
+    );
+    assert_eq!(store.verify_ledger().unwrap().problem, None);
 }
