@@ -80,7 +80,9 @@ due = f"SELECT account_id, conversation_id FROM conversations WHERE purged_at IS
 # The baseline is a plain table with an ordinary expiry index: custos's trigger and the table
 # it keeps are replaced by that index before the clock starts.
 setup = """\\set ON_ERROR_STOP on
-DROP TRIGGER conversations_track_expiry ON conversations;
+DROP TRIGGER conversations_expiry_inserted ON conversations;
+DROP TRIGGER conversations_expiry_moved ON conversations;
+DROP TRIGGER conversations_expiry_deleted ON conversations;
 DROP TABLE conversation_expiry;
 CREATE INDEX conversations_by_expiry ON conversations (expires_at) WHERE purged_at IS NULL;
 ANALYZE conversations;

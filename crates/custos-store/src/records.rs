@@ -383,6 +383,26 @@ pub(crate) fn load_conversations(
     tx: &mut dyn Tx,
     ids: &[&str],
 ) -> Result<HashMap<ConversationId, Conversation>, StoreError> {
+    let mut found = conversation_rows(tx, ids)?;
+    let live: Vec<(String, String)> = found
+        .values()
+        .filter(|c| c.purged.is_none())
+        .map(|c| (c.owner.as_str().to_owned(), c.id.as_str().to_owned()))
+        .collect();
+    for chunk in live.chunks(crate::sql::KEYS_PER_LOOKUP) {
+        read_activity(tx, &mut found, chunk, ActivityRead::Select)?;
+    }
+    for conversation in found.values_mut() {
+        in_key_order(conversation);
+    }
+    Ok(found)
+}
+
+/// The conversations named by `ids` (those that exist), without their activity.
+pub(crate) fn conversation_rows(
+    tx: &mut dyn Tx,
+    ids: &[&str],
+) -> Result<HashMap<ConversationId, Conversation>, StoreError> {
     let keys = crate::sql::key_list();
     let mut found = HashMap::with_capacity(ids.len());
     let by_id = format!(
@@ -395,39 +415,58 @@ pub(crate) fn load_conversations(
             Ok(())
         })?;
     }
-    let live: Vec<(String, String)> = found
-        .values()
-        .filter(|c| c.purged.is_none())
-        .map(|c| (c.owner.as_str().to_owned(), c.id.as_str().to_owned()))
-        .collect();
-    let pairs = crate::sql::tuple_list(2);
-    let activity = |table: &str, columns: &str| {
-        format!(
-            "SELECT conversation_id, {columns} FROM {table} \
-             WHERE (account_id, conversation_id) IN ({pairs})"
-        )
-    };
-    let messages = activity("messages", message_columns(false));
-    let feedback = activity("feedback", feedback_columns(false));
-    for chunk in live.chunks(crate::sql::KEYS_PER_LOOKUP) {
-        let params: Vec<crate::sql::Value> = crate::sql::padded(chunk)
-            .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
-            .collect();
-        tx.query_each(&messages, &params, &mut |row| {
-            let message = crate::codec::message_head(row, 1)?;
-            owned_by(&mut found, row)?.messages.push(message);
-            Ok(())
-        })?;
-        tx.query_each(&feedback, &params, &mut |row| {
-            let feedback = crate::codec::feedback_head(row, 1)?;
-            owned_by(&mut found, row)?.feedback.push(feedback);
-            Ok(())
-        })?;
-    }
-    for conversation in found.values_mut() {
-        in_key_order(conversation);
-    }
     Ok(found)
+}
+
+/// How [`read_activity`] reads: leaving the rows, or deleting them as it reads them (a sweep's
+/// purge on PostgreSQL, which then visits each page once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActivityRead {
+    Select,
+    Delete,
+}
+
+/// Adds to the conversations of `found` their messages and feedback (without texts), for up to
+/// [`crate::sql::KEYS_PER_LOOKUP`] (owner, conversation) pairs; not in key order.
+pub(crate) fn read_activity(
+    tx: &mut dyn Tx,
+    found: &mut HashMap<ConversationId, Conversation>,
+    pairs: &[(String, String)],
+    how: ActivityRead,
+) -> Result<(), StoreError> {
+    let list = crate::sql::tuple_list(2);
+    let activity = |table: &str, columns: &str| match how {
+        ActivityRead::Select => format!(
+            "SELECT conversation_id, {columns} FROM {table} \
+             WHERE (account_id, conversation_id) IN ({list})"
+        ),
+        ActivityRead::Delete => format!(
+            "DELETE FROM {table} WHERE (account_id, conversation_id) IN ({list}) \
+             RETURNING conversation_id, {columns}"
+        ),
+    };
+    let params: Vec<crate::sql::Value> = crate::sql::padded(pairs)
+        .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
+        .collect();
+    tx.query_each(
+        &activity("messages", message_columns(false)),
+        &params,
+        &mut |row| {
+            let message = crate::codec::message_head(row, 1)?;
+            owned_by(found, row)?.messages.push(message);
+            Ok(())
+        },
+    )?;
+    tx.query_each(
+        &activity("feedback", feedback_columns(false)),
+        &params,
+        &mut |row| {
+            let feedback = crate::codec::feedback_head(row, 1)?;
+            owned_by(found, row)?.feedback.push(feedback);
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 /// The conversation a row of activity (its first column the conversation id) belongs to.

@@ -368,38 +368,56 @@ BEGIN
         WHERE expires_at = OLD.expires_at AND conversation_id = OLD.conversation_id;
 END",
         ],
+        // One trigger per statement, with its rows as transition tables: a statement that
+        // writes many conversations (a batch's expiries, a sweep's purges, a `COPY`) keeps the
+        // index with one set-based delete and insert, not a function call and two statements
+        // per row.
         Dialect::Postgres => &[
-            r"CREATE OR REPLACE FUNCTION custos_track_expiry() RETURNS trigger LANGUAGE plpgsql AS $$
+            r"CREATE OR REPLACE FUNCTION custos_expiry_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'INSERT' AND OLD.expires_at IS NOT NULL AND OLD.purged_at IS NULL THEN
-        IF TG_OP = 'UPDATE' AND NEW.conversation_id = OLD.conversation_id
-            AND NEW.expires_at IS NOT DISTINCT FROM OLD.expires_at AND NEW.purged_at IS NULL THEN
-            RETURN NULL;
-        END IF;
-        DELETE FROM conversation_expiry
-            WHERE expires_at = OLD.expires_at AND conversation_id = OLD.conversation_id;
-    END IF;
-    IF TG_OP <> 'DELETE' AND NEW.expires_at IS NOT NULL AND NEW.purged_at IS NULL THEN
-        INSERT INTO conversation_expiry (expires_at, conversation_id)
-            VALUES (NEW.expires_at, NEW.conversation_id) ON CONFLICT DO NOTHING;
-    END IF;
+    INSERT INTO conversation_expiry (expires_at, conversation_id)
+        SELECT expires_at, conversation_id FROM new_rows
+        WHERE expires_at IS NOT NULL AND purged_at IS NULL
+        ON CONFLICT DO NOTHING;
     RETURN NULL;
 END
 $$",
-            r"CREATE TRIGGER conversations_track_expiry
-AFTER INSERT OR UPDATE OF conversation_id, expires_at, purged_at OR DELETE ON conversations
-FOR EACH ROW EXECUTE FUNCTION custos_track_expiry()",
+            r"CREATE OR REPLACE FUNCTION custos_expiry_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM conversation_expiry e USING old_rows o
+        WHERE o.purged_at IS NULL AND e.expires_at = o.expires_at
+            AND e.conversation_id = o.conversation_id
+            AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.conversation_id = o.conversation_id
+                AND n.expires_at = o.expires_at AND n.purged_at IS NULL);
+    INSERT INTO conversation_expiry (expires_at, conversation_id)
+        SELECT n.expires_at, n.conversation_id FROM new_rows n
+        WHERE n.expires_at IS NOT NULL AND n.purged_at IS NULL
+            AND NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.conversation_id = n.conversation_id
+                AND o.expires_at = n.expires_at AND o.purged_at IS NULL)
+        ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$",
+            r"CREATE OR REPLACE FUNCTION custos_expiry_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM conversation_expiry e USING old_rows o
+        WHERE e.expires_at = o.expires_at AND e.conversation_id = o.conversation_id;
+    RETURN NULL;
+END
+$$",
+            r"CREATE TRIGGER conversations_expiry_inserted AFTER INSERT ON conversations
+REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION custos_expiry_inserted()",
+            r"CREATE TRIGGER conversations_expiry_moved AFTER UPDATE ON conversations
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION custos_expiry_moved()",
+            r"CREATE TRIGGER conversations_expiry_deleted AFTER DELETE ON conversations
+REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION custos_expiry_deleted()",
         ],
     }
 }
 
-/// The name of the trigger whose presence says that `conversation_expiry` is kept.
-fn expiry_trigger_name(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Sqlite => "conversations_expiry_moved",
-        Dialect::Postgres => "conversations_track_expiry",
-    }
-}
+/// The trigger whose presence says that `conversation_expiry` is kept (on both backends).
+const EXPIRY_TRIGGER: &str = "conversations_expiry_moved";
 
 /// Stops keeping `conversation_expiry` for a load into an empty store: expiries arrive in no
 /// order, and inserting them one by one into an index larger than the page cache is what slowed
@@ -407,18 +425,15 @@ fn expiry_trigger_name(dialect: Dialect) -> &'static str {
 /// load cut short leaves no conversation out of the index past the next start.
 pub(crate) fn suspend_expiry_index(tx: &mut dyn Tx) -> Result<(), StoreError> {
     let dialect = tx.dialect();
-    let drops: &[&str] = match dialect {
-        Dialect::Sqlite => &[
-            "DROP TRIGGER IF EXISTS conversations_expiry_inserted",
-            "DROP TRIGGER IF EXISTS conversations_expiry_moved",
-            "DROP TRIGGER IF EXISTS conversations_expiry_deleted",
-        ],
-        Dialect::Postgres => {
-            &["DROP TRIGGER IF EXISTS conversations_track_expiry ON conversations"]
-        }
+    let on_table = match dialect {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => " ON conversations",
     };
-    for drop in drops {
-        tx.execute(drop, &[])?;
+    for trigger in ["inserted", "moved", "deleted"] {
+        tx.execute(
+            &format!("DROP TRIGGER IF EXISTS conversations_expiry_{trigger}{on_table}"),
+            &[],
+        )?;
     }
     tx.execute("DELETE FROM conversation_expiry", &[])?;
     Ok(())
@@ -435,13 +450,12 @@ pub(crate) fn keep_expiry_index(tx: &mut dyn Tx) -> Result<(), StoreError> {
             "SELECT 1 FROM pg_trigger WHERE tgname = ? AND tgrelid = 'conversations'::regclass"
         }
     };
-    let name = expiry_trigger_name(dialect);
-    if tx.query_one(present, &[name.into()])?.is_some() {
+    if tx.query_one(present, &[EXPIRY_TRIGGER.into()])?.is_some() {
         return Ok(());
     }
     if dialect == Dialect::Postgres {
         tx.execute("LOCK TABLE conversations IN SHARE ROW EXCLUSIVE MODE", &[])?;
-        if tx.query_one(present, &[name.into()])?.is_some() {
+        if tx.query_one(present, &[EXPIRY_TRIGGER.into()])?.is_some() {
             return Ok(());
         }
     }

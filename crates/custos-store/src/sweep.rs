@@ -4,19 +4,18 @@
 use std::path::Path;
 
 use custos_core::{
-    Conversation, ConversationId, Policy, SweepAction, SweepReport, Timestamp, expiry,
-    sweep_decision,
+    ConversationId, Policy, SweepAction, SweepReport, Timestamp, expiry, sweep_decision,
 };
 use sha2::{Digest, Sha256};
 
-use crate::codec::conversation_id;
+use crate::codec::{conversation_id, in_key_order};
 use crate::error::StoreError;
 use crate::holds::active_holds;
 use crate::records::{
-    END, Histories, accounts_by_stored_id, load_account, load_conversation, load_conversations,
-    next_key,
+    ActivityRead, END, Histories, accounts_by_stored_id, conversation_rows, load_account,
+    load_conversation, next_key, read_activity,
 };
-use crate::sql::{KEYS_PER_LOOKUP, Tx, Value};
+use crate::sql::{Dialect, KEYS_PER_LOOKUP, Tx, Value};
 
 /// Conversations per sweep transaction: writers wait at most one batch behind a sweep, and the
 /// batch's changed pages fit the page cache.
@@ -128,6 +127,14 @@ pub fn nominate(
 
 /// Reads the nominated conversations and their owners as they are now, asks the core about
 /// each as of `now`, and purges, whole, each the core says to purge.
+///
+/// A few dozen conversations at a time. On PostgreSQL their activity is read by deleting it
+/// (`DELETE … RETURNING`) inside a savepoint, so the pages of their messages are visited once,
+/// not once to decide and again to delete; if the core keeps any conversation whose activity
+/// was deleted (a hold, an expiry that moved since it was nominated), the savepoint is undone
+/// and only the conversations it purges are deleted. On SQLite, where that was slower than
+/// reading and then deleting (40.7–49.9 s against 27.1–30.0 s for one sweep), the activity is
+/// read first.
 pub fn purge_nominated(
     tx: &mut dyn Tx,
     histories: &Histories,
@@ -139,56 +146,103 @@ pub fn purge_nominated(
     let active = active_holds(tx)?;
     // The batch's conversations and their owners, read a few dozen per query.
     let ids: Vec<&str> = due_ids.iter().map(|id| id.as_str()).collect();
-    let conversations = load_conversations(tx, &ids)?;
+    let mut conversations = conversation_rows(tx, &ids)?;
     let owner_ids: Vec<&str> = conversations.values().map(|c| c.owner.as_str()).collect();
     let owners = accounts_by_stored_id(tx, histories, &owner_ids, false)?;
+    // Those not purged yet, in the order nominated: (owner, conversation).
+    let live: Vec<(String, String)> = due_ids
+        .iter()
+        .filter_map(|id| conversations.get(id))
+        .filter(|c| c.purged.is_none())
+        .map(|c| (c.owner.as_str().to_owned(), c.id.as_str().to_owned()))
+        .collect();
+    let delete_as_read = tx.dialect() == Dialect::Postgres;
     let mut report = SweepReport::default();
-    let mut purged = Vec::new();
-    for id in due_ids {
-        let Some(conversation) = conversations.get(id) else {
-            continue;
-        };
-        let Some((account, owner)) = owners.get(&conversation.owner) else {
-            continue;
-        };
-        let as_of = next_key(account, now)?;
-        let action = sweep_decision(policy, owner, conversation, &active, as_of);
-        if let SweepAction::Purge(bound) = action {
-            purged.push((conversation, bound.as_str()));
+    let mut purged: Vec<(String, &'static str)> = Vec::new();
+    for chunk in live.chunks(KEYS_PER_LOOKUP) {
+        if delete_as_read {
+            tx.execute("SAVEPOINT sweep_chunk", &[])?;
+            read_activity(tx, &mut conversations, chunk, ActivityRead::Delete)?;
+        } else {
+            read_activity(tx, &mut conversations, chunk, ActivityRead::Select)?;
         }
-        report.count(action);
+        let mut kept_with_activity = false;
+        let mut purged_here = Vec::with_capacity(chunk.len());
+        for pair in chunk {
+            let Some(conversation) = conversations.get_mut(&conversation_id(pair.1.clone())?)
+            else {
+                continue;
+            };
+            in_key_order(conversation);
+            let action = match owners.get(&conversation.owner) {
+                Some((account, owner)) => {
+                    let as_of = next_key(account, now)?;
+                    sweep_decision(policy, owner, conversation, &active, as_of)
+                }
+                None => SweepAction::Keep,
+            };
+            match action {
+                SweepAction::Purge(bound) => {
+                    purged_here.push(pair.clone());
+                    purged.push((pair.1.clone(), bound.as_str()));
+                }
+                SweepAction::Keep | SweepAction::HeldBack => {
+                    kept_with_activity |=
+                        !conversation.messages.is_empty() || !conversation.feedback.is_empty();
+                }
+            }
+            report.count(action);
+        }
+        if !delete_as_read {
+            delete_activity(tx, &purged_here)?;
+        } else {
+            if kept_with_activity {
+                tx.execute("ROLLBACK TO SAVEPOINT sweep_chunk", &[])?;
+                delete_activity(tx, &purged_here)?;
+            }
+            tx.execute("RELEASE SAVEPOINT sweep_chunk", &[])?;
+        }
     }
-    purge(tx, &purged, now)?;
+    mark_purged(tx, &purged, now)?;
     Ok(report)
 }
 
+/// Deletes the messages and feedback of up to [`KEYS_PER_LOOKUP`] (owner, conversation) pairs.
+fn delete_activity(tx: &mut dyn Tx, pairs: &[(String, String)]) -> Result<(), StoreError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let list = crate::sql::tuple_list(2);
+    let keys: Vec<Value> = crate::sql::padded(pairs)
+        .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
+        .collect();
+    for table in ["messages", "feedback"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE (account_id, conversation_id) IN ({list})"),
+            &keys,
+        )?;
+    }
+    Ok(())
+}
+
 /// Purged = content gone; a tombstone (id hash, time, reason) remains (docs/POLICY.md, The
-/// decisions). Each table is written a few dozen conversations per statement.
-fn purge(
+/// decisions): marks each conversation (whose activity is deleted) purged, and writes its
+/// tombstone, a few dozen conversations per statement.
+fn mark_purged(
     tx: &mut dyn Tx,
-    purged: &[(&Conversation, &str)],
+    purged: &[(String, &'static str)],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let pairs = crate::sql::tuple_list(2);
     let triples = crate::sql::tuple_list(3);
     let now_ms: Value = now.unix_millis().into();
     for chunk in purged.chunks(KEYS_PER_LOOKUP) {
-        let mut keys = Vec::with_capacity(2 * KEYS_PER_LOOKUP);
         let mut ids = Vec::with_capacity(KEYS_PER_LOOKUP + 1);
         ids.push(now_ms.clone());
         let mut tombstones = Vec::with_capacity(3 * KEYS_PER_LOOKUP);
-        for (conversation, reason) in crate::sql::padded(chunk) {
-            keys.push(conversation.owner.as_str().into());
-            keys.push(conversation.id.as_str().into());
-            ids.push(conversation.id.as_str().into());
-            let hash: [u8; 32] = Sha256::digest(conversation.id.as_str().as_bytes()).into();
+        for (id, reason) in crate::sql::padded(chunk) {
+            ids.push(id.as_str().into());
+            let hash: [u8; 32] = Sha256::digest(id.as_bytes()).into();
             tombstones.extend([hash.as_slice().into(), now_ms.clone(), (*reason).into()]);
-        }
-        for table in ["messages", "feedback"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE (account_id, conversation_id) IN ({pairs})"),
-                &keys,
-            )?;
         }
         tx.execute(
             &format!(
