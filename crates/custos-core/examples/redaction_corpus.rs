@@ -9,7 +9,14 @@ use std::collections::BTreeMap;
 use custos_core::redaction::{Counts, Redactor};
 use serde_json::Value;
 
-fn main() {
+/// Samples of a kind, and how many of them came out as they should.
+type Tally = BTreeMap<String, (usize, usize)>;
+
+fn field<'v>(sample: &'v Value, name: &str) -> &'v str {
+    sample.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let mut path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -24,46 +31,48 @@ fn main() {
             path = arg;
         }
     }
-    let corpus = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let corpus = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     let redactor = Redactor::new();
-    // kind -> (samples, redacted or changed)
-    let mut positives: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut negatives: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut positives = Tally::new();
+    let mut negatives = Tally::new();
     for (number, line) in corpus.lines().enumerate() {
         let sample: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{path}:{}: {e}", number + 1));
-        let kind = sample["kind"].as_str().unwrap_or_default().to_owned();
-        let text = sample["text"].as_str().unwrap_or_default();
+            serde_json::from_str(line).map_err(|e| format!("{path}:{}: {e}", number + 1))?;
+        let kind = field(&sample, "kind");
+        let text = field(&sample, "text");
         let mut counts = Counts::new();
         let redacted = redactor.redact(text, &mut counts);
         if kind == "none" {
-            let near = sample["near"].as_str().unwrap_or_default().to_owned();
+            let near = field(&sample, "near");
             let changed = redacted != text;
-            let entry = negatives.entry(near.clone()).or_default();
+            let entry = negatives.entry(near.to_owned()).or_default();
             entry.0 += 1;
             entry.1 += usize::from(changed);
             if changed && show_misses.as_deref() == Some("none") {
                 println!("changed ({near}): {text:?}\n     -> {redacted:?}");
             }
         } else {
-            let values = sample["values"].as_array().cloned().unwrap_or_default();
-            let gone = values
-                .iter()
+            let gone = sample
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
                 .filter_map(Value::as_str)
                 .all(|value| !redacted.contains(value));
-            let entry = positives.entry(kind.clone()).or_default();
+            let entry = positives.entry(kind.to_owned()).or_default();
             entry.0 += 1;
             entry.1 += usize::from(gone);
-            if !gone && show_misses.as_deref() == Some(kind.as_str()) {
+            if !gone && show_misses.as_deref() == Some(kind) {
                 println!("missed: {text:?}\n     -> {redacted:?}");
             }
         }
     }
+    let percent = |part: usize, all: usize| 100.0 * part as f64 / all.max(1) as f64;
     println!("{:<14} {:>8} {:>8}", "kind", "samples", "recall");
     for (kind, (samples, found)) in &positives {
         println!(
             "{kind:<14} {samples:>8} {:>7.1}%",
-            100.0 * *found as f64 / *samples as f64
+            percent(*found, *samples)
         );
     }
     println!("\n{:<14} {:>8} {:>8}", "look-alikes", "samples", "changed");
@@ -73,11 +82,9 @@ fn main() {
         changed += hit;
         println!(
             "near {near:<9} {samples:>8} {:>7.1}%",
-            100.0 * *hit as f64 / *samples as f64
+            percent(*hit, *samples)
         );
     }
-    println!(
-        "all            {all:>8} {:>7.1}%",
-        100.0 * changed as f64 / all.max(1) as f64
-    );
+    println!("all            {all:>8} {:>7.1}%", percent(changed, all));
+    Ok(())
 }
