@@ -117,7 +117,12 @@ def detect_secrets(git_dir):
                 for payload, should_flag, *_ in cases:
                     source_name = f"detect-secrets {path}"
                     if not should_flag:
-                        emit({"kind": "none", "near": kind, "text": payload, "source": source_name})
+                        # A plugin's negative is a look-alike only if detect-secrets as a whole
+                        # (every plugin) leaves it alone too.
+                        with default_settings():
+                            if not list(scan_line(payload)):
+                                emit({"kind": "none", "near": kind, "text": payload,
+                                      "source": source_name})
                         continue
                     with default_settings():
                         found = {s.secret_value for s in scan_line(payload) if s.secret_value}
@@ -140,7 +145,12 @@ def detect_secrets(git_dir):
                     continue
                 source_name = f"detect-secrets {path} {name}"
                 if secret is None:
-                    emit({"kind": "none", "near": "secret", "text": line, "source": source_name})
+                    # The keyword plugin's negatives depend on the file type it is told (quotes
+                    # required in some); a look-alike is one that no plugin flags in any.
+                    with default_settings():
+                        if not list(scan_line(line)):
+                            emit({"kind": "none", "near": "secret", "text": line,
+                                  "source": source_name})
                 else:
                     emit({"kind": "secret", "text": line, "values": [secret], "source": source_name})
 
@@ -306,8 +316,25 @@ def gitleaks_secret(expression, rng):
     return out
 
 
+def gitleaks_rules(git_dir):
+    """Each rule of gitleaks' generated configuration whose regex Python can compile, by id,
+    but its catch-all `generic-api-key`."""
+    import tomllib
+    config = tomllib.loads(show(git_dir, GITLEAKS_COMMIT, "config/gitleaks.toml"))
+    rules = {}
+    for rule in config.get("rules", []):
+        if rule["id"] == "generic-api-key" or "regex" not in rule:
+            continue
+        try:
+            rules[rule["id"]] = re.compile(rule["regex"].replace("\\z", "\\Z"))
+        except re.error:
+            pass
+    return rules
+
+
 def gitleaks(git_dir):
     rng = random.Random(7)
+    rules = gitleaks_rules(git_dir)
     listing = subprocess.run(["git", "--git-dir", git_dir, "ls-tree", "--name-only", GITLEAKS_COMMIT,
                               "cmd/generate/config/rules/"], check=True, capture_output=True,
                              text=True).stdout.split()
@@ -333,10 +360,16 @@ def gitleaks(git_dir):
                 text = template.format(i=i, I=i.upper(), s=secret)
                 emit({"kind": "secret", "text": text, "values": [secret], "source": name})
             written += 1
+        # A rule's false positives are text that rule must not flag; one that another
+        # (specific) rule flags is that rule's secret, not a look-alike, and is left out.
+        own = set(re.findall(r'RuleID:\s*"([^"]+)"', source))
         for block in re.finditer(r"fps\s*:?=\s*\[\]string\{(.*?)\n\t\}", source, re.S):
             for literal in go_literals(block.group(1)):
-                if literal.strip() and len(literal) < 1000:
-                    emit({"kind": "none", "near": "secret", "text": literal, "source": name})
+                if not literal.strip() or len(literal) >= 1000:
+                    continue
+                if any(rule.search(literal) for id_, rule in rules.items() if id_ not in own):
+                    continue
+                emit({"kind": "none", "near": "secret", "text": literal, "source": name})
 
 
 # python-email-validator: the addresses its syntax tests accept (each written into a sentence),
