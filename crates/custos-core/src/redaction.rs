@@ -65,11 +65,17 @@ impl Kind {
 /// The names under which people store secrets, for the assignment patterns: the name may carry
 /// more around the keyword (`DB_PASSWORD`, `mySecretString`); [`secret_name_is_not`] turns
 /// away the names that only contain one (`author`, `token_type`).
-const SECRET_NAME: &str = r"[A-Za-z0-9_.\-]*(?i:pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credentials?|creds|auth)[A-Za-z0-9_.\-]*";
+const SECRET_KEYWORD: &str = r"(?i:pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credentials?|creds|auth)";
+
+/// A secret's keyword and the rest of its name after it. The patterns start at the keyword, so
+/// that the regular expressions can look for it before anything else (a pattern that starts
+/// with any number of name characters is tried at every position of a text); the part of the
+/// name before the keyword is read back from the text ([`name_start`]).
+const SECRET_NAME: &str = r"(?i:pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credentials?|creds|auth)[A-Za-z0-9_.\-]*";
 
 /// An assigned value: quoted (spaces allowed, not past the line) or bare, up to a space (a bare
 /// value's closing punctuation is trimmed after, see [`bare_value_end`]).
-const VALUE: &str = r#"(?:"([^"\r\n]+)"|'([^'\r\n]+)'|`([^`\r\n]+)`|([^\s"'`<>]+))"#;
+const VALUE: &str = r#"(?:@?"([^"\r\n]+)"|'([^'\r\n]+)'|`([^`\r\n]+)`|([^\s"'`<>]+))"#;
 
 /// What, beyond its pattern, a candidate needs before it is redacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,16 +93,20 @@ enum Evidence {
 /// the whole match if there is none.
 fn patterns() -> Vec<(Kind, Evidence, String)> {
     use Evidence::{Named, NamedRandom, Shape};
+    // The operators longest first: `==` is not `=` and a value starting with `=`.
     let assignment = format!(
-        r"(?:^|[^A-Za-z0-9_])[$@]?{SECRET_NAME}[ \t]*(?:=|:=|::=|:::=|=>|:|==|===|!=|!==|\.=|\?\?=|\+=)[ \t]*{VALUE}"
+        r"{SECRET_NAME}(?:\[[0-9]*\])?[ \t]*(?:===|!==|==|!=|:::=|::=|:=|=>|\.=|\?\?=|\+=|=|:)[ \t]*{VALUE}"
     );
+    // A quoted value after the name and a space, or as a call's first argument:
+    // `password "…";`, `std::string secret("…")`, `secret.assign("…", 17)`.
+    let beside = format!(r#"{SECRET_NAME}(?:[ \t]+|(?:\.assign)?\([ \t]*)@?"([^"\r\n]+)""#);
     // Any name ending in `key`, when its value looks random (`some_key = "real_secret"` is
     // left alone).
-    let any_key = format!(
-        r#"(?:^|[^A-Za-z0-9_])["']?[A-Za-z0-9_.\-]*(?i:key)["']?[ \t]*(?:=|:=|=>|:)[ \t]*{VALUE}"#
+    let any_key = format!(r#"(?i:key)["']?[ \t]*(?:=|:=|=>|:)[ \t]*{VALUE}"#);
+    let quoted_name = format!(r#"{SECRET_NAME}["'][ \t]*(?:=>|:|,|=)[ \t]*{VALUE}"#);
+    let reversed = format!(
+        r#"["'`]([^"'`\r\n]+)["'`][ \t]*(?:===|!==|==|!=)[ \t]*[A-Za-z0-9_.\-]*{SECRET_KEYWORD}"#
     );
-    let quoted_name = format!(r#"["']{SECRET_NAME}["'][ \t]*(?:=>|:|,|=)[ \t]*{VALUE}"#);
-    let reversed = format!(r#"["'`]([^"'`\r\n]+)["'`][ \t]*(?:===|!==|==|!=)[ \t]*{SECRET_NAME}"#);
     // A keyword, then a value after a space: "my password is X", "token X" (the value needs a
     // digit and a letter, see `plausible`).
     let spoken = r"(?i:password|passwd|passphrase|token|secret|api[ _-]?key|access key)(?:[ \t]+(?:is|was|=|:))?[ \t]+([A-Za-z0-9_\-./+=!@#$%^&*]{8,})";
@@ -146,7 +156,7 @@ fn patterns() -> Vec<(Kind, Evidence, String)> {
             r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----(?:(?:\r?\n|\\n)+(?:[A-Za-z0-9+/=]+|[A-Za-z-]+: [^\r\n]*))*(?:(?:\r?\n|\\n)+-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----)?".into(),
         ),
         (Kind::Jwt, Shape,
-            r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}".into(),
+            r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*)?|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}".into(),
         ),
         // Credentials in a URL, a curl command or an HTTP header: the secret part.
         (Kind::Secret, Shape, [
@@ -157,16 +167,17 @@ fn patterns() -> Vec<(Kind, Evidence, String)> {
         ]
         .join("|")),
         (Kind::Secret, Named, assignment),
+        (Kind::Secret, Named, beside),
         (Kind::Secret, NamedRandom(16), any_key),
         (Kind::Secret, Named, quoted_name),
         (Kind::Secret, Named, reversed),
         (Kind::Secret, NamedRandom(8), spoken.into()),
         (Kind::Email, Shape,
-            r#"(?:"(?:[^"\\\r\n]|\\.)+"|[\p{L}\p{N}!#$%&'*+/=?^_`{|}~-]+(?:\.[\p{L}\p{N}!#$%&'*+/=?^_`{|}~-]+)*)@(?:[\p{L}\p{N}](?:[\p{L}\p{N}-]*[\p{L}\p{N}])?\.)+(?:\p{L}{2,}|xn--[a-z0-9-]+)"#.into(),
+            r#"(?:"(?:[^"\\\r\n]|\\.)+"|[\p{L}\p{M}\p{N}!#$%&'*+/=?^_`{|}~-]+(?:\.[\p{L}\p{M}\p{N}!#$%&'*+/=?^_`{|}~-]+)*)@(?:[\p{L}\p{N}](?:[\p{L}\p{M}\p{N}-]*[\p{L}\p{M}\p{N}])?\.)+(?:[\p{L}\p{M}]{2,}|xn--[a-z0-9-]+)"#.into(),
         ),
         (Kind::Card, Shape, r"\b[0-9](?:[ -]?[0-9]){11,18}\b".into()),
         (Kind::Iban, Shape,
-            r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]){11,30}\b".into(),
+            r"\b[A-Z]{2}[0-9]{2}(?:[ -]?[A-Z0-9]){11,30}\b".into(),
         ),
         (Kind::Ssn, Shape,
             r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b|(?i:ssn|social security(?: number)?|ss#)[^0-9\r\n]{0,12}\b([0-9]{3}[ ]?[0-9]{2}[ ]?[0-9]{4})\b".into(),
@@ -176,7 +187,8 @@ fn patterns() -> Vec<(Kind, Evidence, String)> {
         ),
         (Kind::Ip, Shape, r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b".into()),
         (Kind::Ip, Shape,
-            r"(?:[0-9A-Fa-f]{1,4}:){1,7}(?::|(?::[0-9A-Fa-f]{1,4}){1,7}|[0-9A-Fa-f]{1,4})(?:\.[0-9]{1,3}){0,3}|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4}".into(),
+            // The longest reading first: `2001:db8::1` is not `2001:db8::` and a stray `1`.
+            r"(?:[0-9A-Fa-f]{1,4}:){1,7}(?:(?::[0-9A-Fa-f]{1,4}){1,7}|[0-9A-Fa-f]{1,4}|:)(?:\.[0-9]{1,3}){0,3}|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4}".into(),
         ),
     ]
 }
@@ -215,8 +227,8 @@ fn luhn(digits: &[u32]) -> bool {
 }
 
 /// Whether a card number of this length starts as a card issuer's numbers do (Visa,
-/// Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro): an ISBN, an
-/// EAN or a long id that happens to pass Luhn does not.
+/// Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro, Dankort, UATP):
+/// an ISBN, an EAN or a long id that happens to pass Luhn does not.
 fn issued_as_card(digits: &[u32]) -> bool {
     let prefix = |n: usize| digits.iter().take(n).fold(0u32, |acc, d| acc * 10 + d);
     let length = digits.len();
@@ -231,13 +243,113 @@ fn issued_as_card(digits: &[u32]) -> bool {
         || p2 == 62 && (16..=19).contains(&length)
         || [5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763].contains(&p4)
             && (12..=19).contains(&length)
+        || p4 == 5019 && length == 16
+        || p1 == 1 && length == 15
 }
 
-/// ISO 13616: the country letters and check digits moved to the end, letters as numbers, the
-/// whole modulo 97 is 1.
+/// The length of each country's IBAN, from the ISO 13616 registry.
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BI", 27),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DJ", 27),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FK", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HN", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"LY", 25),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MN", 20),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NI", 28),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"OM", 23),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"RU", 33),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SD", 18),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"SO", 23),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+    (b"YE", 30),
+];
+
+/// ISO 13616: as long as its country's IBANs are, and with the country letters and check
+/// digits moved to the end, letters as numbers, the whole modulo 97 is 1.
 fn iban_checks(span: &str) -> bool {
-    let compact: Vec<u8> = span.bytes().filter(|b| *b != b' ').collect();
-    if !(15..=34).contains(&compact.len()) {
+    let compact: Vec<u8> = span.bytes().filter(|b| *b != b' ' && *b != b'-').collect();
+    let country = compact.get(..2);
+    let length = IBAN_LENGTHS
+        .iter()
+        .find(|(code, _)| country == Some(code.as_slice()))
+        .map(|(_, length)| *length);
+    if length != Some(compact.len()) {
         return false;
     }
     let (head, tail) = compact.split_at(4);
@@ -282,27 +394,48 @@ const NATIONAL_REGIONS: [&str; 20] = [
 /// of its national numbers and their possible lengths.
 struct Plan {
     national_prefix: Option<String>,
+    /// The pattern every national number of the region matches, whatever its type.
+    general: String,
     /// Each type's pattern (as the metadata writes it) and possible lengths.
     sources: Vec<(String, Vec<usize>)>,
     /// The patterns, compiled the first time a number is checked against this region.
-    types: std::sync::OnceLock<Vec<(Regex, Vec<usize>)>>,
+    compiled: std::sync::OnceLock<Compiled>,
+}
+
+/// A region's patterns, compiled: the general one, and each type's with its lengths.
+type Compiled = (Option<Regex>, Vec<(Regex, Vec<usize>)>);
+
+/// A pattern of the metadata as a regular expression over a whole national number.
+fn whole_number(pattern: &str) -> Option<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).ok()
 }
 
 impl Plan {
     fn holds(&self, national: &str) -> bool {
-        let types = self.types.get_or_init(|| {
-            self.sources
+        // Lengths first: they rule out most candidates without a regular expression.
+        if !self
+            .sources
+            .iter()
+            .any(|(_, lengths)| lengths.contains(&national.len()))
+        {
+            return false;
+        }
+        let (general, types) = self.compiled.get_or_init(|| {
+            let types = self
+                .sources
                 .iter()
                 .filter_map(|(pattern, lengths)| {
-                    Regex::new(&format!("^(?:{pattern})$"))
-                        .ok()
-                        .map(|regex| (regex, lengths.clone()))
+                    whole_number(pattern).map(|regex| (regex, lengths.clone()))
                 })
-                .collect()
+                .collect();
+            (whole_number(&self.general), types)
         });
-        types.iter().any(|(pattern, lengths)| {
-            lengths.contains(&national.len()) && pattern.is_match(national)
-        })
+        general
+            .as_ref()
+            .is_none_or(|general| general.is_match(national))
+            && types.iter().any(|(pattern, lengths)| {
+                lengths.contains(&national.len()) && pattern.is_match(national)
+            })
     }
 }
 
@@ -356,16 +489,27 @@ fn plans() -> &'static Plans {
             })
             .collect();
             let index = plans.plans.len();
+            let general: String = descriptors
+                .general()
+                .national_number()
+                .as_str()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
             plans.plans.push(Plan {
                 national_prefix: metadata.national_prefix().map(str::to_owned),
+                general,
                 sources,
-                types: std::sync::OnceLock::new(),
+                compiled: std::sync::OnceLock::new(),
             });
-            plans
-                .by_code
-                .entry(metadata.country_code())
-                .or_default()
-                .push(index);
+            // The main region of a shared code first (the United States for +1): most numbers
+            // are its own, and a valid one needs no other region's patterns.
+            let regions = plans.by_code.entry(metadata.country_code()).or_default();
+            if metadata.is_main_country_for_code() {
+                regions.insert(0, index);
+            } else {
+                regions.push(index);
+            }
             plans.by_region.insert(metadata.id().to_owned(), index);
         }
         plans
@@ -492,6 +636,19 @@ fn secret_name_is_not(name: &str) -> bool {
     NOT.iter().any(|not| name.contains(not))
 }
 
+/// Whether a value is a call, `name(…)`: code that reads a secret, not the secret.
+fn called(value: &str) -> bool {
+    let Some(open) = value.find('(') else {
+        return false;
+    };
+    let name = value.get(..open).unwrap_or_default();
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:$".contains(c))
+        && value.ends_with(')')
+}
+
 /// A value that stands for a secret rather than being one: a placeholder, a reference to a
 /// variable or a setting, code that reads one, or a word like `true`.
 fn placeholder(value: &str) -> bool {
@@ -522,7 +679,7 @@ fn placeholder(value: &str) -> bool {
         || lower.contains("getenv")
         || lower.contains("env(")
         || lower.contains("environ[")
-        || value.contains('(') && value.contains(')')
+        || called(value)
         || [
             "true",
             "false",
@@ -552,7 +709,9 @@ fn plausible(
 ) -> bool {
     let span = text.get(start..end).unwrap_or_default();
     if let Evidence::Named | Evidence::NamedRandom(_) = evidence {
-        let name = text.get(whole.0..start).unwrap_or_default();
+        let name = text
+            .get(name_start(text, whole.0)..start)
+            .unwrap_or_default();
         let long_enough = match evidence {
             Evidence::NamedRandom(least) => {
                 span.len() >= least
@@ -597,6 +756,18 @@ fn plausible(
         Kind::Secret => !placeholder(span),
         _ => true,
     }
+}
+
+/// Where the name that a match starts inside begins: back over the characters a name is made
+/// of (`DB_PASSWORD` for a match at `PASSWORD`).
+fn name_start(text: &str, at: usize) -> usize {
+    let before = text.get(..at).unwrap_or_default();
+    before
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_ascii_alphanumeric() || "_.-$@".contains(*c))
+        .last()
+        .map_or(at, |(index, _)| index)
 }
 
 /// Whether the span is a token of its own: no letter or digit right before or after it (a
@@ -819,12 +990,24 @@ impl Redactor {
             let Some((kind, evidence, regex)) = self.patterns.get(index) else {
                 continue;
             };
-            for captures in regex.captures_iter(text) {
-                let Some(whole) = captures.get(0) else {
-                    continue;
-                };
-                let span = captures.iter().skip(1).flatten().next().unwrap_or(whole);
-                let (start, mut end) = (span.start(), span.end());
+            // A pattern without groups is found by the fast engines alone; one with groups
+            // needs its captures (slower), to know where the value is.
+            let candidates: Vec<((usize, usize), (usize, usize))> = if regex.captures_len() > 1 {
+                regex
+                    .captures_iter(text)
+                    .filter_map(|captures| {
+                        let whole = captures.get(0)?;
+                        let span = captures.iter().skip(1).flatten().next().unwrap_or(whole);
+                        Some(((whole.start(), whole.end()), (span.start(), span.end())))
+                    })
+                    .collect()
+            } else {
+                regex
+                    .find_iter(text)
+                    .map(|found| ((found.start(), found.end()), (found.start(), found.end())))
+                    .collect()
+            };
+            for (whole, (start, mut end)) in candidates {
                 let quoted = start
                     .checked_sub(1)
                     .and_then(|before| text.as_bytes().get(before))
@@ -832,15 +1015,22 @@ impl Redactor {
                 if *evidence != Evidence::Shape && !quoted {
                     end = bare_value_end(text, start, end);
                 }
-                if plausible(
-                    *kind,
-                    *evidence,
-                    text,
-                    (whole.start(), whole.end()),
-                    start,
-                    end,
-                ) {
-                    spans.push((start, end, *kind));
+                // A number may run into a group that is not its own ("… 0130 00 A", "… 1111
+                // 7"): if the whole does not pass, its groups are dropped from the end.
+                loop {
+                    if plausible(*kind, *evidence, text, whole, start, end) {
+                        spans.push((start, end, *kind));
+                        break;
+                    }
+                    let grouped = matches!(kind, Kind::Card | Kind::Iban);
+                    let cut = text
+                        .get(start..end)
+                        .and_then(|span| span.rfind([' ', '-']))
+                        .filter(|cut| grouped && *cut > 0);
+                    match cut {
+                        Some(cut) => end = start + cut,
+                        None => break,
+                    }
                 }
             }
         }

@@ -243,3 +243,98 @@ fn the_prefilter_rules_out_only_texts_no_pattern_finds() {
         "the random texts must exercise the prefilter: {ruled_out}"
     );
 }
+
+mod properties {
+    use custos_core::redaction::{Counts, Redactor};
+    use proptest::prelude::*;
+
+    /// Values that must never survive redaction, one of each kind.
+    const VALUES: &[&str] = &[
+        "jane.doe@example.com",
+        "+1 415 555 0134",
+        "+44 20 7946 0958",
+        "030 1234 5678",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_1234567890abcdefghijklmnopqrstuvwxyzAB",
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+        "123-45-6789",
+        "10.0.0.12",
+        "2001:db8::8a2e:370:7334",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ];
+
+    /// One redactor for every case: building one compiles every pattern.
+    fn redactor() -> &'static Redactor {
+        static REDACTOR: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+        REDACTOR.get_or_init(Redactor::new)
+    }
+
+    /// Prose with nothing to redact: letters, spaces and punctuation, no digit, `@`, `:`,
+    /// `=` or `_`.
+    fn prose() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-zA-Z ,.!?'()\\n]{0,80}").expect("a valid pattern")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// A text with nothing to redact comes back byte for byte, and is not copied.
+        #[test]
+        fn a_text_with_nothing_to_redact_comes_back_as_it_is(text in prose()) {
+            let mut counts = Counts::new();
+            let redacted = redactor().redact(&text, &mut counts);
+            prop_assert!(matches!(redacted, std::borrow::Cow::Borrowed(_)));
+            prop_assert_eq!(redacted.as_ref(), text.as_str());
+            prop_assert!(counts.is_empty());
+        }
+
+        /// Whatever stands around it, a value of every kind is gone after redaction; and a
+        /// redacted text, redacted again, stays as it is.
+        #[test]
+        fn a_redacted_text_holds_no_value_and_redacting_it_again_changes_nothing(
+            before in prose(),
+            value in proptest::sample::select(VALUES),
+            after in prose(),
+        ) {
+            let text = format!("{before} {value} {after}");
+            let redactor = redactor();
+            let mut counts = Counts::new();
+            let once = redactor.redact(&text, &mut counts).into_owned();
+            prop_assert!(!once.contains(value), "{text:?} became {once:?}");
+            let twice = redactor.redact(&once, &mut counts).into_owned();
+            prop_assert_eq!(&twice, &once);
+        }
+    }
+}
+
+#[path = "redaction-corpus/measure.rs"]
+mod measure;
+
+/// On the labeled corpus (sources in its README), every kind is found at the goal: 95% of its
+/// samples lose every labeled value. (The goal for look-alikes, at most 5% changed, is not met
+/// yet; the figure is printed.)
+#[test]
+fn every_kind_of_the_corpus_is_found_at_the_goal() {
+    let measured = measure::measure(&measure::corpus_path(), &Redactor::new()).unwrap();
+    assert!(
+        measured.positives.len() >= 9,
+        "{:?}",
+        measured.positives.keys()
+    );
+    let below: Vec<String> = measured
+        .positives
+        .iter()
+        .filter(|(_, (samples, found))| measure::percent(*found, *samples) < 95.0)
+        .map(|(kind, (samples, found))| format!("{kind}: {found} of {samples}"))
+        .collect();
+    assert!(below.is_empty(), "recall below 95%: {below:?}");
+    let (all, kept) = measured
+        .look_alikes
+        .values()
+        .fold((0, 0), |(a, k), (samples, kept)| (a + samples, k + kept));
+    println!(
+        "look-alikes changed: {:.1}% of {all}",
+        measure::percent(all - kept, all)
+    );
+}
