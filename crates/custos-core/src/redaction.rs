@@ -62,16 +62,13 @@ impl Kind {
     }
 }
 
-/// The names under which people store secrets, for the assignment patterns: the name may carry
-/// more around the keyword (`DB_PASSWORD`, `mySecretString`); [`secret_name_is_not`] turns
-/// away the names that only contain one (`author`, `token_type`).
+/// The keywords of the names under which people store secrets, for the assignment patterns.
+/// The name may carry more around the keyword (`DB_PASSWORD`, `mySecretString`);
+/// [`secret_name_is_not`] turns away the names that only contain one (`author`, `token_type`).
 const SECRET_KEYWORD: &str = r"(?i:pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credentials?|creds|auth)";
 
-/// A secret's keyword and the rest of its name after it. The patterns start at the keyword, so
-/// that the regular expressions can look for it before anything else (a pattern that starts
-/// with any number of name characters is tried at every position of a text); the part of the
-/// name before the keyword is read back from the text ([`name_start`]).
-const SECRET_NAME: &str = r"(?i:pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_.\-]?key|apikey|access[_.\-]?key|private[_.\-]?key|client[_.\-]?secret|credentials?|creds|auth)[A-Za-z0-9_.\-]*";
+/// The characters a name is made of, around its keyword.
+const NAME_CHARS: &str = r"[A-Za-z0-9_.\-]*";
 
 /// An assigned value: quoted (spaces allowed, not past the line) or bare, up to a space (a bare
 /// value's closing punctuation is trimmed after, see [`bare_value_end`]).
@@ -93,19 +90,24 @@ enum Evidence {
 /// the whole match if there is none.
 fn patterns() -> Vec<(Kind, Evidence, String)> {
     use Evidence::{Named, NamedRandom, Shape};
+    // A secret's keyword and the rest of its name after it. The patterns start at the keyword,
+    // so that the regular expressions can look for it before anything else (a pattern that
+    // starts with any number of name characters is tried at every position of a text); the part
+    // of the name before the keyword is read back from the text ([`name_start`]).
+    let secret_name = format!("{SECRET_KEYWORD}{NAME_CHARS}");
     // The operators longest first: `==` is not `=` and a value starting with `=`.
     let assignment = format!(
-        r"{SECRET_NAME}(?:\[[0-9]*\])?[ \t]*(?:===|!==|==|!=|:::=|::=|:=|=>|\.=|\?\?=|\+=|=|:)[ \t]*{VALUE}"
+        r"{secret_name}(?:\[[0-9]*\])?[ \t]*(?:===|!==|==|!=|:::=|::=|:=|=>|\.=|\?\?=|\+=|=|:)[ \t]*{VALUE}"
     );
     // A quoted value after the name and a space, or as a call's first argument:
     // `password "…";`, `std::string secret("…")`, `secret.assign("…", 17)`.
-    let beside = format!(r#"{SECRET_NAME}(?:[ \t]+|(?:\.assign)?\([ \t]*)@?"([^"\r\n]+)""#);
+    let beside = format!(r#"{secret_name}(?:[ \t]+|(?:\.assign)?\([ \t]*)@?"([^"\r\n]+)""#);
     // Any name ending in `key`, when its value looks random (`some_key = "real_secret"` is
     // left alone).
     let any_key = format!(r#"(?i:key)["']?[ \t]*(?:=|:=|=>|:)[ \t]*{VALUE}"#);
-    let quoted_name = format!(r#"{SECRET_NAME}["'][ \t]*(?:=>|:|,|=)[ \t]*{VALUE}"#);
+    let quoted_name = format!(r#"{secret_name}["'][ \t]*(?:=>|:|,|=)[ \t]*{VALUE}"#);
     let reversed = format!(
-        r#"["'`]([^"'`\r\n]+)["'`][ \t]*(?:===|!==|==|!=)[ \t]*[A-Za-z0-9_.\-]*{SECRET_KEYWORD}"#
+        r#"["'`]([^"'`\r\n]+)["'`][ \t]*(?:===|!==|==|!=)[ \t]*{NAME_CHARS}{SECRET_KEYWORD}"#
     );
     // A keyword, then a value after a space: "my password is X", "token X" (the value needs a
     // digit and a letter, see `plausible`).
@@ -209,6 +211,11 @@ impl Default for Redactor {
     }
 }
 
+/// The number that decimal digits write.
+fn number(digits: &[u32]) -> u32 {
+    digits.iter().fold(0u32, |acc, d| acc * 10 + d)
+}
+
 fn luhn(digits: &[u32]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -230,7 +237,7 @@ fn luhn(digits: &[u32]) -> bool {
 /// Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro, Dankort, UATP):
 /// an ISBN, an EAN or a long id that happens to pass Luhn does not.
 fn issued_as_card(digits: &[u32]) -> bool {
-    let prefix = |n: usize| digits.iter().take(n).fold(0u32, |acc, d| acc * 10 + d);
+    let prefix = |n: usize| number(digits.get(..n).unwrap_or(digits));
     let length = digits.len();
     let (p1, p2, p3, p4) = (prefix(1), prefix(2), prefix(3), prefix(4));
     (p1 == 4 && [13, 16, 19].contains(&length))
@@ -371,11 +378,7 @@ fn iban_checks(span: &str) -> bool {
 
 /// The SSA's rules: no area 000, 666 or 900–999, no group 00, no serial 0000.
 fn ssn_valid(digits: &[u32]) -> bool {
-    let number = |range: std::ops::Range<usize>| {
-        digits
-            .get(range)
-            .map(|d| d.iter().fold(0u32, |acc, d| acc * 10 + d))
-    };
+    let number = |range: std::ops::Range<usize>| digits.get(range).map(number);
     digits.len() == 9
         && number(0..3).is_some_and(|area| area != 0 && area != 666 && area < 900)
         && number(3..5).is_some_and(|group| group != 0)
@@ -448,6 +451,17 @@ struct Plans {
     by_region: std::collections::HashMap<String, usize>,
 }
 
+/// A descriptor's pattern of national numbers, as one line: the metadata writes its patterns
+/// across lines, for reading.
+fn national_pattern(descriptor: &phonenumber::metadata::Descriptor) -> String {
+    descriptor
+        .national_number()
+        .as_str()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
 fn plans() -> &'static Plans {
     static PLANS: std::sync::OnceLock<Plans> = std::sync::OnceLock::new();
     PLANS.get_or_init(|| {
@@ -473,13 +487,7 @@ fn plans() -> &'static Plans {
             .into_iter()
             .flatten()
             .filter_map(|descriptor| {
-                // The metadata writes its patterns across lines, for reading.
-                let pattern: String = descriptor
-                    .national_number()
-                    .as_str()
-                    .chars()
-                    .filter(|c| !c.is_whitespace())
-                    .collect();
+                let pattern = national_pattern(descriptor);
                 let lengths: Vec<usize> = descriptor
                     .possible_length()
                     .iter()
@@ -489,13 +497,7 @@ fn plans() -> &'static Plans {
             })
             .collect();
             let index = plans.plans.len();
-            let general: String = descriptors
-                .general()
-                .national_number()
-                .as_str()
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
+            let general = national_pattern(descriptors.general());
             plans.plans.push(Plan {
                 national_prefix: metadata.national_prefix().map(str::to_owned),
                 general,
@@ -521,8 +523,9 @@ fn plans() -> &'static Plans {
 /// be written as one: ten digits or more, or with its trunk prefix `0` or its area code in
 /// parentheses, so that shorter runs of digits (amounts, counts, ids) are not taken for one;
 /// and written without separators, ten or eleven digits (longer runs are ids).
-fn valid_phone(span: &str, digit_count: usize) -> bool {
+fn valid_phone(span: &str) -> bool {
     let digits: String = span.chars().filter(char::is_ascii_digit).collect();
+    let digit_count = digits.len();
     let plans = plans();
     if span.starts_with('+') || span.starts_with("00") {
         let international = if span.starts_with('+') {
@@ -732,19 +735,14 @@ fn plausible(
         Kind::Ssn => ssn_valid(&digits),
         Kind::Phone => {
             (7..=15).contains(&digits.len())
-                && stands_apart(text, start, end)
+                && stands_apart(text, start, end, "")
                 && !number_goes_on(text, start, end)
                 && !looks_like_a_date(span)
                 && !dotted_quad(span)
-                && valid_phone(span, digits.len())
+                && valid_phone(span)
         }
         Kind::Ip if span.contains(':') => {
-            let before = text.get(..start).and_then(|t| t.chars().next_back());
-            let after = text.get(end..).and_then(|t| t.chars().next());
-            let apart =
-                |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || "_:.".contains(c)));
-            apart(before)
-                && apart(after)
+            stands_apart(text, start, end, "_:.")
                 && span.chars().any(|c| c.is_ascii_digit())
                 && span.parse::<std::net::Ipv6Addr>().is_ok()
         }
@@ -770,12 +768,14 @@ fn name_start(text: &str, at: usize) -> usize {
         .map_or(at, |(index, _)| index)
 }
 
-/// Whether the span is a token of its own: no letter or digit right before or after it (a
-/// run of digits inside an IBAN or an id is not a phone number).
-fn stands_apart(text: &str, start: usize, end: usize) -> bool {
+/// Whether the span is a token of its own: no letter or digit, nor any of `joining`, right
+/// before or after it (a run of digits inside an IBAN or an id is not a phone number, nor
+/// `d::a` in `std::array` an IPv6 address).
+fn stands_apart(text: &str, start: usize, end: usize, joining: &str) -> bool {
     let before = text.get(..start).and_then(|t| t.chars().next_back());
     let after = text.get(end..).and_then(|t| t.chars().next());
-    before.is_none_or(|c| !c.is_alphanumeric()) && after.is_none_or(|c| !c.is_alphanumeric())
+    let apart = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || joining.contains(c)));
+    apart(before) && apart(after)
 }
 
 /// Four numbers joined by dots, as an IPv4 address (valid or not) is written.

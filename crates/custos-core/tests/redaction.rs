@@ -338,3 +338,70 @@ fn every_kind_of_the_corpus_is_found_at_the_goal() {
         measure::percent(all - kept, all)
     );
 }
+
+/// The numbering plans are shared by every thread and compiled region by region at first use:
+/// many threads checking numbers of many regions at once are answered as one thread alone is.
+#[test]
+fn phone_numbers_checked_by_many_threads_at_once_are_answered_as_by_one() {
+    const NUMBERS: &[&str] = &[
+        "+1 415 555 0134",
+        "+44 20 7946 0958",
+        "+49 30 1234567",
+        "+33 1 42 68 53 00",
+        "+90 532 123 45 67",
+        "+81 3-1234-5678",
+        "+61 2 9876 5432",
+        "+55 11 91234-5678",
+        "+91 98765 43210",
+        "+27 21 123 4567",
+        "+1 242 359 1234",
+        "+1 876 555 0123",
+        "+7 495 123-45-67",
+        "+86 10 1234 5678",
+        "+999 123 456 789",
+        "+44 12",
+    ];
+    let redactor = Redactor::new();
+    let texts: Vec<String> = NUMBERS.iter().map(|n| format!("call {n} now")).collect();
+    let barrier = std::sync::Barrier::new(8);
+    let answers: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let (redactor, texts, barrier) = (&redactor, &texts, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    // Each thread starts at another number, so that regions are first met by
+                    // different threads at once.
+                    (0..texts.len())
+                        .map(|i| {
+                            let text = &texts[(i + worker) % texts.len()];
+                            redactor.redact(text, &mut Counts::new()).into_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let alone: Vec<String> = texts
+        .iter()
+        .map(|text| redactor.redact(text, &mut Counts::new()).into_owned())
+        .collect();
+    assert_eq!(
+        alone
+            .iter()
+            .filter(|t| t.contains("[REDACTED:phone]"))
+            .count(),
+        14,
+        "{alone:?}"
+    );
+    for (worker, answer) in answers.iter().enumerate() {
+        for (i, redacted) in answer.iter().enumerate() {
+            assert_eq!(
+                redacted,
+                &alone[(i + worker) % texts.len()],
+                "thread {worker}"
+            );
+        }
+    }
+}
