@@ -513,8 +513,9 @@ impl Store {
     /// Runs `load` (calls of [`Store::load_new_accounts`] or its halves) with the sweep's index
     /// of expiries, faster filled once than row by row, suspended while it runs
     /// (`schema::suspend_expiry_index`), if the store holds no conversation yet; it is filled
-    /// after it, also when it fails. In a store that holds data, `load` runs with every index in place. Either way the
-    /// loaded tables are analyzed after it, so that the next query is planned for their size.
+    /// after it, also when it fails. In a store that holds data, `load` runs with every index
+    /// in place. Either way the loaded tables are analyzed after it, so that the next query is
+    /// planned for their size.
     pub fn load_into_empty<T>(
         &self,
         load: impl FnOnce(&Store) -> Result<T, StoreError>,

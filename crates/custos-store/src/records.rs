@@ -445,9 +445,7 @@ pub(crate) fn read_activity(
              RETURNING conversation_id, {columns}"
         ),
     };
-    let params: Vec<crate::sql::Value> = crate::sql::padded(pairs)
-        .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
-        .collect();
+    let params = crate::sql::pair_params(pairs);
     tx.query_each(
         &activity("messages", message_columns(false)),
         &params,

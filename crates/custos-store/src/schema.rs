@@ -274,10 +274,10 @@ CREATE TABLE export_row_keys (
 )
 ",
     // The sweep's index of expiries, moved out of the conversations table into a table of its
-    // own that a trigger keeps (`expiry_tracking`): a purge, a deletion or a moved expiry then
+    // own that triggers keep (`expiry_triggers`): a purge, a deletion or a moved expiry then
     // changes no indexed column of a conversation, so PostgreSQL updates the row in place (a
-    // HOT update) instead of adding an entry to each of its indexes. Filled when the trigger is
-    // created, at the end of the migration.
+    // HOT update) instead of adding an entry to each of its indexes. Filled when the triggers
+    // are created, at the end of the migration (`keep_expiry_index`).
     r"
 CREATE TABLE conversation_expiry (
     expires_at INT8 NOT NULL,

@@ -392,6 +392,14 @@ pub(crate) fn padded<T>(chunk: &[T]) -> impl Iterator<Item = &T> {
     (0..KEYS_PER_LOOKUP).filter_map(move |i| chunk.get(i).or(chunk.last()))
 }
 
+/// Up to [`KEYS_PER_LOOKUP`] (owner, conversation) pairs as the parameters of a statement on
+/// `(account_id, conversation_id) IN (` [`tuple_list`]`(2))`, padded.
+pub(crate) fn pair_params(pairs: &[(String, String)]) -> Vec<Value> {
+    padded(pairs)
+        .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
+        .collect()
+}
+
 /// `keys` as the parameters of lookups by [`key_list`]: chunks of [`KEYS_PER_LOOKUP`], the
 /// last padded by repeating its last key.
 pub(crate) fn padded_chunks<'k>(keys: &'k [&str]) -> impl Iterator<Item = Vec<Value>> + 'k {

@@ -213,9 +213,7 @@ fn delete_activity(tx: &mut dyn Tx, pairs: &[(String, String)]) -> Result<(), St
         return Ok(());
     }
     let list = crate::sql::tuple_list(2);
-    let keys: Vec<Value> = crate::sql::padded(pairs)
-        .flat_map(|(owner, id)| [owner.as_str().into(), id.as_str().into()])
-        .collect();
+    let keys = crate::sql::pair_params(pairs);
     for table in ["messages", "feedback"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE (account_id, conversation_id) IN ({list})"),

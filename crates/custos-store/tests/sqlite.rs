@@ -13,6 +13,15 @@ mod conformance;
 use custos_core::Policy;
 use custos_store::{Location, SQLITE_FILE, Store, StoreError};
 
+/// A temporary data folder, and the location of a SQLite store in it.
+fn temporary_location() -> (tempfile::TempDir, Location) {
+    let folder = tempfile::tempdir().unwrap();
+    let location = Location::Sqlite {
+        data: folder.path().to_owned(),
+    };
+    (folder, location)
+}
+
 /// Runs one conformance check on a fresh SQLite store in a temporary data folder.
 fn check(run: fn(conformance::Factory<'_>)) {
     let folders = std::cell::RefCell::new(Vec::new());
@@ -41,10 +50,7 @@ fn conformance_suite_passes_on_sqlite() {
 
 #[test]
 fn a_database_from_a_newer_custos_is_refused() {
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     drop(Store::open(&location, Policy::bundled()).unwrap());
     let connection = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
     connection
@@ -67,10 +73,7 @@ fn a_database_from_a_newer_custos_is_refused() {
 fn the_keys_are_made_once_kept_private_and_bound_to_the_store() {
     use custos_store::{KeySource, Purpose};
     use std::os::unix::fs::PermissionsExt;
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let first = Store::open(&location, Policy::bundled()).unwrap();
     let id = first.signing_key_id().to_owned();
     drop(first);
@@ -164,10 +167,7 @@ fn a_store_made_before_keys_had_a_folder_keeps_its_key_and_pseudonyms() {
 #[test]
 fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained_again() {
     use custos_core::{AccountId, Channel, Command, Timestamp};
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let store = Store::open(&location, Policy::bundled()).unwrap();
     let t = Timestamp::parse("2025-07-01T00:00:00Z").unwrap();
     let a = AccountId::parse("a").unwrap();
@@ -267,10 +267,7 @@ fn a_version_1_database_is_upgraded_its_gate_columns_read_and_its_ledger_chained
 fn a_rotated_signing_key_signs_nothing_more_and_everything_still_verifies() {
     use custos_core::{AccountId, Channel, Command, Timestamp};
     use custos_store::{KeySource, Purpose};
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let at = |text: &str| Timestamp::parse(text).unwrap();
     let a = AccountId::parse("a").unwrap();
     let old = Store::open(&location, Policy::bundled()).unwrap();
@@ -380,10 +377,7 @@ fn a_rotated_signing_key_signs_nothing_more_and_everything_still_verifies() {
 #[test]
 fn a_dead_instances_sweep_lease_lapses_and_the_next_sweep_runs() {
     use custos_core::Timestamp;
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let store = Store::open(&location, Policy::bundled()).unwrap();
     let db = rusqlite::Connection::open(folder.path().join(SQLITE_FILE)).unwrap();
     let wall = std::time::SystemTime::now()
@@ -428,10 +422,7 @@ fn a_dead_instances_sweep_lease_lapses_and_the_next_sweep_runs() {
 #[test]
 fn a_load_into_an_empty_store_fills_the_expiry_index_after_it() {
     use custos_core::{AccountId, Channel, Command, ConversationId, Role, Surface, Timestamp};
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let file = folder.path().join(SQLITE_FILE);
     let count = |sql: &str| {
         let db = rusqlite::Connection::open(&file).unwrap();
@@ -509,10 +500,7 @@ fn a_load_into_an_empty_store_fills_the_expiry_index_after_it() {
 #[test]
 fn ledger_entries_without_their_account_are_found() {
     use custos_core::{AccountId, Channel, Command, Timestamp};
-    let folder = tempfile::tempdir().unwrap();
-    let location = Location::Sqlite {
-        data: folder.path().to_owned(),
-    };
+    let (folder, location) = temporary_location();
     let store = Store::open(&location, Policy::bundled()).unwrap();
     let t = Timestamp::parse("2025-10-01T00:00:00Z").unwrap();
     for id in ["kept", "orphaned"] {

@@ -1363,4 +1363,8 @@ pub fn concurrent_batches_are_each_answered_with_their_own_outcomes(open: Factor
         "each shared id accepted exactly once"
     );
     assert_eq!(store.verify_ledger().unwrap().problem, None);
+    // Every expiry the concurrent writers stored is the core's, and in the sweep's index.
+    let check = store.check_retention(&mut |_| {}).unwrap();
+    assert_eq!(check.different, 0, "{:?}", check.differences);
+    assert!(check.checked >= (WRITERS * BATCHES * ACCOUNTS) as u64);
 }
